@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine: a virtualenv in .venv with the project, and (for tests) the Debian
+# packages the suite runs for real: prometheus-pushgateway and prometheus (promtool).
+# Usage: scripts/bootstrap.sh demo|test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-test}"
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "s3backup needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+  exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$what]"
+
+if [ "$what" = "test" ]; then
+  missing=()
+  command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi

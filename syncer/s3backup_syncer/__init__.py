@@ -1,0 +1,1 @@
+"""s3backup syncer: one-way, incremental sync of a directory tree to S3."""

@@ -1,0 +1,213 @@
+"""`s3backup`: the command line. Parses options, runs the sync, reports, and sets the exit code.
+
+Exit codes: 0 in sync; 1 some files failed (the rest synced), or a guard refused deletions;
+2 a usage or configuration error, shown as one line with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __doc__ as package_doc
+from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
+from .errors import UserError
+from .report import Progress, Summary, human_bytes
+
+log = logging.getLogger("s3backup")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="s3backup", description=package_doc)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sync = commands.add_parser(
+        "sync",
+        help="make s3://BUCKET/PREFIX hold a copy of every file under SOURCE_DIR",
+        description="One-way sync of SOURCE_DIR to s3://BUCKET[/PREFIX]. Never downloads data, never "
+        "uploads what is already there, and deletes nothing remote unless --recycle-after is given. "
+        "Symlinks are not followed unless --follow-symlinks is given.",
+    )
+    sync.add_argument("source", metavar="SOURCE_DIR")
+    sync.add_argument("destination", metavar="s3://BUCKET[/PREFIX]")
+    s3 = sync.add_argument_group("S3 endpoint (credentials come from the standard AWS chain)")
+    s3.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    s3.add_argument("--region", metavar="NAME")
+    s3.add_argument("--path-style", action="store_true", help="path-style addressing (most S3-compatible stores)")
+    what = sync.add_argument_group("what to sync")
+    what.add_argument("--compare", choices=("md5", "size"), default="md5",
+                      help="judge existing objects by size and MD5 (default, works for multipart) or size alone")
+    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
+    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    what.add_argument("--follow-symlinks", action="store_true")
+    what.add_argument("--no-hash-cache", dest="hash_cache", action="store_false",
+                      help="do not keep file checksums under PREFIX/.s3backup/ (unchanged files get re-read)")
+    recycle = sync.add_argument_group("recycling remote copies of deleted files")
+    recycle.add_argument("--recycle-after", metavar="AGE",
+                         help="delete remote objects whose local file is gone once they are this old (e.g. 30d); "
+                         "without it nothing remote is ever deleted")
+    recycle.add_argument("--max-recycle", default="50%", metavar="N|N%",
+                         help="refuse to delete more than this per run (default: 50%% of the objects)")
+    objects = sync.add_argument_group("object settings")
+    objects.add_argument("--storage-class", metavar="CLASS")
+    objects.add_argument("--sse", choices=("AES256", "aws:kms"))
+    objects.add_argument("--sse-kms-key-id", metavar="ID")
+    transfer = sync.add_argument_group("transfer")
+    transfer.add_argument("--part-size", default="auto", metavar="SIZE",
+                          help="multipart part size (default auto: 8MiB, doubled to stay within 10,000 parts)")
+    transfer.add_argument("--concurrency", type=int, default=8, metavar="N",
+                          help="parallel requests; memory is about N x part size (default 8)")
+    transfer.add_argument("--bwlimit", metavar="RATE", help="upload bandwidth cap in bytes/s, e.g. 20MiB")
+    output = sync.add_argument_group("output")
+    output.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    output.add_argument("--summary-json", metavar="PATH", help="write the run's summary as JSON ('-' for stdout)")
+    output.add_argument("--pushgateway", metavar="URL", help="push the run's metrics to this Prometheus Pushgateway")
+    output.add_argument("--backup-name", metavar="NAME", help="the backup's name in metrics (default: BUCKET/PREFIX)")
+    output.add_argument("--backup-namespace", metavar="NS", help="a namespace label for the metrics")
+    output.add_argument("--expected-interval", metavar="DURATION",
+                        help="how often this backup runs (e.g. 1d), exported so alerts can tell a stale backup")
+    output.add_argument("-v", "--verbose", action="count", default=0, help="log every file (-vv: debug)")
+    output.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    demo = commands.add_parser(
+        "demo", help="back up a directory to a throwaway local S3 (SeaweedFS), twice",
+        description="Starts a local SeaweedFS S3 on loopback, syncs DIR (a generated sample if omitted) "
+        "to it, then syncs again to show that nothing is uploaded twice.",
+    )
+    demo.add_argument("directory", nargs="?", metavar="DIR")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> SyncOptions:
+    bucket, prefix = parse_s3_url(args.destination)
+    return SyncOptions(
+        source=Path(args.source),
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        path_style=args.path_style,
+        compare=args.compare,
+        recycle_after_seconds=parse_duration(args.recycle_after) if args.recycle_after else None,
+        recycle_cap=parse_recycle_cap(args.max_recycle),
+        includes=tuple(args.include),
+        excludes=tuple(args.exclude),
+        storage_class=args.storage_class,
+        sse=args.sse,
+        sse_kms_key_id=args.sse_kms_key_id,
+        part_size=None if args.part_size == "auto" else parse_size(args.part_size),
+        concurrency=args.concurrency,
+        bwlimit=parse_size(args.bwlimit) if args.bwlimit else None,
+        dry_run=args.dry_run,
+        hash_cache=args.hash_cache,
+        follow_symlinks=args.follow_symlinks,
+    )
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Per-file lines only with -v; the summary line always.
+    logging.getLogger("s3backup").setLevel(level if verbose else max(level, logging.WARNING))
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+
+
+def describe(summary: Summary) -> str:
+    s = summary
+    verb = "would upload" if s.dry_run else "uploaded"
+    text = (
+        f"{s.files_scanned} files ({human_bytes(s.bytes_scanned)}) scanned: {verb} {s.files_uploaded} "
+        f"({human_bytes(s.bytes_uploaded)}), {s.files_unchanged} unchanged, {s.files_recycled} recycled, "
+        f"{s.files_failed} failed; {human_bytes(s.bytes_hashed)} read for checksums; "
+        f"{s.duration_seconds:.1f}s"
+    )
+    if s.bytes_reused:
+        text += f"; {human_bytes(s.bytes_reused)} resumed from an interrupted upload"
+    return text
+
+
+def write_summary(summary: Summary, path: str | None) -> None:
+    if not path:
+        return
+    if path == "-":
+        print(summary.to_json(), flush=True)
+        return
+    try:
+        Path(path).write_text(summary.to_json() + "\n")
+    except OSError as exc:
+        log.warning("cannot write the summary to %s: %s", path, exc.strerror)
+
+
+def push_metrics(args: argparse.Namespace, summary: Summary) -> None:
+    if not args.pushgateway:
+        return
+    from .metrics import push_run_metrics
+
+    name = args.backup_name or args.destination.removeprefix("s3://").strip("/")
+    grouping = {"backup": name}
+    if args.backup_namespace:
+        grouping = {"namespace": args.backup_namespace, **grouping}
+    interval = None
+    if args.expected_interval:
+        try:
+            interval = parse_duration(args.expected_interval)
+        except UserError:
+            interval = None
+    warning = push_run_metrics(args.pushgateway, grouping, summary, interval)
+    if warning:
+        log.warning(warning)
+
+
+def run_sync_command(args: argparse.Namespace) -> int:
+    from .engine import run_sync
+
+    setup_logging(args.verbose, args.quiet)
+    summary = Summary(dry_run=args.dry_run)
+    try:
+        if args.expected_interval:
+            parse_duration(args.expected_interval)
+        options = options_from_args(args)
+        with Progress(summary, enabled=not args.quiet):
+            run_sync(options, summary=summary)
+    except UserError as exc:
+        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
+        summary.duration_seconds = round(time.time() - summary.started_at, 3)
+        print(f"s3backup: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
+        print("s3backup: interrupted", file=sys.stderr)
+    else:
+        if not args.quiet:
+            print(describe(summary), file=sys.stderr, flush=True)
+    write_summary(summary, args.summary_json)
+    push_metrics(args, summary)
+    return summary.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.directory)
+    try:
+        return run_sync_command(args)
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

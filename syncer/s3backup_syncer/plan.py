@@ -1,0 +1,129 @@
+"""The sync plan: a pure merge-join of the local walk and the remote listing.
+
+Both inputs arrive sorted in S3's key order (UTF-8 bytes). The join takes one entry from
+each side, compares keys and advances the smaller, so memory stays constant. Out-of-order
+input is a bug and fails loudly: a silent misorder would make a present file look deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from .etag import etag_key
+from .remote import RemoteObject
+from .scan import LocalFile, key_order
+
+
+class OrderError(RuntimeError):
+    """An input of the merge-join was not in key order."""
+
+
+class Action(enum.Enum):
+    UPLOAD_NEW = "upload (new)"
+    UPLOAD_CHANGED = "upload (changed)"
+    UNCHANGED = "unchanged"
+    CHECK = "check"  # same size, ETag unknown locally: hash the file, then decide
+    RECYCLE = "recycle"  # remote only, old enough
+    KEEP_YOUNG = "keep (too young to recycle)"
+    KEEP = "keep"  # remote only, recycling off or out of the filters' scope
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    local: LocalFile | None
+    remote: RemoteObject | None
+    etag_keys: tuple[int, ...] = ()  # for CHECK: the part sizes worth hashing with (0 = plain MD5)
+
+    @property
+    def key(self) -> str:
+        return (self.local or self.remote).key  # type: ignore[union-attr]
+
+
+def merge_join(
+    local: Iterable[LocalFile], remote: Iterable[RemoteObject]
+) -> Iterator[tuple[LocalFile | None, RemoteObject | None]]:
+    """Pairs of (local, remote) with the same key; None on the side where the key is missing."""
+    local_iter, remote_iter = iter(local), iter(remote)
+    last_local = last_remote = b""
+    loc = next(local_iter, None)
+    rem = next(remote_iter, None)
+    while loc is not None or rem is not None:
+        loc_key = key_order(loc.key) if loc is not None else None
+        rem_key = key_order(rem.key) if rem is not None else None
+        if loc_key is not None and loc_key <= last_local and last_local:
+            raise OrderError(f"local walk out of order at {loc.key!r}")
+        if rem_key is not None and rem_key <= last_remote and last_remote:
+            raise OrderError(f"remote listing out of order at {rem.key!r}")
+        if rem_key is None or (loc_key is not None and loc_key < rem_key):
+            yield loc, None
+            last_local = loc_key
+            loc = next(local_iter, None)
+        elif loc_key is None or rem_key < loc_key:
+            yield None, rem
+            last_remote = rem_key
+            rem = next(remote_iter, None)
+        else:
+            yield loc, rem
+            last_local, last_remote = loc_key, rem_key
+            loc = next(local_iter, None)
+            rem = next(remote_iter, None)
+
+
+def decide_present(
+    local: LocalFile,
+    remote: RemoteObject | None,
+    *,
+    compare: str,
+    configured_part_size: int | None,
+    cached_etags: dict[int, str] | None,
+) -> Decision:
+    """Upload, skip, or hash first, for a file that exists locally."""
+    if remote is None:
+        return Decision(Action.UPLOAD_NEW, local, None)
+    if local.size != remote.size:
+        return Decision(Action.UPLOAD_CHANGED, local, remote)
+    if compare == "size":
+        return Decision(Action.UNCHANGED, local, remote)
+    keys = etag_key(local.size, remote.etag, configured_part_size)
+    if not keys:
+        # No part size can give this ETag for this size: not an upload we can verify; redo it.
+        return Decision(Action.UPLOAD_CHANGED, local, remote)
+    verdict = etag_verdict(cached_etags or {}, remote.etag, keys)
+    if verdict is None:
+        missing = tuple(k for k in keys if k not in (cached_etags or {}))
+        return Decision(Action.CHECK, local, remote, missing)
+    return Decision(Action.UNCHANGED if verdict else Action.UPLOAD_CHANGED, local, remote)
+
+
+def etag_verdict(known: dict[int, str], remote_etag: str, candidate_keys: Iterable[int]) -> bool | None:
+    """Whether the local file matches `remote_etag`: True, False, or None when more hashing is needed.
+
+    `known` maps part sizes (0 = plain MD5) to local ETags. Each part size gives a different
+    ETag and only one of them produced the remote object, so a mismatch is proof of a change
+    only once every candidate part size has been tried.
+    """
+    if remote_etag.strip('"') in known.values():
+        return True
+    if all(k in known for k in candidate_keys):
+        return False
+    return None
+
+
+def decide_remote_only(
+    remote: RemoteObject,
+    *,
+    recycle_after_seconds: float | None,
+    in_scope: bool,
+    server_now: datetime,
+) -> Decision:
+    """Recycle, or keep, an object whose local file is gone."""
+    if recycle_after_seconds is None or not in_scope:
+        return Decision(Action.KEEP, None, remote)
+    age = (server_now - remote.last_modified).total_seconds()
+    if age >= recycle_after_seconds:
+        return Decision(Action.RECYCLE, None, remote)
+    return Decision(Action.KEEP_YOUNG, None, remote)

@@ -1,0 +1,154 @@
+"""The S3 side: a client with safe settings, and the remote listing as a stream.
+
+Everything here is I/O. Decisions live in `plan.py`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from .errors import ConfigError
+
+#: Where s3backup keeps its own state under the prefix; never planned, never recycled.
+STATE_DIR = ".s3backup/"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteObject:
+    key: str  # relative to the prefix
+    size: int
+    etag: str  # without quotes
+    last_modified: datetime
+
+
+def make_s3_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    path_style: bool = False,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    max_pool_connections: int = 16,
+    max_attempts: int = 8,
+    connect_timeout: float = 10,
+    read_timeout: float = 60,
+):
+    """A boto3 S3 client that works with S3-compatible servers.
+
+    boto3 >= 1.36 adds CRC checksums to every request by default; many S3-compatible servers
+    reject them. We send them only when an operation requires one, and make integrity explicit
+    ourselves with Content-MD5 and ETag checks. Retries use botocore's "standard" mode:
+    exponential backoff with jitter on throttling (503 SlowDown), 5xx and connection errors.
+    """
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_pool_connections=max_pool_connections,
+        s3={"addressing_style": "path" if path_style else "auto"},
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+    )
+    try:
+        return session.client("s3", endpoint_url=endpoint_url or None, config=config)
+    except ValueError as exc:  # e.g. an endpoint URL that is not a URL
+        raise ConfigError(f"invalid S3 endpoint {endpoint_url!r}: {exc}") from None
+
+
+def describe_client_error(exc: Exception, bucket: str) -> str:
+    """One line for the user; never includes credentials."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or IRSA)"
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return f"cannot reach the S3 endpoint: {exc}"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchBucket",) or (status == 404 and not code.startswith("NoSuchKey")):
+            return f"bucket {bucket!r} does not exist"
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
+            return f"access to bucket {bucket!r} denied ({code or status}): check the credentials and their rights"
+        return f"S3 error {code or status}: {error.get('Message', '')}".strip()
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return f"S3 client error: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def server_time(response: dict) -> datetime | None:
+    """The server's clock from a response's Date header, so that ages never depend on ours."""
+    header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not header:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+class RemoteListing:
+    """Streams `ListObjectsV2` pages (1,000 keys each) as `RemoteObject`s in S3's key order.
+
+    Only one page is held at a time. `server_now` holds the Date of the first page.
+    """
+
+    def __init__(self, client, bucket: str, prefix: str):
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.server_now: datetime | None = None
+        self.count = 0
+        self.bytes = 0
+
+    def first_page(self) -> dict:
+        """Fetch the first page eagerly, so that access errors surface before any work."""
+        page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1000)
+        self.server_now = server_time(page)
+        return page
+
+    def objects(self, first_page: dict) -> Iterator[RemoteObject]:
+        page = first_page
+        while True:
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix):]
+                if not key or key.startswith(STATE_DIR):
+                    continue
+                self.count += 1
+                self.bytes += item["Size"]
+                yield RemoteObject(
+                    key=key,
+                    size=item["Size"],
+                    etag=item.get("ETag", "").strip('"'),
+                    last_modified=item["LastModified"],
+                )
+            if not page.get("IsTruncated"):
+                return
+            page = self.client.list_objects_v2(
+                Bucket=self.bucket,
+                Prefix=self.prefix,
+                MaxKeys=1000,
+                ContinuationToken=page["NextContinuationToken"],
+            )
+
+
+def list_pending_uploads(client, bucket: str, prefix: str, limit: int = 10000) -> list[dict]:
+    """Unfinished multipart uploads under the prefix (bounded: a sane prefix has few)."""
+    uploads: list[dict] = []
+    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    while len(uploads) < limit:
+        page = client.list_multipart_uploads(**kwargs)
+        uploads.extend(page.get("Uploads", []))
+        if not page.get("IsTruncated"):
+            break
+        kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+    return uploads

@@ -1,0 +1,111 @@
+"""What a run did: counters, the JSON summary, and progress output."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+#: Errors kept in the summary. Kubernetes caps a termination message at 4 KiB.
+MAX_ERRORS_IN_SUMMARY = 5
+
+
+@dataclass
+class Summary:
+    """Counters of one run. Written as JSON by `--summary-json` and pushed as metrics."""
+
+    result: str = "running"  # "success" | "partial" (some files failed) | "error" (the run failed)
+    error: str = ""  # why the run failed, when result == "error"
+    dry_run: bool = False
+    started_at: float = field(default_factory=time.time)  # Unix seconds
+    duration_seconds: float = 0.0
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+    files_uploaded: int = 0
+    bytes_uploaded: int = 0  # bytes sent this run
+    bytes_reused: int = 0  # bytes of parts already sent by an interrupted earlier run, not sent again
+    files_unchanged: int = 0
+    bytes_unchanged: int = 0
+    files_recycled: int = 0
+    bytes_recycled: int = 0
+    files_failed: int = 0
+    bytes_failed: int = 0
+    files_excluded: int = 0
+    bytes_hashed: int = 0  # file bytes read to compute checksums (uploads included)
+    remote_objects: int = 0  # objects under the prefix after the run
+    remote_bytes: int = 0
+    recycle_pending: int = 0  # remote-only objects kept because they are not old enough yet
+    recycle_blocked: str = ""  # why recycling was skipped this run, if it was
+    errors: list[str] = field(default_factory=list)
+    exit_code: int = 0  # 0 in sync, 1 some files failed, 2 usage or configuration error
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def fail(self, path: str, message: str, size: int = 0) -> None:
+        with self._lock:
+            self.files_failed += 1
+            self.bytes_failed += size
+            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
+                self.errors.append(f"{path}: {message}"[:300])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+class Progress:
+    """A single updating status line on a TTY; nothing otherwise (plain log lines do the job)."""
+
+    def __init__(self, summary: Summary, stream=sys.stderr, interval: float = 0.5, enabled: bool = True):
+        self.summary = summary
+        self.stream = stream
+        self.enabled = enabled and bool(getattr(stream, "isatty", lambda: False)())
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def line(self) -> str:
+        s = self.summary
+        elapsed = max(time.time() - s.started_at, 1e-6)
+        return (
+            f"scanned {s.files_scanned} ({human_bytes(s.bytes_scanned)}) · "
+            f"uploaded {s.files_uploaded} ({human_bytes(s.bytes_uploaded)}, "
+            f"{human_bytes(s.bytes_uploaded / elapsed)}/s) · unchanged {s.files_unchanged} · "
+            f"failed {s.files_failed}"
+        )
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.stream.write("\r\x1b[K" + self.line())
+            self.stream.flush()
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
