@@ -29,7 +29,7 @@ from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache, save_remote_cache
 from .plan import Action, Decision, decide_present, decide_remote_only, etag_verdict, merge_join
-from .remote import STATE_DIR, RemoteListing, describe_client_error, list_pending_uploads, make_s3_client
+from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, list_pending_uploads, make_s3_client
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
 from .transfer import READ_CHUNK, UPLOAD_MARKERS, FileChanged, PendingUpload, Uploader, UploadFailed
@@ -85,7 +85,8 @@ class SyncRun:
             recycle_list = Path(workdir) / "recycle.jsonl"
             try:
                 with open(recycle_list, "w") as recycle_out:
-                    self._march(listing, first_page, uploader, recycle_out, started)
+                    remote = listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite")
+                    self._march(remote, uploader, recycle_out, started)
             finally:
                 uploader.close()
             self._recycle(recycle_list, listing.count)
@@ -99,11 +100,11 @@ class SyncRun:
         summary.remote_bytes = listing.bytes + self._remote_delta[1]
         return summary
 
-    def _march(self, listing: RemoteListing, first_page: dict, uploader: Uploader, recycle_out, now) -> None:
+    def _march(self, remote_objects: Iterator[RemoteObject], uploader: Uploader, recycle_out, now) -> None:
         options = self.options
         in_flight = threading.BoundedSemaphore(options.concurrency * 4)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
-            for local, remote in merge_join(self._local_files(), listing.objects(first_page)):
+            for local, remote in merge_join(self._local_files(), remote_objects):
                 if local is None:
                     decision = decide_remote_only(
                         remote,

@@ -6,9 +6,11 @@ Everything here is I/O. Decisions live in `plan.py`.
 from __future__ import annotations
 
 import email.utils
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
 import botocore.exceptions
@@ -97,9 +99,12 @@ def server_time(response: dict) -> datetime | None:
 
 
 class RemoteListing:
-    """Streams `ListObjectsV2` pages (1,000 keys each) as `RemoteObject`s in S3's key order.
+    """Streams `ListObjectsV2` pages (1,000 keys each) as `RemoteObject`s.
 
     Only one page is held at a time. `server_now` holds the Date of the first page.
+    AWS lists keys in UTF-8 byte order, but not every S3-compatible server does (SeaweedFS
+    lists each "directory" by name, so `a/b` comes before `a-b`): `in_key_order()` puts the
+    listing in byte order through an on-disk SQLite index, whatever order the server uses.
     """
 
     def __init__(self, client, bucket: str, prefix: str):
@@ -139,6 +144,28 @@ class RemoteListing:
                 MaxKeys=1000,
                 ContinuationToken=page["NextContinuationToken"],
             )
+
+
+    def in_key_order(self, first_page: dict, index_path: Path) -> Iterator[RemoteObject]:
+        """The listing in UTF-8 byte order (SQLite's BINARY collation), spooled to `index_path`."""
+        db = sqlite3.connect(index_path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE objects (key TEXT PRIMARY KEY, size INT, etag TEXT, modified REAL)")
+            db.execute("BEGIN")
+            batch: list[tuple] = []
+            for item in self.objects(first_page):
+                batch.append((item.key, item.size, item.etag, item.last_modified.timestamp()))
+                if len(batch) >= 1000:
+                    db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", batch)
+                    batch.clear()
+            db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", batch)
+            db.execute("COMMIT")
+            for key, size, etag, modified in db.execute("SELECT key, size, etag, modified FROM objects ORDER BY key"):
+                yield RemoteObject(key, size, etag, datetime.fromtimestamp(modified, UTC))
+        finally:
+            db.close()
 
 
 def list_pending_uploads(client, bucket: str, prefix: str, limit: int = 10000) -> list[dict]:
