@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import __doc__ as package_doc
-from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
+from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
 from .errors import UserError
 from .report import Progress, Summary, human_bytes
 
@@ -109,6 +110,8 @@ def options_from_args(args: argparse.Namespace) -> SyncOptions:
         dry_run=args.dry_run,
         hash_cache=args.hash_cache,
         follow_symlinks=args.follow_symlinks,
+        connect_timeout=parse_timeout("S3BACKUP_CONNECT_TIMEOUT", os.environ.get("S3BACKUP_CONNECT_TIMEOUT"), 10),
+        read_timeout=parse_timeout("S3BACKUP_READ_TIMEOUT", os.environ.get("S3BACKUP_READ_TIMEOUT"), 60),
     )
 
 
@@ -189,6 +192,10 @@ def run_sync_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
         print("s3backup: interrupted", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line, a summary and metrics; -vv shows the traceback
+        log.debug("internal error", exc_info=True)
+        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
+        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
     else:
         if not args.quiet:
             print(describe(summary), file=sys.stderr, flush=True)

@@ -20,7 +20,10 @@ def parse_size(text: str) -> int:
     if not match:
         raise ConfigError(f"invalid size {text!r}: use a number with an optional unit, e.g. 64MiB or 1G")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[unit])
+    value = float(number) * _SIZE_UNITS[unit]
+    if not value < 2**63:
+        raise ConfigError(f"invalid size {text!r}: too large")
+    return int(value)
 
 
 def parse_duration(text: str) -> float:
@@ -29,7 +32,32 @@ def parse_duration(text: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhdw])", cleaned)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned:
         raise ConfigError(f"invalid duration {text!r}: use a number and a unit s, m, h, d or w, e.g. 30d or 12h")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not seconds <= 1000 * 365 * 86400:
+        raise ConfigError(f"invalid duration {text!r}: too long")
+    return seconds
+
+
+def is_utf8(text: str) -> bool:
+    """False for text holding undecodable bytes (surrogates), as argv and file names may."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_timeout(name: str, text: str | None, default: float) -> float:
+    """A timeout in seconds from the environment (`S3BACKUP_READ_TIMEOUT`, ...)."""
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ConfigError(f"invalid {name} {text!r}: seconds, more than 0 and at most 3600")
+    return value
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,8 @@ def parse_recycle_cap(text: str) -> RecycleCap:
 
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix/"). The prefix always ends in `/`."""
+    if not is_utf8(url):
+        raise ConfigError(f"invalid destination {url!a}: S3 keys must be valid UTF-8")
     if not url.startswith("s3://"):
         raise ConfigError(f"invalid destination {url!r}: expected s3://BUCKET[/PREFIX]")
     bucket, _, prefix = url[len("s3://"):].partition("/")
@@ -99,6 +129,8 @@ class SyncOptions:
     dry_run: bool = False
     hash_cache: bool = True
     follow_symlinks: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.compare not in ("md5", "size"):

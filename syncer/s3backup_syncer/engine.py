@@ -58,6 +58,8 @@ class SyncRun:
             region=options.region,
             path_style=options.path_style,
             max_pool_connections=max(10, options.concurrency * 2 + 2),
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
         )
         self.filters = Filters(tuple(options.includes), tuple(options.excludes))
         self.cache: HashCache | None = None

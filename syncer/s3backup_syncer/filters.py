@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .config import is_utf8
+from .errors import ConfigError
+
 
 @lru_cache(maxsize=256)
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -59,10 +62,12 @@ class Filters:
 
     def __post_init__(self) -> None:
         for pattern in (*self.includes, *self.excludes):
-            if not pattern.strip("/"):
-                from .errors import ConfigError
-
-                raise ConfigError(f"invalid filter pattern {pattern!r}")
+            if not pattern.strip("/") or not is_utf8(pattern):
+                raise ConfigError(f"invalid filter pattern {pattern!a}")
+            try:
+                _compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"invalid filter pattern {pattern!r}: {exc}") from None
 
     def wants_file(self, key: str) -> bool:
         if any(_matches(p, key) for p in self.excludes):
