@@ -63,6 +63,7 @@ class SyncRun:
         )
         self.filters = Filters(tuple(options.includes), tuple(options.excludes))
         self.cache: HashCache | None = None
+        self._batch_delete = True  # DeleteObjects, until the server refuses it
         self.recycle_due = 0  # remote-only objects old enough to recycle (listed in a file, not in memory)
         self.recycle_refused = False  # a guard stopped due deletions: the run must not look green
         self._remote_delta = [0, 0]  # objects, bytes added under the prefix by this run
@@ -88,7 +89,7 @@ class SyncRun:
             try:
                 with open(recycle_list, "w") as recycle_out:
                     remote = listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite")
-                    self._march(remote, uploader, recycle_out, started)
+                    self._march(remote, recycle_out, started)
             finally:
                 uploader.close()
             self._recycle(recycle_list, listing.count)
@@ -102,7 +103,7 @@ class SyncRun:
         summary.remote_bytes = listing.bytes + self._remote_delta[1]
         return summary
 
-    def _march(self, remote_objects: Iterator[RemoteObject], uploader: Uploader, recycle_out, now) -> None:
+    def _march(self, remote_objects: Iterator[RemoteObject], recycle_out, now) -> None:
         options = self.options
         in_flight = threading.BoundedSemaphore(options.concurrency * 4)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
@@ -269,18 +270,34 @@ class SyncRun:
             self._delete(batch)
 
     def _delete(self, batch: list[tuple[str, int]]) -> None:
+        """Delete up to 1,000 objects in one request (one by one where the server lacks DeleteObjects)."""
         if self.options.dry_run:
             for key, size in batch:
                 print(f"would recycle: {key} ({size} bytes)", flush=True)
             self.summary.add(files_recycled=len(batch), bytes_recycled=sum(size for _, size in batch))
             return
+        failed: dict[str, str] = {}
+        try:
+            if self._batch_delete:
+                response = self.client.delete_objects(
+                    Bucket=self.options.bucket,
+                    Delete={"Objects": [{"Key": self.options.prefix + key} for key, _ in batch], "Quiet": True},
+                )
+                failed = {e["Key"][len(self.options.prefix):]: e.get("Message", e.get("Code", "")) for e in
+                          response.get("Errors", [])}
+        except botocore.exceptions.ClientError as exc:
+            log.info("batch delete refused (%s): deleting one by one", describe_client_error(exc, self.options.bucket))
+            self._batch_delete = False
+        if not self._batch_delete:
+            for key, _ in batch:
+                try:
+                    self.client.delete_object(Bucket=self.options.bucket, Key=self.options.prefix + key)
+                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                    failed[key] = describe_client_error(exc, self.options.bucket)
         for key, size in batch:
-            try:
-                self.client.delete_object(Bucket=self.options.bucket, Key=self.options.prefix + key)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                message = describe_client_error(exc, self.options.bucket)
-                log.error("%s: cannot recycle: %s", key, message)
-                self.summary.fail(key, f"cannot recycle: {message}")
+            if key in failed:
+                log.error("%s: cannot recycle: %s", key, failed[key])
+                self.summary.fail(key, f"cannot recycle: {failed[key]}")
                 continue
             log.info("recycled %s (%d bytes)", key, size)
             self.summary.add(files_recycled=1, bytes_recycled=size)

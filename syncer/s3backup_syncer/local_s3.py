@@ -156,8 +156,8 @@ class LocalS3:
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                self._process.wait(timeout=15)
+            try:  # weed may ignore SIGTERM for a long while; its data is throwaway
+                self._process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()

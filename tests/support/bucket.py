@@ -33,8 +33,8 @@ def objects(client, bucket: str, prefix: str, *, download: bool = True) -> dict[
             md5, metadata = "", {}
             if download:
                 response = client.get_object(Bucket=bucket, Key=item["Key"])
-                digest = hashlib.md5()
-                for chunk in iter(lambda: response["Body"].read(1 << 20), b""):
+                body, digest = response["Body"], hashlib.md5()
+                while chunk := body.read(1 << 20):
                     digest.update(chunk)
                 md5, metadata = digest.hexdigest(), response["Metadata"]
             found[key] = StoredObject(item["Size"], md5, item["ETag"].strip('"'), metadata)

@@ -85,13 +85,6 @@ class Pushgateway(Service):
         # An empty persistence file: nothing leaks from one test run into the next.
         return [f"--web.listen-address=127.0.0.1:{self.port}", "--persistence.file="]
 
-    def clear(self) -> None:
-        request = urllib.request.Request(self.url + "/api/v1/admin/wipe", method="PUT")
-        try:
-            urllib.request.urlopen(request, timeout=5)
-        except urllib.error.HTTPError:
-            pass  # the admin API is off: groups are deleted one by one by the tests that need it
-
 
 class Prometheus(Service):
     binary = "prometheus"
