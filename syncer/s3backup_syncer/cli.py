@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
-from .errors import UserError
+from .errors import RunError, UserError
 from .report import Progress, Summary, human_bytes
 
 log = logging.getLogger("s3backup")
@@ -124,8 +124,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     root.setLevel(level)
     # Per-file lines only with -v; the summary line always.
     logging.getLogger("s3backup").setLevel(level if verbose else max(level, logging.WARNING))
+    # urllib3 logs cut-short answers with a traceback; botocore retries them and we report the outcome.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose >= 3 else logging.CRITICAL)
 
 
 def describe(summary: Summary) -> str:
@@ -185,7 +186,7 @@ def run_sync_command(args: argparse.Namespace) -> int:
         options = options_from_args(args)
         with Progress(summary, enabled=not args.quiet):
             run_sync(options, summary=summary)
-    except UserError as exc:
+    except RunError as exc:
         summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
         summary.duration_seconds = round(time.time() - summary.started_at, 3)
         print(f"s3backup: error: {exc}", file=sys.stderr)

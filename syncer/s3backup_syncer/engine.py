@@ -24,17 +24,27 @@ from pathlib import Path
 import botocore.exceptions
 
 from .config import SyncOptions
-from .errors import ConfigError, RemoteAccessError
+from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
 from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache, save_remote_cache
 from .plan import Action, Decision, decide_present, decide_remote_only, etag_verdict, merge_join
-from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, list_pending_uploads, make_s3_client
+from .remote import (
+    STATE_DIR,
+    RemoteListing,
+    RemoteObject,
+    describe_client_error,
+    is_configuration_problem,
+    list_pending_uploads,
+    make_s3_client,
+)
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
 from .transfer import READ_CHUNK, UPLOAD_MARKERS, FileChanged, PendingUpload, Uploader, UploadFailed
 
 log = logging.getLogger("s3backup")
+
+FILE_ATTEMPTS = 3
 
 
 def check_source(source: Path) -> None:
@@ -77,8 +87,13 @@ class SyncRun:
         try:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise RemoteAccessError(describe_client_error(exc, options.bucket)) from None
+            message = describe_client_error(exc, options.bucket)
+            if is_configuration_problem(exc):
+                raise RemoteAccessError(message) from None
+            raise RemoteUnavailable(f"S3 is not available: {message}") from None
         started = listing.server_now or datetime.now(UTC)
+        self.server_clock_known = listing.server_now is not None
+        self.run_started = started
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
             if options.hash_cache and options.compare == "md5":
                 self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
@@ -157,6 +172,7 @@ class SyncRun:
 
     # --- per-file work (worker threads) ---------------------------------------------------------
     def _process(self, decision: Decision, cached: dict[int, str]) -> None:
+        """Check and/or upload one file. Its failures are recorded; the run goes on."""
         local = decision.local
         assert local is not None
         try:
@@ -166,16 +182,30 @@ class SyncRun:
                 if action is Action.UNCHANGED:
                     self.summary.add(files_unchanged=1, bytes_unchanged=local.size)
                     return
-            self._upload(local, decision.remote, action)
-        except UploadFailed as exc:
+            self._upload_with_retries(local, decision.remote, action)
+        except FileChanged as exc:
             self._fail(local, str(exc))
         except OSError as exc:
             self._fail(local, f"cannot read: {exc.strerror or exc}")
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            self._fail(local, describe_client_error(exc, self.options.bucket))
         except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
             log.debug("unexpected failure on %s", local.key, exc_info=True)
             self._fail(local, f"{type(exc).__name__}: {exc}")
+
+    def _upload_with_retries(self, local: LocalFile, remote: RemoteObject | None, action: Action) -> None:
+        """botocore retries each request; this retries the whole file when a request's answer was bad."""
+        for attempt in range(1, FILE_ATTEMPTS + 1):
+            try:
+                self._upload(local, remote, action)
+                return
+            except FileChanged:
+                raise
+            except (UploadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                message = str(exc) if isinstance(exc, UploadFailed) else describe_client_error(exc, self.options.bucket)
+                if attempt == FILE_ATTEMPTS:
+                    self._fail(local, message)
+                    return
+                log.warning("%s: %s; trying again (%d/%d)", local.key, message, attempt + 1, FILE_ATTEMPTS)
+                time.sleep(attempt)
 
     def _fail(self, local: LocalFile, message: str) -> None:
         log.error("%s: %s", local.key, message)
@@ -249,6 +279,8 @@ class SyncRun:
                       "(is the volume mounted?)")
         elif summary.files_failed:
             reason = "some files failed this run: nothing is recycled until a run succeeds"
+        elif not self.server_clock_known:
+            reason = "the S3 server sent no Date header, so object ages cannot be told safely"
         elif candidates > options.recycle_cap.limit(remote_count):
             reason = (f"{candidates} object(s) are due for recycling, over the cap of "
                       f"{options.recycle_cap.limit(remote_count)} (--max-recycle {options.recycle_cap}): "
@@ -276,9 +308,10 @@ class SyncRun:
                 print(f"would recycle: {key} ({size} bytes)", flush=True)
             self.summary.add(files_recycled=len(batch), bytes_recycled=sum(size for _, size in batch))
             return
+        batch = self._not_written_this_run(batch)
         failed: dict[str, str] = {}
         try:
-            if self._batch_delete:
+            if batch and self._batch_delete:
                 response = self.client.delete_objects(
                     Bucket=self.options.bucket,
                     Delete={"Objects": [{"Key": self.options.prefix + key} for key, _ in batch], "Quiet": True},
@@ -304,6 +337,27 @@ class SyncRun:
             with self._delta_lock:
                 self._remote_delta[0] -= 1
                 self._remote_delta[1] -= size
+
+    def _not_written_this_run(self, batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Drop candidates that were written after the run started (one HEAD each; deletions are rare).
+
+        Some servers alias keys (SeaweedFS stores `a\\b` as `a/b`), and a concurrent run may write
+        too: an object written during this run is never recycled by it.
+        """
+        def fresh(item: tuple[str, int]) -> bool:
+            try:
+                head = self.client.head_object(Bucket=self.options.bucket, Key=self.options.prefix + item[0])
+            except botocore.exceptions.ClientError:
+                return False  # already gone: deleting it again is harmless
+            return head["LastModified"] >= self.run_started
+
+        with ThreadPoolExecutor(self.options.concurrency) as pool:
+            written = list(pool.map(fresh, batch))
+        kept = [item for item, is_fresh in zip(batch, written, strict=True) if not is_fresh]
+        for key, _ in (item for item, is_fresh in zip(batch, written, strict=True) if is_fresh):
+            log.warning("%s: not recycled: it was written during this run (does the server alias names?)", key)
+            self.summary.add(recycle_pending=1)
+        return kept
 
     def _save_cache(self) -> None:
         assert self.cache is not None

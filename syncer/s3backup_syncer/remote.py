@@ -67,6 +67,25 @@ def make_s3_client(
         raise ConfigError(f"invalid S3 endpoint {endpoint_url!r}: {exc}") from None
 
 
+_CONFIG_ERROR_CODES = {
+    "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AllAccessDisabled",
+    "InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed",
+    "InvalidToken", "ExpiredToken", "InvalidRequest",
+}
+
+
+def is_configuration_problem(exc: Exception) -> bool:
+    """Whether an error at the first request means the set-up is wrong (exit 2) or S3 is unwell (exit 1)."""
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.EndpointConnectionError,
+                        botocore.exceptions.PartialCredentialsError)):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error.get("Code", "") in _CONFIG_ERROR_CODES or status in (301, 400, 403, 404)
+    return False
+
+
 def describe_client_error(exc: Exception, bucket: str) -> str:
     """One line for the user; never includes credentials."""
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -79,9 +98,13 @@ def describe_client_error(exc: Exception, bucket: str) -> str:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("NoSuchBucket",) or (status == 404 and not code.startswith("NoSuchKey")):
             return f"bucket {bucket!r} does not exist"
+        if code == "RequestTimeTooSkewed":
+            return "this machine's clock differs from the S3 server's by more than 15 minutes: fix the clock"
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403") or status == 403:
             return f"access to bucket {bucket!r} denied ({code or status}): check the credentials and their rights"
         return f"S3 error {code or status}: {error.get('Message', '')}".strip()
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError | botocore.exceptions.ConnectTimeoutError):
+        return f"the S3 endpoint did not answer in time: {exc}"
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return f"S3 client error: {exc}"
     return f"{type(exc).__name__}: {exc}"

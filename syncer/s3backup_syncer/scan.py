@@ -30,7 +30,9 @@ class LocalFile:
 
     def same_version(self, st: os.stat_result) -> bool:
         """Whether `st` still describes the file we scanned (content assumed unchanged if so)."""
-        return (st.st_size, st.st_mtime_ns, st.st_ino) == (self.size, self.mtime_ns, self.inode)
+        # ctime too: an in-place rewrite that puts the mtime back (rsync --inplace -t, touch -r) still moves it.
+        return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) == (
+            self.size, self.mtime_ns, self.ctime_ns, self.inode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ def _walk_dir(
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
-            shown = os.fsencode(entry.path).decode("utf-8", "backslashreplace")
+            shown = os.fsencode(key).decode("utf-8", "backslashreplace")
             yield ScanProblem(shown, "name is not valid UTF-8, so it cannot be an S3 key; rename it",
                               is_directory=is_dir)
             continue

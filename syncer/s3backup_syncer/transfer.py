@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .config import MiB, SyncOptions
 from .etag import multipart_etag_from_digests, part_count, part_size_for, uses_multipart
-from .remote import STATE_DIR
+from .remote import STATE_DIR, list_pending_uploads
 from .report import Summary
 from .scan import LocalFile
 
@@ -153,6 +153,7 @@ class Uploader:
         self.buffers = threading.BoundedSemaphore(options.concurrency)
         self.part_pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-part")
         self.etag_is_md5 = options.etag_is_md5
+        self.multipart_keys: set[str] = set()  # keys this run created multipart uploads for
 
     def close(self) -> None:
         self.part_pool.shutdown(wait=True)
@@ -193,10 +194,15 @@ class Uploader:
         if not f.same_version(os.fstat(handle.fileno())) or not f.same_version(os.stat(f.path)):
             raise FileChanged("file changed while it was uploaded; it will be retried next run")
 
-    def _check_etag(self, what: str, returned: str, expected: str) -> None:
+    def _check_etag(self, what: str, response: dict, expected: str) -> str:
+        """The ETag the server answered, checked against ours (when ETags are MD5s)."""
+        returned = response.get("ETag")
+        if not returned:
+            raise UploadFailed(f"{what}: the server's answer had no ETag (cut short?)")
         returned = returned.strip('"')
         if self.etag_is_md5 and returned != expected:
             raise UploadFailed(f"{what}: server ETag {returned} differs from local {expected}")
+        return returned
 
     # --- upload -------------------------------------------------------------------------------
     def upload(self, f: LocalFile) -> dict[int, str]:
@@ -230,7 +236,7 @@ class Uploader:
                 if isinstance(body, FileRange):
                     body.close()
         etag = digest.hex()
-        self._check_etag(f.key, response["ETag"], etag)
+        self._check_etag(f.key, response, etag)
         self.summary.add(bytes_uploaded=f.size)
         return etag
 
@@ -248,7 +254,7 @@ class Uploader:
                 Bucket=self.options.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             completed = True
-            self._check_etag(f.key, response["ETag"], expected)
+            self._check_etag(f.key, response, expected)
             return expected
         finally:
             if not completed:
@@ -301,8 +307,7 @@ class Uploader:
                 ContentMD5=_b64md5(digest),
                 ContentLength=len(body),
             )
-            self._check_etag(f"{f.key} part {index + 1}", response["ETag"], digest.hex())
-            etags[index] = response["ETag"].strip('"')
+            etags[index] = self._check_etag(f"{f.key} part {index + 1}", response, digest.hex())
         except BaseException as exc:  # reported by the file's worker
             failure.append(exc)
         finally:
@@ -329,6 +334,8 @@ class Uploader:
                 return resumable.upload_id, parts
             except Exception as exc:  # gone or unreadable: start a fresh one
                 log.debug("cannot resume %s: %s", f.key, exc)
+        with self._pending_lock:
+            self.multipart_keys.add(f.key)
         response = self.client.create_multipart_upload(
             Bucket=self.options.bucket, Key=self._full_key(f.key), **self._object_args(f)
         )
@@ -367,22 +374,35 @@ class Uploader:
         except Exception as exc:
             log.debug("could not delete upload marker %s: %s", upload_id, exc)
 
-    def abort_leftovers(self, started_before, stale_after_seconds: float = 86400) -> int:
-        """Abort unfinished uploads not resumed by this run: ours, or anyone's older than a day.
+    def abort_leftovers(self, run_started, stale_after_seconds: float = 86400) -> int:
+        """Abort unfinished uploads that no run will finish; returns how many.
 
-        Only uploads that were already there when this run started are touched. A run that
-        overlaps ours may lose an in-flight upload this way: it reports that file as failed, and
-        the next run uploads it again.
+        - Uploads found at the start and not resumed: ours (they have a marker), or anyone's
+          older than a day. An overlapping run may lose an in-flight upload this way: it reports
+          that file as failed, and the next run uploads it again.
+        - Uploads made during this run for keys it uploaded: all of ours are finished by now, so
+          these are orphans of a lost CreateMultipartUpload answer that botocore retried.
+        `run_started` is the server's time at the start of the run.
         """
-        aborted = 0
         with self._pending_lock:
             leftovers = [p for uploads in self.pending.values() for p in uploads]
             self.pending.clear()
-        for upload in leftovers:
-            age = (started_before - upload.initiated).total_seconds()
-            if upload.marker is None and age < stale_after_seconds:
-                continue
-            self._abort(self._full_key(upload.key), upload.upload_id)
-            self._delete_marker(upload.upload_id)
-            aborted += 1
-        return aborted
+        doomed = [
+            (upload.key, upload.upload_id) for upload in leftovers
+            if upload.marker is not None or (run_started - upload.initiated).total_seconds() >= stale_after_seconds
+        ]
+        try:
+            after_run = list_pending_uploads(self.client, self.options.bucket, self.options.prefix) \
+                if self.multipart_keys else []
+        except Exception as exc:  # cleanup is best effort; the next run tries again
+            log.warning("could not list unfinished uploads: %s", exc)
+            after_run = []
+        if after_run:
+            for upload in after_run:
+                key = upload["Key"][len(self.options.prefix):]
+                if key in self.multipart_keys and upload["Initiated"] >= run_started:
+                    doomed.append((key, upload["UploadId"]))
+        for key, upload_id in doomed:
+            self._abort(self._full_key(key), upload_id)
+            self._delete_marker(upload_id)
+        return len(doomed)
