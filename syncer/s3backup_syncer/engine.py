@@ -76,6 +76,8 @@ class SyncRun:
         self._batch_delete = True  # DeleteObjects, until the server refuses it
         self.recycle_due = 0  # remote-only objects old enough to recycle (listed in a file, not in memory)
         self.recycle_refused = False  # a guard stopped due deletions: the run must not look green
+        self.run_started = datetime.now(UTC)  # replaced by the server's clock once it answers
+        self.server_clock_known = False
         self._remote_delta = [0, 0]  # objects, bytes added under the prefix by this run
         self._delta_lock = threading.Lock()
 
@@ -91,9 +93,9 @@ class SyncRun:
             if is_configuration_problem(exc):
                 raise RemoteAccessError(message) from None
             raise RemoteUnavailable(f"S3 is not available: {message}") from None
-        started = listing.server_now or datetime.now(UTC)
+        # Ages and "written during this run" are judged by the server's clock, never ours.
         self.server_clock_known = listing.server_now is not None
-        self.run_started = started
+        self.run_started = listing.server_now or datetime.now(UTC)
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
             if options.hash_cache and options.compare == "md5":
                 self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
@@ -104,12 +106,12 @@ class SyncRun:
             try:
                 with open(recycle_list, "w") as recycle_out:
                     remote = listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite")
-                    self._march(remote, recycle_out, started)
+                    self._march(remote, recycle_out)
             finally:
                 uploader.close()
             self._recycle(recycle_list, listing.count)
             if not options.dry_run:
-                aborted = uploader.abort_leftovers(started)
+                aborted = uploader.abort_leftovers(self.run_started)
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
                 if self.cache is not None:
@@ -118,7 +120,7 @@ class SyncRun:
         summary.remote_bytes = listing.bytes + self._remote_delta[1]
         return summary
 
-    def _march(self, remote_objects: Iterator[RemoteObject], recycle_out, now) -> None:
+    def _march(self, remote_objects: Iterator[RemoteObject], recycle_out) -> None:
         options = self.options
         in_flight = threading.BoundedSemaphore(options.concurrency * 4)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
@@ -128,7 +130,7 @@ class SyncRun:
                         remote,
                         recycle_after_seconds=options.recycle_after_seconds,
                         in_scope=self.filters.in_scope(remote.key),
-                        server_now=now,
+                        server_now=self.run_started,
                     )
                     if decision.action is Action.RECYCLE:
                         recycle_out.write(json.dumps([remote.key, remote.size]) + "\n")
