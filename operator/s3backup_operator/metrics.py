@@ -1,0 +1,76 @@
+"""The operator's own Prometheus metrics, computed at scrape time from what the handlers observed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RESULTS = ("Succeeded", "Partial", "Failed")
+
+
+@dataclass
+class BackupState:
+    ready: str = "Unknown"  # the Ready condition's status: "True" / "False" / "Unknown"
+    reason: str = ""
+    last_result: str = ""
+    last_success_timestamp: float | None = None
+
+
+class OperatorMetrics(Collector):
+    """Backups by namespace and condition, reconcile errors, and each backup's last result (from status)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._lock = threading.Lock()
+        self._backups: dict[tuple[str, str], BackupState] = {}
+        self.reconcile_errors = Counter(
+            "s3backup_operator_reconcile_errors", "Reconciliations that failed, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def observe(self, namespace: str, name: str, state: BackupState) -> None:
+        with self._lock:
+            self._backups[(namespace, name)] = state
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._backups.pop((namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            backups = dict(self._backups)
+        managed = GaugeMetricFamily(
+            "s3backup_operator_backups", "S3Backup resources managed, by namespace and Ready condition.",
+            labels=["namespace", "ready", "reason"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        for (namespace, _), state in backups.items():
+            key = (namespace, state.ready, state.reason)
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in sorted(counts.items()):
+            managed.add_metric(list(key), count)
+        yield managed
+        last = GaugeMetricFamily(
+            "s3backup_operator_backup_last_result",
+            "1 for the result of each backup's last finished run (status.lastRun.result), 0 for the others.",
+            labels=["namespace", "backup", "result"],
+        )
+        success = GaugeMetricFamily(
+            "s3backup_operator_backup_last_success_timestamp_seconds",
+            "status.lastSuccessfulTime of each backup, as Unix seconds.",
+            labels=["namespace", "backup"],
+        )
+        for (namespace, name), state in sorted(backups.items()):
+            if state.last_result:
+                for result in RESULTS:
+                    last.add_metric([namespace, name, result], 1.0 if state.last_result == result else 0.0)
+            if state.last_success_timestamp is not None:
+                success.add_metric([namespace, name], state.last_success_timestamp)
+        yield last
+        yield success

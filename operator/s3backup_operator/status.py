@@ -1,0 +1,158 @@
+"""Status of an S3Backup from its finished Jobs and Pods, and its conditions (pure functions)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from s3backup_operator.render import CONTAINER_NAME
+
+#: lastRun.result values (the syncer's "success" / "partial" / "error", in Kubernetes' words).
+SUCCEEDED, PARTIAL, FAILED = "Succeeded", "Partial", "Failed"
+_RESULTS = {"success": SUCCEEDED, "partial": PARTIAL, "error": FAILED}
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_finished(job: dict[str, Any]) -> str | None:
+    """"Complete" or "Failed" once the Job is over, else None."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition["type"]
+    return None
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER_NAME:
+            return (status.get("state") or {}).get("terminated")
+    return None
+
+
+def last_attempt(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The terminated state of the Job's latest attempt (pods with restartPolicy Never: one per attempt)."""
+    finished = [state for state in map(_terminated, pods) if state]
+    return max(finished, key=lambda state: state.get("finishedAt") or "", default=None)
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """The syncer's JSON summary, or None (with FallbackToLogsOnError the message may be a log tail)."""
+    if not message:
+        return None
+    try:
+        summary = json.loads(message.strip())
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) and "result" in summary else None
+
+
+def _count(summary: dict[str, Any] | None, key: str) -> int:
+    value = (summary or {}).get(key, 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """status.lastRun for a finished Job, or None while it still runs.
+
+    The result comes from the syncer's summary when there is one (so "partial" is told apart), else
+    from the Job's condition (the pod may have been killed before writing anything).
+    """
+    outcome = job_finished(job)
+    if outcome is None:
+        return None
+    job_status = job.get("status") or {}
+    attempt = last_attempt(pods)
+    summary = parse_summary((attempt or {}).get("message"))
+    if summary is not None:
+        result = _RESULTS.get(str(summary.get("result")), FAILED)
+    else:
+        result = SUCCEEDED if outcome == "Complete" else FAILED
+    completion = job_status.get("completionTime") or (attempt or {}).get("finishedAt")
+    if not completion:
+        conditions = [c for c in job_status.get("conditions") or [] if c.get("type") == outcome]
+        completion = conditions[0].get("lastTransitionTime") if conditions else None
+    run: dict[str, Any] = {
+        "jobName": job["metadata"]["name"],
+        "result": result,
+        "startTime": job_status.get("startTime") or (attempt or {}).get("startedAt"),
+        "completionTime": completion,
+        "filesUploaded": _count(summary, "files_uploaded"),
+        "bytesUploaded": _count(summary, "bytes_uploaded"),
+        "filesRecycled": _count(summary, "files_recycled"),
+        "filesFailed": _count(summary, "files_failed"),
+    }
+    if summary is None:
+        run["message"] = "no summary from the syncer (see the pod's logs)"
+    elif summary.get("error"):
+        run["message"] = str(summary["error"])[:300]
+    if attempt is not None and attempt.get("exitCode") is not None:
+        run["exitCode"] = attempt["exitCode"]
+    return {key: value for key, value in run.items() if value is not None}
+
+
+def status_patch_for_run(current: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The status patch for a finished run, or {} if the status already shows this run or a newer one.
+
+    Replayed events (an operator restart lists every Job again) arrive in any order; only a newer
+    completion moves the status forward, and lastSuccessfulTime never goes back.
+    """
+    previous = current.get("lastRun") or {}
+    key = (run.get("completionTime") or "", run["jobName"])
+    if previous and (previous.get("completionTime") or "", previous.get("jobName", "")) >= key:
+        return {}
+    patch: dict[str, Any] = {"lastRun": run}
+    completion = run.get("completionTime") or ""
+    if run["result"] == SUCCEEDED and completion and (current.get("lastSuccessfulTime") or "") < completion:
+        patch["lastSuccessfulTime"] = completion
+    return patch
+
+
+def set_condition(
+    current: list[dict[str, Any]] | None, kind: str, true: bool, reason: str, message: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """The conditions list with the `kind` condition set; lastTransitionTime moves only when its status flips."""
+    conditions = [dict(c) for c in current or [] if c.get("type") != kind]
+    old = next((c for c in current or [] if c.get("type") == kind), None)
+    status = "True" if true else "False"
+    transition = old["lastTransitionTime"] if old and old.get("status") == status and old.get(
+        "lastTransitionTime") else now_iso()
+    condition: dict[str, Any] = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:1000],
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return [condition, *conditions] if kind == "Ready" else [*conditions, condition]
+
+
+def ready_condition(
+    current: list[dict[str, Any]] | None, ready: bool, reason: str, message: str, generation: int | None
+) -> list[dict[str, Any]]:
+    return set_condition(current, "Ready", ready, reason, message, generation)
+
+
+#: Why a backup pod cannot start, as the kubelet and scheduler say it. It would wait forever (and, with
+#: concurrencyPolicy Forbid, hold back every later run), so the operator reports it as RunBlocked=True.
+BLOCKED_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff",
+                             "ErrImagePull", "InvalidImageName"})
+
+
+def pod_blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when the pod cannot start, else None."""
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKED_REASONS:
+            return waiting["reason"], str(waiting.get("message") or waiting["reason"])
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
+                and condition.get("reason") == "Unschedulable":
+            return "Unschedulable", str(condition.get("message") or "the pod cannot be scheduled")
+    return None

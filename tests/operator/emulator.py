@@ -1,0 +1,173 @@
+"""kmock's KubernetesEmulator on a real loopback port, in its own thread and event loop.
+
+The operator under test (kopf, via KopfRunner) runs in another thread and talks to it over HTTP, like to
+a kube-apiserver. The test itself plays "the cluster": it posts Jobs and Pods as the CronJob and Job
+controllers would, with plain HTTP requests (`Cluster`).
+
+Where the emulator is not a kube-apiserver (the tests assume these, see readme-operator.md):
+- no garbage collection: deleting an owner leaves its dependents (the tests check ownerReferences instead);
+- no defaults: neither the CRD's schema defaults nor the built-in ones (the operator must not rely on them);
+- GET /api/v1/namespaces cannot be parsed by kmock 0.8: `ApiServerLikeEmulator` serves a fixed list itself
+  (`namespaces`), enough for kopf's `-n` mode, with a watch that never reports changes;
+- no validation of bodies; no uid, resourceVersion, generation or creationTimestamp. `ApiServerLikeEmulator`
+  adds the minimum kopf and the operator rely on: a new resourceVersion on every write (else kopf waits
+  its consistency timeout after each own patch), uid/creationTimestamp/generation on create, and
+  generation + 1 when a write to the main resource carries `spec` (even an unchanged one);
+- no optimistic concurrency: resourceVersion preconditions in JSON patches are not checked;
+- PATCH is a recursive dict merge (null deletes a key) for any dict body, a JSON patch for a list; no PUT;
+- the status subresource is not separate: a PATCH of /status could change the spec and vice versa;
+- label selectors are ignored on lists (the operator filters by labels itself as well);
+- no controllers: CronJobs never fire, Jobs never start; nothing writes status but the test and the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp.web
+import kmock
+
+BACKUPS = "s3backup.dev/v1alpha1/s3backups"
+
+
+class ApiServerLikeEmulator(kmock.KubernetesEmulator):
+    """The emulator, plus the metadata kube-apiserver maintains (see the module docstring)."""
+
+    _versions = itertools.count(100)
+    namespaces: tuple[str, ...] = ()  # what GET /api/v1/namespaces lists (kopf's -n mode asks for it)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.method == "GET" and raw_request.path == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """kmock 0.8 cannot parse this path (it reads "namespaces" as the namespace segment): served here."""
+        items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "uid": f"ns-{name}"}}
+                 for name in self.namespaces]
+        if raw_request.query.get("watch") not in ("true", "1"):
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                              "metadata": {"resourceVersion": "1"}, "items": items})
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        for item in items:
+            await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
+        while raw_request.transport is not None and not raw_request.transport.is_closing():
+            await asyncio.sleep(0.1)  # a quiet watch, open until the client goes
+        return response
+
+    async def _handle(self, request: kmock.Request):  # type: ignore[override]
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            version = str(next(self._versions))
+            if isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if request.action == kmock.action.CREATE:
+                    meta.setdefault("uid", str(uuid.uuid4()))
+                    meta.setdefault("generation", 1)
+                    meta.setdefault("creationTimestamp",
+                                    datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                elif "spec" in request.data and not request.subresource:
+                    key = (request.resource, request.namespace, request.name)
+                    if key in self.objects:
+                        meta["generation"] = int(self.objects[key].get("metadata", {}).get("generation") or 0) + 1
+            elif isinstance(request.data, list):  # a JSON patch (kopf's finalizers)
+                # No optimistic concurrency here: the resourceVersion precondition is dropped (the emulator
+                # would answer a failed "test" with HTTP 500, where kube-apiserver answers 409/422).
+                request.data[:] = [op for op in request.data
+                                   if not (op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion")]
+                request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+        return await super()._handle(request)
+
+
+class Emulator:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="kmock", daemon=True)
+        self.url = ""
+
+    async def _start(self) -> None:
+        self.kmock = ApiServerLikeEmulator()
+        await self.kmock.__aenter__()
+        self.kmock.resources.load_bundled()  # the built-in resources (pods, jobs, cronjobs, events, CRDs...)
+        self.kmock.resources[BACKUPS] = kmock.ResourceInfo(
+            namespaced=True, kind="S3Backup", singular="s3backup", shortnames={"s3b"},
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+        )
+        self.server = kmock.Server(self.kmock)
+        await self.server.__aenter__()
+        self.url = str(self.server.url).rstrip("/")
+
+    async def _stop(self) -> None:
+        await self.server.__aexit__(None, None, None)
+        await self.kmock.__aexit__(None, None, None)
+
+    def __enter__(self) -> Emulator:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+class Cluster:
+    """The test's own HTTP client to the emulator (what kubectl and the controllers would do)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+        return json.loads(text) if text else {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", path)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
+
+    def items(self, path: str) -> list[dict[str, Any]]:
+        return self.request("GET", path).get("items") or []
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", path, body)
+
+    def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", path, body)
+
+    def delete(self, path: str) -> dict[str, Any]:
+        return self.request("DELETE", path)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    """Poll until `condition()` returns something truthy (and return it); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
