@@ -205,7 +205,19 @@ def run_sync_command(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own heap arena, and freed request buffers linger in each: with
+    8 upload threads that is ~20 MiB of RSS on top of the buffer pool. Two arenas are plenty."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .demo import run_demo

@@ -46,6 +46,7 @@ class HashCache:
         self._db.execute("UPDATE files SET seen = 0")
         self._db.execute("BEGIN")
         self._pending = 0
+        self.changed = False  # nothing to upload after a run that stored nothing and dropped nothing
 
     def lookup(self, f: LocalFile) -> dict[int, str] | None:
         """The cached ETags of `f` if its stat is unchanged; marks the entry as still in use."""
@@ -71,6 +72,7 @@ class HashCache:
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, 1)",
                 (f.key, f.size, f.mtime_ns, f.ctime_ns, f.inode, json.dumps(known)),
             )
+            self.changed = True
             self._tick()
 
     def _tick(self) -> None:
@@ -80,15 +82,16 @@ class HashCache:
             self._db.execute("BEGIN")
             self._pending = 0
 
-    def finish(self) -> int:
-        """Drop entries of files not seen in this run; returns the number of entries kept."""
+    def finish(self) -> bool:
+        """Drop entries of files not seen in this run; returns whether the cache changed."""
         with self._lock:
-            self._db.execute("DELETE FROM files WHERE seen = 0")
+            if self._db.execute("DELETE FROM files WHERE seen = 0").rowcount:
+                self.changed = True
             self._db.execute("COMMIT")
-            (count,) = self._db.execute("SELECT COUNT(*) FROM files").fetchone()
-            self._db.execute("VACUUM")
+            if self.changed:
+                self._db.execute("VACUUM")
             self._db.close()
-        return count
+        return self.changed
 
 
 def load_remote_cache(client, bucket: str, prefix: str, workdir: Path) -> tuple[HashCache, str | None]:
@@ -111,11 +114,12 @@ def load_remote_cache(client, bucket: str, prefix: str, workdir: Path) -> tuple[
     return HashCache(db_path), warning
 
 
-def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str) -> int:
-    """Prune, compress and upload the cache; returns the number of entries."""
-    count = cache.finish()
+def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str) -> bool:
+    """Prune, compress and upload the cache, unless this run changed nothing in it."""
+    if not cache.finish():
+        return False
     packed = cache.path.with_suffix(".sqlite.gz")
     with open(cache.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
     client.upload_file(str(packed), bucket, prefix + CACHE_OBJECT)
-    return count
+    return True

@@ -1,15 +1,16 @@
 """Uploads with bounded memory and explicit integrity.
 
-Memory bound: at most `concurrency` buffers exist at once (a semaphore is taken before a
-buffer is read and released when its request is done), each at most `min(part size,
-BUFFER_LIMIT)`. With the defaults (concurrency 8, 8 MiB parts) that is 64 MiB, plus a small
-constant. Parts above BUFFER_LIMIT (files over 640 GiB with automatic part sizes) are not held
-in memory: they are hashed from disk, then streamed from disk, and the server's Content-MD5
-check catches any difference between the two reads.
+Memory bound (the s3transfer model): a fixed pool of `concurrency` buffers. A buffer is taken
+before a part (or a whole small file) is read and given back when its request is done, so at
+most `concurrency x min(part size, BUFFER_LIMIT)` bytes of file data are in memory: 64 MiB with
+the defaults (8 x 8 MiB), plus a small constant. The buffers are reused, not reallocated per part,
+so the process's memory does not drift with the allocator. Parts above BUFFER_LIMIT (files over
+640 GiB with automatic part sizes) are not held at all: they are hashed from disk, then streamed
+from disk, and the server's Content-MD5 check catches any difference between the two reads.
 
 Integrity: every request carries Content-MD5; every part's and object's returned ETag is
-compared with the locally computed one; a file whose size, mtime or inode changed during the
-upload is reported as failed, and a multipart upload is then aborted before completion, so
+compared with the locally computed one; a file whose size, mtime, ctime or inode changed during
+the upload is reported as failed, and a multipart upload is then aborted before completion, so
 the previous remote version stays intact.
 
 Crash safety: each multipart upload gets a small marker object under `PREFIX/.s3backup/uploads/`
@@ -26,6 +27,7 @@ import json
 import logging
 import mimetypes
 import os
+import queue
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +42,7 @@ from .scan import LocalFile
 log = logging.getLogger(__name__)
 
 BUFFER_LIMIT = 64 * MiB
+SMALL_BODY = 1 * MiB  # smaller bodies get a throwaway buffer; pooled buffers stay part-sized
 READ_CHUNK = 1 * MiB
 UPLOAD_MARKERS = STATE_DIR + "uploads/"
 META_MTIME = "s3backup-mtime"
@@ -72,14 +75,36 @@ class RateLimiter:
             time.sleep(start - now)
 
 
-class FileRange(io.RawIOBase):
-    """A seekable window over `length` bytes of a file from `offset`, read lazily."""
+class BufferPool:
+    """`count` reusable buffers; `take()` blocks while all are lent out. This is the memory bound."""
 
-    def __init__(self, path: str, offset: int, length: int, limiter: RateLimiter):
+    def __init__(self, count: int):
+        self._free: queue.LifoQueue[bytearray] = queue.LifoQueue()
+        for _ in range(count):
+            self._free.put(bytearray())
+
+    def take(self, size: int) -> tuple[bytearray, bytearray]:
+        """(the slot's buffer to give back, a buffer of at least `size` bytes to read into)."""
+        slot = self._free.get()
+        if size <= SMALL_BODY:
+            return slot, bytearray(size)  # small bodies don't make the pooled buffer part-sized
+        if len(slot) < size:
+            slot = bytearray(size)  # grows once per slot; reused from then on
+        return slot, slot
+
+    def give(self, slot: bytearray) -> None:
+        self._free.put(slot)
+
+
+class _RangeBody(io.RawIOBase):
+    """A seekable, read-only request body of `length` bytes, read lazily (botocore may rewind it)."""
+
+    def __init__(self, length: int):
         super().__init__()
-        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._offset, self._length, self._pos = offset, length, 0
-        self._limiter = limiter
+        self._length, self._pos = length, 0
+
+    def _read_at(self, position: int, size: int) -> bytes:
+        raise NotImplementedError
 
     def readable(self) -> bool:
         return True
@@ -87,13 +112,11 @@ class FileRange(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         remaining = self._length - self._pos
         size = remaining if size is None or size < 0 else min(size, remaining)
-        self._file.seek(self._offset + self._pos)
-        data = self._file.read(size)
+        data = self._read_at(self._pos, size)
         self._pos += len(data)
-        self._limiter.consume(len(data))
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -106,6 +129,33 @@ class FileRange(io.RawIOBase):
 
     def __len__(self) -> int:
         return self._length
+
+
+class MemoryBody(_RangeBody):
+    """A window over a pooled buffer, so the part is never copied whole."""
+
+    def __init__(self, view: memoryview):
+        super().__init__(len(view))
+        self._view = view
+
+    def _read_at(self, position: int, size: int) -> bytes:
+        return self._view[position:position + size].tobytes()
+
+
+class FileRange(_RangeBody):
+    """A window over `length` bytes of a file from `offset`, read from disk as it is sent."""
+
+    def __init__(self, path: str, offset: int, length: int, limiter: RateLimiter):
+        super().__init__(length)
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._offset = offset
+        self._limiter = limiter
+
+    def _read_at(self, position: int, size: int) -> bytes:
+        self._file.seek(self._offset + position)
+        data = self._file.read(size)
+        self._limiter.consume(len(data))
+        return data
 
     def close(self) -> None:
         self._file.close()
@@ -131,6 +181,18 @@ def _md5_of_range(path: str, offset: int, length: int) -> bytes:
 
 
 @dataclass
+class _Body:
+    """One request's body, its MD5, and the pool buffer to give back once the request is done."""
+
+    stream: _RangeBody
+    md5: bytes
+    slot: bytearray | None  # None: streamed from disk, no pool buffer held
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+
+@dataclass
 class PendingUpload:
     """An unfinished multipart upload found under the prefix at the start of the run."""
 
@@ -150,7 +212,7 @@ class Uploader:
         self.pending = pending  # key -> unfinished uploads; resumed ones are removed
         self._pending_lock = threading.Lock()
         self.limiter = RateLimiter(options.bwlimit)
-        self.buffers = threading.BoundedSemaphore(options.concurrency)
+        self.buffers = BufferPool(options.concurrency)
         self.part_pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-part")
         self.etag_is_md5 = options.etag_is_md5
         self.multipart_keys: set[str] = set()  # keys this run created multipart uploads for
@@ -176,19 +238,29 @@ class Uploader:
         return self.options.prefix + key
 
     # --- reading ----------------------------------------------------------------------------
-    def _read_range(self, f: LocalFile, handle, offset: int, length: int) -> tuple[object, bytes]:
-        """The body for one request (bytes, or a FileRange above BUFFER_LIMIT) and its MD5."""
+    def _read_body(self, f: LocalFile, handle, offset: int, length: int) -> _Body:
+        """Take a pool buffer and read one request's body into it (or, above BUFFER_LIMIT, hash it
+        from disk and stream it from disk later). The caller gives the buffer back via `_release`."""
         if length > BUFFER_LIMIT:
-            digest = _md5_of_range(f.path, offset, length)
             self.summary.add(bytes_hashed=length)
-            return FileRange(f.path, offset, length, self.limiter), digest
-        handle.seek(offset)
-        data = handle.read(length)
-        if len(data) != length:
-            raise FileChanged("file shrank while it was read")
+            return _Body(FileRange(f.path, offset, length, self.limiter), _md5_of_range(f.path, offset, length), None)
+        slot, buffer = self.buffers.take(length)
+        try:
+            view = memoryview(buffer)[:length]
+            handle.seek(offset)
+            if handle.readinto(view) != length:
+                raise FileChanged("file shrank while it was read")
+        except BaseException:
+            self.buffers.give(slot)
+            raise
         self.summary.add(bytes_hashed=length)
         self.limiter.consume(length)
-        return data, hashlib.md5(data).digest()
+        return _Body(MemoryBody(view), hashlib.md5(view).digest(), slot)
+
+    def _release(self, body: _Body) -> None:
+        body.stream.close()
+        if body.slot is not None:
+            self.buffers.give(body.slot)
 
     def _check_unchanged(self, f: LocalFile, handle) -> None:
         if not f.same_version(os.fstat(handle.fileno())) or not f.same_version(os.stat(f.path)):
@@ -218,24 +290,22 @@ class Uploader:
             raise UploadFailed(f"cannot read: {exc.strerror or exc}") from None
 
     def _upload_single(self, f: LocalFile, handle) -> str:
-        with self.buffers:
-            body, digest = self._read_range(f, handle, 0, f.size)
-            try:
-                if handle.read(1):
-                    raise FileChanged("file grew while it was read")
-                self._check_unchanged(f, handle)
-                response = self.client.put_object(
-                    Bucket=self.options.bucket,
-                    Key=self._full_key(f.key),
-                    Body=body,
-                    ContentMD5=_b64md5(digest),
-                    ContentLength=f.size,
-                    **self._object_args(f),
-                )
-            finally:
-                if isinstance(body, FileRange):
-                    body.close()
-        etag = digest.hex()
+        body = self._read_body(f, handle, 0, f.size)
+        try:
+            if handle.read(1):
+                raise FileChanged("file grew while it was read")
+            self._check_unchanged(f, handle)
+            response = self.client.put_object(
+                Bucket=self.options.bucket,
+                Key=self._full_key(f.key),
+                Body=body.stream,
+                ContentMD5=_b64md5(body.md5),
+                ContentLength=f.size,
+                **self._object_args(f),
+            )
+        finally:
+            self._release(body)
+        etag = body.md5.hex()
         self._check_etag(f.key, response, etag)
         self.summary.add(bytes_uploaded=f.size)
         return etag
@@ -262,6 +332,7 @@ class Uploader:
             self._delete_marker(upload_id)
 
     def _send_parts(self, f: LocalFile, handle, part_size: int, upload_id: str, done_parts: dict):
+        """Read parts in order (one sequential pass over the file) and send them in parallel."""
         count = part_count(f.size, part_size)
         digests: list[bytes] = [b""] * count
         etags: list[str] = [""] * count
@@ -273,21 +344,14 @@ class Uploader:
                 break
             offset = index * part_size
             length = min(part_size, f.size - offset)
-            self.buffers.acquire()
-            try:
-                body, digest = self._read_range(f, handle, offset, length)
-            except BaseException:
-                self.buffers.release()
-                raise
-            digests[index] = digest
-            if done_parts.get(index + 1) == (length, digest.hex()):
-                etags[index] = digest.hex()  # already on the server from an interrupted run
-                self.buffers.release()
+            body = self._read_body(f, handle, offset, length)
+            digests[index] = body.md5
+            if done_parts.get(index + 1) == (length, body.md5.hex()):
+                etags[index] = body.md5.hex()  # already on the server from an interrupted run
+                self._release(body)
                 continue
             sent += length
-            futures.append(self.part_pool.submit(
-                self._send_part, f, upload_id, index, body, digest, etags, failure
-            ))
+            futures.append(self.part_pool.submit(self._send_part, f, upload_id, index, body, etags, failure))
         for future in futures:
             future.result()
         if failure:
@@ -296,24 +360,22 @@ class Uploader:
         parts = [{"PartNumber": i + 1, "ETag": f'"{etags[i]}"'} for i in range(count)]
         return digests, parts
 
-    def _send_part(self, f, upload_id, index, body, digest, etags, failure) -> None:
+    def _send_part(self, f: LocalFile, upload_id: str, index: int, body: _Body, etags: list, failure: list) -> None:
         try:
             response = self.client.upload_part(
                 Bucket=self.options.bucket,
                 Key=self._full_key(f.key),
                 UploadId=upload_id,
                 PartNumber=index + 1,
-                Body=body,
-                ContentMD5=_b64md5(digest),
+                Body=body.stream,
+                ContentMD5=_b64md5(body.md5),
                 ContentLength=len(body),
             )
-            etags[index] = self._check_etag(f"{f.key} part {index + 1}", response, digest.hex())
+            etags[index] = self._check_etag(f"{f.key} part {index + 1}", response, body.md5.hex())
         except BaseException as exc:  # reported by the file's worker
             failure.append(exc)
         finally:
-            if isinstance(body, FileRange):
-                body.close()
-            self.buffers.release()
+            self._release(body)
 
     # --- resuming and cleaning up ------------------------------------------------------------
     def _marker_for(self, f: LocalFile, part_size: int) -> dict:
