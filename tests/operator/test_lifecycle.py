@@ -19,6 +19,8 @@ from s3backup_operator.config import OperatorConfig
 from s3backup_operator.metrics import OperatorMetrics
 from s3backup_operator.pushgateway import delete_group
 from s3backup_operator.render import render_cronjob
+from s3backup_syncer.metrics import push_run_metrics
+from s3backup_syncer.report import Summary
 
 from tests.operator.conftest import TEST_IMAGE, make_backup
 from tests.operator.emulator import Cluster, wait_for
@@ -113,10 +115,9 @@ def post_job_run(cluster: Cluster, job_name: str, summary: dict[str, Any] | None
 
 
 def push_group(pushgateway, backup: str) -> None:
-    body = b"s3backup_last_success_timestamp_seconds 1764124000\n"
-    request = urllib.request.Request(f"{pushgateway.url}/metrics/job/s3backup/namespace/{NS}/backup/{backup}",
-                                     data=body, method="PUT")
-    urllib.request.urlopen(request, timeout=5).close()
+    """What a backup job pushes, pushed by the syncer's own code (the gateway rejects inconsistent types)."""
+    summary = Summary(result="success", duration_seconds=1.0)
+    assert push_run_metrics(pushgateway.url, {"namespace": NS, "backup": backup}, summary, 86400) is None
 
 
 def pushed_backups(pushgateway, namespace: str = NS) -> set[str]:
