@@ -280,17 +280,24 @@ class Reconciler:
             self.metrics.forget(meta["namespace"], meta["name"])
             return
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        success = status.get("lastSuccessfulTime")
-        timestamp = None
-        if success:
-            try:
-                timestamp = datetime.datetime.fromisoformat(success.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                timestamp = None
+        interval = render.monitored_interval(body, self.config)
         self.metrics.observe(meta["namespace"], meta["name"], BackupState(
             ready=ready.get("status", "Unknown"), reason=ready.get("reason", ""),
-            last_result=(status.get("lastRun") or {}).get("result", ""), last_success_timestamp=timestamp,
+            last_result=(status.get("lastRun") or {}).get("result", ""),
+            last_success_timestamp=_unix_seconds(status.get("lastSuccessfulTime")),
+            created_timestamp=_unix_seconds(meta.get("creationTimestamp")),
+            expected_interval_seconds=None if interval is None else float(interval),
         ))
+
+
+def _unix_seconds(timestamp: Any) -> float | None:
+    """An RFC 3339 time of the API ("2026-11-26T02:45:00Z") as Unix seconds; None if absent or malformed."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def register(

@@ -19,10 +19,20 @@ class BackupState:
     reason: str = ""
     last_result: str = ""
     last_success_timestamp: float | None = None
+    created_timestamp: float | None = None  # metadata.creationTimestamp
+    # The schedule's longest gap, only for backups whose runs push metrics (else no alert can compare).
+    expected_interval_seconds: float | None = None
 
 
 class OperatorMetrics(Collector):
-    """Backups by namespace and condition, reconcile errors, and each backup's last result (from status)."""
+    """Backups by namespace and condition, reconcile errors, and per backup: its last result (from status),
+    when it was created and how often it should run.
+
+    The last two exist for the "never ran" alert: a backup that never pushed a run is invisible on the
+    Pushgateway, so the alert compares the operator's list of backups with what the Pushgateway holds.
+    Scrape this endpoint with honor_labels (the chart's ServiceMonitor sets honorLabels: true) so that
+    `namespace` stays the backup's namespace, as on the Pushgateway.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -66,11 +76,28 @@ class OperatorMetrics(Collector):
             "status.lastSuccessfulTime of each backup, as Unix seconds.",
             labels=["namespace", "backup"],
         )
+        created = GaugeMetricFamily(
+            "s3backup_operator_backup_created_timestamp_seconds",
+            "metadata.creationTimestamp of each S3Backup, as Unix seconds.",
+            labels=["namespace", "backup"],
+        )
+        interval = GaugeMetricFamily(
+            "s3backup_operator_backup_expected_interval_seconds",
+            "Longest gap between two scheduled runs of each backup whose runs push metrics to a Pushgateway "
+            "(absent without a Pushgateway or with an invalid schedule).",
+            labels=["namespace", "backup"],
+        )
         for (namespace, name), state in sorted(backups.items()):
             if state.last_result:
                 for result in RESULTS:
                     last.add_metric([namespace, name, result], 1.0 if state.last_result == result else 0.0)
             if state.last_success_timestamp is not None:
                 success.add_metric([namespace, name], state.last_success_timestamp)
+            if state.created_timestamp is not None:
+                created.add_metric([namespace, name], state.created_timestamp)
+            if state.expected_interval_seconds is not None:
+                interval.add_metric([namespace, name], state.expected_interval_seconds)
         yield last
         yield success
+        yield created
+        yield interval

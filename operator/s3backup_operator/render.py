@@ -128,6 +128,18 @@ def pushgateway_url(spec: dict[str, Any], config: OperatorConfig) -> str:
     return ((spec.get("metrics") or {}).get("pushgatewayURL") or config.default_pushgateway_url).rstrip("/")
 
 
+def monitored_interval(backup: dict[str, Any], config: OperatorConfig) -> int | None:
+    """The expected interval (seconds) the backup's runs push, or None when they push nothing
+    (no Pushgateway) or the schedule is invalid: then no alert can expect a pushed run."""
+    spec = backup.get("spec") or {}
+    if not pushgateway_url(spec, config):
+        return None
+    try:
+        return expected_interval_seconds(resolve(str(spec.get("schedule", "")), identity(backup)))
+    except ScheduleError:
+        return None
+
+
 def labels(backup_name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "s3backup",

@@ -20,6 +20,9 @@ RULES = MONITORING / "alerts.rules.yml"
 RULE_TESTS = MONITORING / "alerts.rules.test.yml"
 DASHBOARD = MONITORING / "dashboard.json"
 
+#: The namespace of the operator's pod: the target label its scrape gets, which honor_labels overrides.
+OPERATOR_POD_NAMESPACE = "s3backup-system"
+
 #: Labels the Pushgateway adds to every group on its own.
 GATEWAY_OWN_METRICS = {"push_time_seconds", "push_failure_time_seconds"}
 

@@ -1,4 +1,5 @@
-"""The dashboard and the alerts, run by a real Prometheus over metrics really pushed to the gateway.
+"""The dashboard and the alerts, run by a real Prometheus over metrics really pushed to the gateway
+(and, for S3BackupNeverRan, the operator's own /metrics).
 
 Every panel query and every alert expression goes through Prometheus' HTTP API: each must parse,
 each panel must return data, and each alert must fire for the backup it is about (and only there).
@@ -11,9 +12,19 @@ import secrets
 import time
 
 import pytest
+from s3backup_operator.metrics import BackupState
 from s3backup_syncer.metrics import push_run_metrics
 
-from .helpers import alert_rules, dashboard, dashboard_panels, fill_variables, prometheus_api, summary, wait_for
+from .helpers import (
+    OPERATOR_POD_NAMESPACE,
+    alert_rules,
+    dashboard,
+    dashboard_panels,
+    fill_variables,
+    prometheus_api,
+    summary,
+    wait_for,
+)
 
 
 def _name(kind: str) -> str:
@@ -21,8 +32,9 @@ def _name(kind: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def backups(pushgateway, prometheus) -> dict[str, dict[str, str]]:
-    """Four backups in four situations, pushed with real timestamps; returns their groupings."""
+def backups(pushgateway, prometheus, operator_metrics) -> dict[str, dict[str, str]]:
+    """Backups in different situations: four pushed with real timestamps, and what the operator's
+    /metrics says about the backups it manages (for S3BackupNeverRan); returns their groupings."""
     now = time.time()
     namespace = _name("ns")
     groups = {
@@ -43,15 +55,31 @@ def backups(pushgateway, prometheus) -> dict[str, dict[str, str]]:
     push("flaky", 100, started_at=now - 310, duration_seconds=10)
     push("flaky", 100, result="partial", exit_code=1, files_failed=3, started_at=now - 110, duration_seconds=10)
 
-    def scraped() -> bool:
-        query = 'count(s3backup_last_run_timestamp_seconds{backup=~"obs-.*"} and on(backup) %s)'
-        names = "|".join(g["backup"] for g in groups.values())
-        found = prometheus_api(prometheus.url, "/api/v1/query", query=query % f'{{backup=~"{names}"}}')
-        result = found["data"]["result"]
-        return bool(result) and result[0]["value"][1] == str(len(groups))
+    # Known to the operator only (never pushed): created long ago (fires), recently (not yet), without an
+    # interval (pushes nowhere: never judged), and the healthy backup's name in another namespace (fires:
+    # the healthy one's runs are not its runs). The healthy backup itself is known to the operator too.
+    managed = {
+        "never": ({"namespace": namespace, "backup": _name("never")}, now - 10_000, 60.0),
+        "young": ({"namespace": namespace, "backup": _name("young")}, now - 100, 60.0),
+        "unmonitored": ({"namespace": namespace, "backup": _name("unmonitored")}, now - 100_000, None),
+        "elsewhere": ({"namespace": _name("ns"), "backup": groups["healthy"]["backup"]}, now - 10_000, 3600.0),
+        "healthy": (groups["healthy"], now - 100_000, 3600.0),
+    }
+    for grouping, created, interval in managed.values():
+        operator_metrics.metrics.observe(grouping["namespace"], grouping["backup"], BackupState(
+            ready="True", reason="CronJobReady", created_timestamp=created, expected_interval_seconds=interval))
 
-    wait_for(scraped, "Prometheus to scrape the pushed groups")
-    return groups
+    def count(query: str) -> str:
+        result = prometheus_api(prometheus.url, "/api/v1/query", query=query)["data"]["result"]
+        return result[0]["value"][1] if result else "0"
+
+    pushed = "|".join(g["backup"] for g in groups.values())
+    wait_for(lambda: count(f'count(s3backup_last_run_timestamp_seconds{{backup=~"{pushed}"}})') == str(len(groups)),
+             "Prometheus to scrape the pushed groups")
+    managed_names = "|".join(grouping["backup"] for grouping, _, _ in managed.values())
+    wait_for(lambda: count(f'count(s3backup_operator_backup_created_timestamp_seconds{{backup=~"{managed_names}"}})')
+             == str(len(managed)), "Prometheus to scrape the operator's /metrics")
+    return {**groups, **{which: grouping for which, (grouping, _, _) in managed.items() if which not in groups}}
 
 
 def _panel_targets():
@@ -144,23 +172,34 @@ def test_rules_load_and_evaluate_without_errors(prometheus, backups):
         assert rule["health"] == "ok" and not rule.get("lastError"), rule
 
 
+def test_operator_series_keep_the_backup_namespace(prometheus, backups):
+    """honor_labels (the chart's ServiceMonitor: honorLabels: true) keeps the series' namespace, the
+    backup's, over the scrape target's: else S3BackupNeverRan could not match them with the pushed runs."""
+    never = backups["never"]
+    name = never["backup"]
+    query = f's3backup_operator_backup_created_timestamp_seconds{{backup="{name}"}}'
+    (series,) = prometheus_api(prometheus.url, "/api/v1/query", query=query)["data"]["result"]
+    assert series["metric"]["namespace"] == never["namespace"] != OPERATOR_POD_NAMESPACE
+    assert "exported_namespace" not in series["metric"]
+
+
 def test_alerts_fire_for_the_backups_they_are_about(prometheus, backups):
-    ours = {group["backup"]: which for which, group in backups.items()}
+    ours = {(group.get("namespace", ""), group["backup"]): which for which, group in backups.items()}
     expected = {
         ("S3BackupFailed", "failed"),
         ("S3BackupNoRecentSuccess", "failed"),  # never succeeded
         ("S3BackupNotRunning", "stale"),
         ("S3BackupFilesFailing", "flaky"),
         ("S3BackupNoRecentSuccess", "flaky"),  # last success 300 s ago, interval 100 s
+        ("S3BackupNeverRan", "never"),  # created 10000 s ago, interval 60 s (so: after 60 s + 1 h)
+        ("S3BackupNeverRan", "elsewhere"),  # same name as "healthy", another namespace, created 10000 s ago
     }
 
     def firing() -> set[tuple[str, str]]:
         alerts = prometheus_api(prometheus.url, "/api/v1/alerts")["data"]["alerts"]
-        return {
-            (alert["labels"]["alertname"], ours[alert["labels"]["backup"]])
-            for alert in alerts
-            if alert["state"] == "firing" and alert["labels"].get("backup") in ours
-        }
+        keys = ((alert, (alert["labels"].get("namespace", ""), alert["labels"].get("backup"))) for alert in alerts)
+        return {(alert["labels"]["alertname"], ours[key]) for alert, key in keys
+                if alert["state"] == "firing" and key in ours}
 
     wait_for(lambda: firing() >= expected, f"alerts {sorted(expected)}")
     time.sleep(1.5)  # one more evaluation round (every 1 s): nothing else fires

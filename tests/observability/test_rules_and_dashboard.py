@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 import yaml
+from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_syncer.metrics import run_metrics_registry
 
 from .helpers import RULE_TESTS, RULES, alert_rules, dashboard, dashboard_panels, summary
@@ -64,18 +65,29 @@ def _names_in(text: str) -> set[str]:
     return set(re.findall(r"\bs3backup_[a-z_]+\b", text))
 
 
-def test_rules_and_dashboard_use_only_metrics_that_are_pushed():
-    pushed = pushed_metric_names()
+def operator_metric_names() -> set[str]:
+    """Every name the operator's /metrics serves (a backup with every field known shows them all)."""
+    metrics = OperatorMetrics()
+    metrics.observe("ns", "db", BackupState(ready="True", reason="CronJobReady", last_result="Succeeded",
+                                            last_success_timestamp=1.0, created_timestamp=1.0,
+                                            expected_interval_seconds=3600.0))
+    return {metric.name for metric in metrics.registry.collect() if metric.samples}
+
+
+def test_rules_and_dashboard_use_only_metrics_that_exist():
+    """The panels read what runs push; the rules may also read the operator's own /metrics."""
+    pushed, served = pushed_metric_names(), operator_metric_names()
     assert "s3backup_last_success_timestamp_seconds" in pushed
+    assert "s3backup_operator_backup_created_timestamp_seconds" in served
     used_by_rules = _names_in(" ".join(rule["expr"] for rule in alert_rules()))
     used_by_panels = _names_in(" ".join(t["expr"] for p in dashboard_panels(dashboard()) for t in p["targets"]))
     assert used_by_rules and used_by_panels
-    assert used_by_rules <= pushed, used_by_rules - pushed
+    assert used_by_rules <= pushed | served, used_by_rules - pushed - served
     assert used_by_panels <= pushed, used_by_panels - pushed
 
 
 def test_metric_names_have_the_prefix_and_base_units():
-    for name in pushed_metric_names():
+    for name in pushed_metric_names() | operator_metric_names():
         assert name.startswith("s3backup_"), name
         assert not re.search(r"_(milliseconds|ms|kb|mb|kib|mib|minutes|hours|days)\b", name), name
         if "timestamp" in name or "duration" in name or "interval" in name:

@@ -106,6 +106,10 @@ def test_the_command_end_to_end(emulator, cluster, tmp_path):
             _get(f"http://127.0.0.1:{metrics}/metrics")[1]), what="/metrics")
         assert 's3backup_operator_backups{namespace="backups",ready="True",reason="CronJobReady"} 1.0' in text
         assert "s3backup_operator_reconcile_errors_total" in text or "s3backup_operator_reconcile_errors" in text
+        # For the "never ran" alert (S3BACKUP_PUSHGATEWAY_URL is set, so its runs push): created, daily interval.
+        assert 's3backup_operator_backup_created_timestamp_seconds{backup="db-dumps",namespace="backups"}' in text
+        assert 's3backup_operator_backup_expected_interval_seconds{backup="db-dumps",namespace="backups"} 86400.0' \
+            in text
     finally:
         process.send_signal(signal.SIGTERM)
         try:

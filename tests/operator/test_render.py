@@ -12,6 +12,7 @@ from s3backup_operator.render import (
     InvalidSpec,
     cronjob_name,
     merge_patch,
+    monitored_interval,
     render_cronjob,
     render_run_now_job,
     run_now_job_name,
@@ -268,3 +269,17 @@ def test_merge_patch_turns_live_into_desired(config):
     assert pod_patch["nodeSelector"] is None and pod_patch["tolerations"] is None
     assert "schedule" not in patch  # unchanged fields are left out
     assert json.dumps(merge_patch(desired, desired)) == "{}"
+
+
+def test_monitored_interval_is_the_pushed_one_and_only_when_runs_push():
+    """What the operator exports for S3BackupNeverRan: the --expected-interval its jobs push, else None."""
+    pushing = OperatorConfig(image=TEST_IMAGE, default_pushgateway_url="http://pgw:9091")
+    silent = OperatorConfig(image=TEST_IMAGE)
+    backup = make_backup(schedule="H 2 * * *")
+    args = render_cronjob(backup, pushing)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--expected-interval") + 1] == "1d"
+    assert monitored_interval(backup, pushing) == 86400
+    assert monitored_interval(backup, silent) is None  # its runs push nowhere
+    own_gateway = make_backup(schedule="*/15 * * * *", metrics={"pushgatewayURL": "http://pgw:9091"})
+    assert monitored_interval(own_gateway, silent) == 900
+    assert monitored_interval(make_backup(schedule="61 * * * *"), pushing) is None  # invalid: no runs at all

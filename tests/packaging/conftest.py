@@ -39,12 +39,22 @@ ALL_FEATURES: dict[str, Any] = {
 # The same, cluster-wide (RBAC and peering differ).
 ALL_FEATURES_CLUSTER_WIDE = {**ALL_FEATURES, "watchNamespaces": []}
 STANDALONE = {"leaderElection": {"enabled": False, "peeringName": "s3backup-operator"}}
+# Two replicas with kopf peering, no access to Secrets, pull secrets for the backup Jobs, the operator's
+# image pinned by digest (the Jobs use it too), and the alerts without the ServiceMonitor.
+HA: dict[str, Any] = {
+    "replicas": 2,
+    "rbac": {"checkSecrets": False},
+    "image": {"digest": DIGEST},
+    "backupImage": {"pullSecrets": [{"name": "regcred"}, {"name": "mirror-credentials"}]},
+    "metrics": {"prometheusRule": {"enabled": True}},
+}
 
 VALID_CASES: dict[str, dict[str, Any]] = {
     "default": {},
     "all-features": {"values": ALL_FEATURES},
     "all-features-cluster-wide": {"values": ALL_FEATURES_CLUSTER_WIDE},
     "standalone": {"values": STANDALONE},
+    "ha": {"values": HA},
     # Installed from the packaged .tgz, as users of a chart repository get it.
     "packaged": {"values": ALL_FEATURES, "package": True},
 }
@@ -54,8 +64,10 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "namespace-glob": ({"watchNamespaces": ["team-*"]}, "watchNamespaces"),
     "log-level": ({"logLevel": "loud"}, "logLevel"),
     "digest": ({"image": {"digest": "latest"}}, "digest"),
-    # kopf pauses all peers of equal priority, and a Deployment's replicas all get the same one.
-    "replicas-tie": ({"replicas": 2}, "replicas > 1 is not supported yet"),
+    # Without peering, every replica would act on every S3Backup.
+    "replicas-without-peering": ({**STANDALONE, "replicas": 2}, "replicas > 1 needs leaderElection.enabled=true"),
+    # The names go comma-separated into S3BACKUP_IMAGE_PULL_SECRETS.
+    "pull-secret-name": ({"backupImage": {"pullSecrets": [{"name": "a,b"}]}}, "pullSecrets"),
 }
 
 

@@ -21,6 +21,7 @@ from .conftest import (
     ALL_FEATURES,
     CHART,
     DIGEST,
+    HA,
     INVALID_CASES,
     REPO,
     VALID_CASES,
@@ -174,6 +175,8 @@ def test_service_monitor_scrapes_the_operator_metrics_port(rendered):
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
+    # The operator's series carry the backup's `namespace` (S3BackupNeverRan matches it with the pushed runs).
+    assert endpoint["honorLabels"] is True
     (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
     pod = one(docs, "Deployment")["spec"]["template"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -199,7 +202,9 @@ def test_operator_arguments_parse_and_match_the_values(rendered, case):
     assert options.namespaces == values.get("watchNamespaces", [])
     leader_election = values.get("leaderElection", {}).get("enabled", True)
     assert options.standalone is not leader_election
-    assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
+    deployment = one(docs, "Deployment")["spec"]
+    assert deployment["replicas"] == values.get("replicas", 1)
+    assert deployment["strategy"]["type"] == ("RollingUpdate" if deployment["replicas"] > 1 else "Recreate")
     assert options.log_level == values.get("logLevel", "info")
     # The probes hit kopf's liveness endpoint, where the operator serves it.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -218,10 +223,47 @@ def test_operator_environment_matches_the_values(rendered):
     assert config.default_pushgateway_url == ALL_FEATURES["pushgatewayURL"]
     assert config.retry_delay == 30
 
+    assert config.check_secrets is True
+    assert config.image_pull_secrets == ()  # the operator's own imagePullSecrets are not passed on
+
     default = operator_container(rendered["default"]["docs"])
     config = OperatorConfig.from_env({e["name"]: e["value"] for e in default["env"]})
     assert default["image"] == config.image == "ghcr.io/s3backup/s3backup:0.1.0"
     assert config.default_pushgateway_url == ""
+    assert config.check_secrets is True and config.image_pull_secrets == ()
+
+
+def test_backup_jobs_get_the_chart_image_and_pull_secrets(rendered):
+    """S3BACKUP_IMAGE follows image.* (digest included) when backupImage is not set, and the backup Jobs'
+    default pull secrets are backupImage.pullSecrets, in their order."""
+    container = operator_container(rendered["ha"]["docs"])
+    config = OperatorConfig.from_env({e["name"]: e["value"] for e in container["env"]})
+    assert container["image"] == config.image == f"ghcr.io/s3backup/s3backup@{DIGEST}"
+    assert config.image_pull_secrets == tuple(s["name"] for s in HA["backupImage"]["pullSecrets"])
+    assert config.image_pull_secrets == ("regcred", "mirror-credentials")
+    assert "imagePullSecrets" not in one(rendered["ha"]["docs"], "Deployment")["spec"]["template"]["spec"]
+
+
+# --- several replicas: kopf peering picks one ---------------------------------------------------------
+
+def test_two_replicas_run_with_peering_and_roll_one_at_a_time(rendered):
+    docs = rendered["ha"]["docs"]
+    deployment = one(docs, "Deployment")["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["strategy"] == {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = operator_container(docs)
+    assert not any(arg.startswith("--priority") for arg in container["args"])  # each pod derives its own
+    options = [parse_args(container["args"], environ={"HOSTNAME": pod})
+               for pod in ("s3backup-7d9f8c-x2k4q", "s3backup-7d9f8c-p8r7m")]
+    assert not any(o.standalone for o in options)
+    assert {o.peering for o in options} == {"s3backup-operator"}
+    assert options[0].priority != options[1].priority  # kopf would pause both on a tie
+    peering = one(docs, "ClusterKopfPeering", "s3backup-operator")
+    jsonschema.validate(peering, crd_schema("ClusterKopfPeering"))
+    assert allowed(docs, "patch", "kopf.dev", "clusterkopfpeerings", None)
+    assert "2 replicas: one acts, the others stand by" in rendered["ha"]["notes"]
+    assert "replicas" not in rendered["default"]["notes"]
 
 
 def test_pod_is_locked_down(rendered):
@@ -265,7 +307,7 @@ OPERATOR_NEEDS = [
     *[(v, "s3backup.dev", "s3backups") for v in ("get", "list", "watch", "patch")],
     *[(v, "s3backup.dev", "s3backups/status") for v in ("get", "patch")],
     *[(v, "batch", "cronjobs") for v in ("get", "list", "watch", "create", "patch", "delete")],
-    *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create", "delete")],
+    *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create")],
     *[(v, "", "pods") for v in ("get", "list", "watch")],
     ("get", "", "secrets"),
     *[(v, "", "events") for v in ("create", "patch")],
@@ -281,6 +323,8 @@ def test_namespaced_mode_grants_only_in_the_watched_namespaces(rendered):
         assert not allowed(docs, verb, group, resource, None), (verb, group, resource)
     assert allowed(docs, "watch", "apiextensions.k8s.io", "customresourcedefinitions", None)
     assert not allowed(docs, "list", "", "namespaces", None)
+    for verb, group, resource in [("delete", "batch", "jobs"), ("list", "", "secrets"), ("delete", "", "pods")]:
+        assert not allowed(docs, verb, group, resource, WATCHED[0]), (verb, group, resource)  # least privilege
     peerings = [d for d in docs if d["kind"] == "KopfPeering"]
     assert sorted(p["metadata"]["namespace"] for p in peerings) == WATCHED
     assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
@@ -291,6 +335,25 @@ def test_cluster_wide_mode_grants_everywhere(rendered):
     for verb, group, resource in [*OPERATOR_NEEDS, ("patch", "kopf.dev", "clusterkopfpeerings")]:
         assert allowed(docs, verb, group, resource, None), (verb, group, resource)
     one(docs, "ClusterKopfPeering", "s3backup-operator")
+
+
+@pytest.mark.parametrize("case", ["all-features", "all-features-cluster-wide", "ha"])
+def test_secret_access_follows_rbac_check_secrets(rendered, case):
+    """rbac.checkSecrets=false: no access to any Secret, and the operator is told not to look."""
+    values = VALID_CASES[case]["values"]
+    docs = rendered[case]["docs"]
+    check = values.get("rbac", {}).get("checkSecrets", True)
+    config = OperatorConfig.from_env({e["name"]: e["value"] for e in operator_container(docs)["env"]})
+    assert config.check_secrets is check
+    namespaces = values.get("watchNamespaces") or [None, "backups"]
+    for namespace in namespaces:
+        assert allowed(docs, "get", "", "secrets", namespace) is check, namespace
+        for verb, group, resource in OPERATOR_NEEDS:
+            if resource != "secrets":
+                assert allowed(docs, verb, group, resource, namespace), (verb, group, resource, namespace)
+    grants_secrets = any("secrets" in rule["resources"] for role in docs if role["kind"] in ("Role", "ClusterRole")
+                         for rule in role["rules"])
+    assert grants_secrets is check
 
 
 def test_rbac_never_grants_more_than_the_operator_needs(rendered):
@@ -319,6 +382,9 @@ def test_notes_show_a_valid_first_backup_and_how_to_see_and_trigger_it(rendered)
     assert f"annotate s3backup {backup['metadata']['name']} {RUN_NOW_ANNOTATION}=" in notes
     namespaced = rendered["all-features"]["notes"]
     assert "watching team-a, team-b" in namespaced and "pushgateway.monitoring:9091" in namespaced
+    # The alerts without the operator's scrape: S3BackupNeverRan would never fire; the notes say so.
+    assert "S3BackupNeverRan" in rendered["ha"]["notes"] and "s3backup-metrics Service" in rendered["ha"]["notes"]
+    assert "S3BackupNeverRan" not in namespaced  # the ServiceMonitor is on
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +401,7 @@ def test_values_file_passes_its_own_schema():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     jsonschema.validate(values, schema)
     jsonschema.validate(merged(values, ALL_FEATURES), schema)
+    jsonschema.validate(merged(values, HA), schema)
 
 
 def test_chart_version_matches_the_project():

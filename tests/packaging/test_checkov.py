@@ -17,7 +17,7 @@ import pytest
 from .conftest import REPO
 
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
-CASES = ["default", "all-features", "all-features-cluster-wide", "standalone"]
+CASES = ["default", "all-features", "all-features-cluster-wide", "standalone", "ha"]
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ SeaweedFS is started through the product's own `s3backup_syncer.local_s3.LocalS3
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -89,19 +90,25 @@ class Pushgateway(Service):
 class Prometheus(Service):
     binary = "prometheus"
 
-    def __init__(self, scrape_url: str, rule_files: list[Path] | None = None) -> None:
+    def __init__(self, scrape_url: str, rule_files: list[Path] | None = None,
+                 extra_scrape_configs: list[dict] | None = None) -> None:
+        """Scrapes the Pushgateway at `scrape_url` (honor_labels), plus any `extra_scrape_configs`
+        (Prometheus scrape_config entries, e.g. the operator's /metrics)."""
         self.scrape_url = scrape_url
         self.rule_files = rule_files or []
+        self.extra_scrape_configs = extra_scrape_configs or []
         super().__init__()
 
     def args(self) -> list[str]:
         target = self.scrape_url.split("://", 1)[1]
         rules = "".join(f"\n  - {path}" for path in self.rule_files)
+        extra = "".join(f"  - {json.dumps(config)}\n" for config in self.extra_scrape_configs)  # JSON is YAML
         (self.dir / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
             + (f"rule_files:{rules}\n" if rules else "")
             + "scrape_configs:\n"
             + f"  - job_name: pushgateway\n    honor_labels: true\n    static_configs: [{{targets: ['{target}']}}]\n"
+            + extra
         )
         return [
             f"--config.file={self.dir / 'prometheus.yml'}",

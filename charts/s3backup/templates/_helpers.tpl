@@ -64,16 +64,25 @@ app.kubernetes.io/part-of: s3backup
 {{- end }}
 {{- end }}
 
+{{/* A list of {name: ...} (LocalObjectReference) as "a,b". */}}
+{{- define "s3backup.names" -}}
+{{- $names := list }}
+{{- range . }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
+{{- end }}
+
 {{- define "s3backup.clusterWide" -}}
 {{- if not .Values.watchNamespaces }}true{{ end }}
 {{- end }}
 
 {{/* Checks across values that values.schema.json cannot express; included by the Deployment. */}}
 {{- define "s3backup.validate" -}}
-{{- /* kopf's peering is not a leader election: replicas of equal priority all pause ("Pausing all
-operators, including self"), and a Deployment cannot give its replicas distinct priorities. */}}
-{{- if gt (int .Values.replicas) 1 }}
-{{- fail "replicas > 1 is not supported yet: kopf peering pauses every replica when their priorities tie, and the operator gives all replicas the same one. Use replicas: 1 (Kubernetes restarts it; peering still guards against a second operator)" }}
+{{- /* Several replicas are fine with kopf peering (each replica's priority derives from its pod name, the
+highest acts), but without it every replica would act on every S3Backup. */}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicas > 1 needs leaderElection.enabled=true: without kopf peering every replica would act on every S3Backup" }}
 {{- end }}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor scrapes that Service)" }}
