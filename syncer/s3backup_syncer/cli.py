@@ -22,7 +22,8 @@ log = logging.getLogger("s3backup")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
+    def error(self, message: str):  # one line, no usage dump, whatever the user typed
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

@@ -40,7 +40,7 @@ from .remote import (
 )
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
-from .transfer import READ_CHUNK, UPLOAD_MARKERS, FileChanged, PendingUpload, Uploader, UploadFailed
+from .transfer import READ_CHUNK, SERVER_ETAG, UPLOAD_MARKERS, FileChanged, PendingUpload, Uploader, UploadFailed
 
 log = logging.getLogger("s3backup")
 
@@ -78,6 +78,7 @@ class SyncRun:
         self.recycle_refused = False  # a guard stopped due deletions: the run must not look green
         self.run_started = datetime.now(UTC)  # replaced by the server's clock once it answers
         self.server_clock_known = False
+        self._keys_with_leftovers: set[str] = set()  # source files with an unfinished upload from before
         self._remote_delta = [0, 0]  # objects, bytes added under the prefix by this run
         self._delta_lock = threading.Lock()
 
@@ -111,7 +112,7 @@ class SyncRun:
                 uploader.close()
             self._recycle(recycle_list, listing.count)
             if not options.dry_run:
-                aborted = uploader.abort_leftovers(self.run_started)
+                aborted = uploader.abort_leftovers(self.run_started, self._keys_with_leftovers)
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
                 if self.cache is not None:
@@ -138,6 +139,8 @@ class SyncRun:
                     elif decision.action is Action.KEEP_YOUNG:
                         self.summary.add(recycle_pending=1)
                     continue
+                if local.key in self._uploader.pending:
+                    self._keys_with_leftovers.add(local.key)
                 cached = None
                 if self.cache is not None and remote is not None and remote.size == local.size:
                     cached = self.cache.lookup(local)
@@ -229,7 +232,22 @@ class SyncRun:
             self.cache.store(local, etags)
         known = {**cached, **etags}
         candidates = etag_key(local.size, remote.etag, self.options.part_size)
-        return Action.UNCHANGED if etag_verdict(known, remote.etag, candidates) else Action.UPLOAD_CHANGED
+        if not etag_verdict(known, remote.etag, candidates):
+            return Action.UPLOAD_CHANGED
+        if not self.options.dry_run:
+            self._refresh_mtime(local)
+        return Action.UNCHANGED
+
+    def _refresh_mtime(self, local: LocalFile) -> None:
+        """Same content, new mtime (touch, a rewrite with the same bytes, another tool's upload)."""
+        try:
+            new_etag = self._uploader.refresh_mtime(local)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.warning("%s: content unchanged; its recorded mtime could not be updated: %s",
+                        local.key, describe_client_error(exc, self.options.bucket))
+            return
+        if new_etag and self.cache is not None:
+            self.cache.store(local, {SERVER_ETAG: new_etag})  # the copy may have changed the ETag's form
 
     def _upload(self, local: LocalFile, remote, action: Action) -> None:
         if self.options.dry_run:

@@ -42,10 +42,12 @@ from .scan import LocalFile
 log = logging.getLogger(__name__)
 
 BUFFER_LIMIT = 64 * MiB
+MAX_COPY_SIZE = 5 * 1024 * MiB  # S3's limit for one CopyObject
 SMALL_BODY = 1 * MiB  # smaller bodies get a throwaway buffer; pooled buffers stay part-sized
 READ_CHUNK = 1 * MiB
 UPLOAD_MARKERS = STATE_DIR + "uploads/"
 META_MTIME = "s3backup-mtime"
+SERVER_ETAG = -1  # hash-cache key of the ETag the server gave our upload, when it is not an MD5
 
 
 class UploadFailed(Exception):
@@ -284,12 +286,16 @@ class Uploader:
             with open(f.path, "rb") as handle:
                 self._check_unchanged(f, handle)
                 if uses_multipart(f.size, part_size):
-                    return {part_size: self._upload_multipart(f, handle, part_size)}
-                return {0: self._upload_single(f, handle)}
+                    key, (ours, theirs) = part_size, self._upload_multipart(f, handle, part_size)
+                else:
+                    key, (ours, theirs) = 0, self._upload_single(f, handle)
         except OSError as exc:
             raise UploadFailed(f"cannot read: {exc.strerror or exc}") from None
+        # With SSE-KMS the server's ETag is not an MD5: remember it too (key -1), so that the hash
+        # cache can still tell next time that the object is the one uploaded from this file version.
+        return {key: ours} if ours == theirs else {key: ours, SERVER_ETAG: theirs}
 
-    def _upload_single(self, f: LocalFile, handle) -> str:
+    def _upload_single(self, f: LocalFile, handle) -> tuple[str, str]:
         body = self._read_body(f, handle, 0, f.size)
         try:
             if handle.read(1):
@@ -306,11 +312,11 @@ class Uploader:
         finally:
             self._release(body)
         etag = body.md5.hex()
-        self._check_etag(f.key, response, etag)
+        returned = self._check_etag(f.key, response, etag)
         self.summary.add(bytes_uploaded=f.size)
-        return etag
+        return etag, returned
 
-    def _upload_multipart(self, f: LocalFile, handle, part_size: int) -> str:
+    def _upload_multipart(self, f: LocalFile, handle, part_size: int) -> tuple[str, str]:
         key = self._full_key(f.key)
         upload_id, done_parts = self._resume_or_create(f, part_size)
         completed = False
@@ -324,8 +330,7 @@ class Uploader:
                 Bucket=self.options.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             completed = True
-            self._check_etag(f.key, response, expected)
-            return expected
+            return expected, self._check_etag(f.key, response, expected)
         finally:
             if not completed:
                 self._abort(key, upload_id)
@@ -376,6 +381,32 @@ class Uploader:
             failure.append(exc)
         finally:
             self._release(body)
+
+    # --- metadata of unchanged content ----------------------------------------------------------
+    def refresh_mtime(self, f: LocalFile) -> str | None:
+        """Make the object's recorded mtime match the file's, when only the mtime changed.
+
+        A server-side copy onto itself with new metadata: no data goes over the wire. Returns the
+        copy's ETag (a copy may turn a multipart ETag into a plain MD5), or None if nothing was done.
+        S3 copies at most 5 GiB in one request; a bigger object keeps its old mtime (logged).
+        """
+        key = self._full_key(f.key)
+        head = self.client.head_object(Bucket=self.options.bucket, Key=key)
+        metadata = head.get("Metadata", {})
+        if metadata.get(META_MTIME) == str(f.mtime_ns):
+            return None
+        if head["ContentLength"] > MAX_COPY_SIZE:
+            log.warning("%s: content unchanged, mtime changed; objects over 5 GiB keep their recorded mtime", f.key)
+            return None
+        args = self._object_args(f)
+        args["Metadata"] = {**metadata, META_MTIME: str(f.mtime_ns)}
+        args["ContentType"] = head.get("ContentType") or args["ContentType"]
+        response = self.client.copy_object(
+            Bucket=self.options.bucket, Key=key, CopySource={"Bucket": self.options.bucket, "Key": key},
+            MetadataDirective="REPLACE", **args,
+        )
+        log.info("%s: content unchanged, recorded mtime updated", f.key)
+        return response.get("CopyObjectResult", {}).get("ETag", "").strip('"') or None
 
     # --- resuming and cleaning up ------------------------------------------------------------
     def _marker_for(self, f: LocalFile, part_size: int) -> dict:
@@ -436,12 +467,14 @@ class Uploader:
         except Exception as exc:
             log.debug("could not delete upload marker %s: %s", upload_id, exc)
 
-    def abort_leftovers(self, run_started, stale_after_seconds: float = 86400) -> int:
+    def abort_leftovers(self, run_started, keys_in_source: set[str], stale_after_seconds: float = 86400) -> int:
         """Abort unfinished uploads that no run will finish; returns how many.
 
-        - Uploads found at the start and not resumed: ours (they have a marker), or anyone's
-          older than a day. An overlapping run may lose an in-flight upload this way: it reports
-          that file as failed, and the next run uploads it again.
+        - Uploads found at the start and not resumed: ours (they have a marker); any upload of a
+          key that is in the source (the prefix is s3backup's, and this run has just uploaded or
+          checked that file: a marker-less one is a crash's leftover); anyone's older than a day.
+          An overlapping run may lose an in-flight upload this way: it reports that file as
+          failed, and the next run uploads it again.
         - Uploads made during this run for keys it uploaded: all of ours are finished by now, so
           these are orphans of a lost CreateMultipartUpload answer that botocore retried.
         `run_started` is the server's time at the start of the run.
@@ -451,7 +484,8 @@ class Uploader:
             self.pending.clear()
         doomed = [
             (upload.key, upload.upload_id) for upload in leftovers
-            if upload.marker is not None or (run_started - upload.initiated).total_seconds() >= stale_after_seconds
+            if upload.marker is not None or upload.key in keys_in_source
+            or (run_started - upload.initiated).total_seconds() >= stale_after_seconds
         ]
         try:
             after_run = list_pending_uploads(self.client, self.options.bucket, self.options.prefix) \
