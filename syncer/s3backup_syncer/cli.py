@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
-from .errors import RunError, UserError
+from .errors import RunError
 from .report import Progress, Summary, human_bytes
 
 log = logging.getLogger("s3backup")
@@ -156,7 +156,7 @@ def write_summary(summary: Summary, path: str | None) -> None:
         log.warning("cannot write the summary to %s: %s", path, exc.strerror)
 
 
-def push_metrics(args: argparse.Namespace, summary: Summary) -> None:
+def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | None) -> None:
     if not args.pushgateway:
         return
     from .metrics import push_run_metrics
@@ -165,12 +165,6 @@ def push_metrics(args: argparse.Namespace, summary: Summary) -> None:
     grouping = {"backup": name}
     if args.backup_namespace:
         grouping = {"namespace": args.backup_namespace, **grouping}
-    interval = None
-    if args.expected_interval:
-        try:
-            interval = parse_duration(args.expected_interval)
-        except UserError:
-            interval = None
     warning = push_run_metrics(args.pushgateway, grouping, summary, interval)
     if warning:
         log.warning(warning)
@@ -181,9 +175,10 @@ def run_sync_command(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose, args.quiet)
     summary = Summary(dry_run=args.dry_run)
+    interval = None
     try:
         if args.expected_interval:
-            parse_duration(args.expected_interval)
+            interval = parse_duration(args.expected_interval)
         options = options_from_args(args)
         with Progress(summary, enabled=not args.quiet):
             run_sync(options, summary=summary)
@@ -202,7 +197,7 @@ def run_sync_command(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(describe(summary), file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)
-    push_metrics(args, summary)
+    push_metrics(args, summary, interval)
     return summary.exit_code
 
 
