@@ -11,7 +11,17 @@ import copy
 import hashlib
 import json
 import posixpath
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from botocore.exceptions import InvalidRegionError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, validate_region_name
+from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
+from s3backup_syncer.errors import UserError
+from s3backup_syncer.etag import validate_part_size
+from s3backup_syncer.filters import Filters
 
 from s3backup_operator.config import OperatorConfig
 from s3backup_operator.schedule import ScheduleError, expected_interval_seconds, format_duration, resolve
@@ -102,16 +112,18 @@ def identity(backup: dict[str, Any]) -> str:
 
 
 def validate(backup: dict[str, Any]) -> None:
-    """Raise InvalidSpec for what the CRD's OpenAPI schema cannot express (cron syntax, time zones...).
+    """Raise InvalidSpec for what the CRD's OpenAPI schema cannot express (cron syntax, time zones, and
+    whatever the syncer's own parsers would refuse: see validate_syncer_options).
 
     Cross-field rules are also CEL rules in the CRD; they are checked here too (older clusters, the emulator).
     """
     spec = backup.get("spec") or {}
     try:
         resolved = resolve(str(spec.get("schedule", "")), identity(backup))
-        expected_interval_seconds(resolved)
+        interval = expected_interval_seconds(resolved)
     except ScheduleError as error:
         raise InvalidSpec("InvalidSchedule", f"spec.schedule {spec.get('schedule', '')!r}: {error}") from None
+    _syncer_accepts("spec.schedule", lambda: parse_duration(format_duration(interval)))  # --expected-interval
     try:
         _validate_time_zone(spec.get("timeZone") or "")
     except ScheduleError as error:
@@ -122,6 +134,98 @@ def validate(backup: dict[str, Any]) -> None:
     sub_path = (spec.get("source") or {}).get("subPath") or ""
     if sub_path.startswith("/") or ".." in sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {sub_path!r} must be relative, without '..'")
+    validate_syncer_options(with_defaults(spec))
+
+
+_T = TypeVar("_T")
+
+
+def _syncer_accepts(field: str, check: Callable[[], _T]) -> _T:
+    """Run one of the syncer's own parsers; what it refuses becomes an InvalidSpec with its one-line message."""
+    try:
+        return check()
+    except UserError as error:
+        raise InvalidSpec("InvalidSpec", f"{field}: {error}") from None
+
+
+def _check_endpoint(url: str) -> None:
+    """What boto3 refuses when the syncer makes its client (or on its first request): the syncer has no
+    parser of its own for these (yet), so this mirrors botocore's checks with botocore's functions."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+        valid = bool(is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url))
+    except ValueError:
+        valid = False
+    if not valid or parts.scheme not in ("http", "https") or parts.query:
+        raise InvalidSpec("InvalidSpec", f"spec.destination.endpoint: invalid S3 endpoint {url!r}: "
+                                         "use http(s)://HOST[:PORT][/PATH] (no query)")
+
+
+def _check_region(region: str) -> None:
+    try:
+        validate_region_name(region)
+    except InvalidRegionError:
+        raise InvalidSpec("InvalidSpec", f"spec.destination.region: invalid region {region!r}: "
+                                         "letters, digits and inner '-', not only digits") from None
+
+
+def validate_syncer_options(spec: dict[str, Any]) -> None:
+    """Run every value the CronJob passes to `s3backup sync` through the syncer's own parsers and checks
+    (`spec` has its defaults filled in), so a spec the syncer would refuse (exit 2 on every run) is
+    refused here instead, with the syncer's reason. The CRD's patterns catch most of it earlier."""
+    source, destination = spec["source"], spec["destination"]
+    recycle, transfer = spec["recycle"], spec["transfer"]
+    option_values = {
+        "spec.destination.sseKmsKeyId": destination.get("sseKmsKeyId") or "",
+        "spec.destination.storageClass": destination.get("storageClass") or "",
+        "spec.destination.endpoint": destination.get("endpoint") or "",
+        "spec.metrics.pushgatewayURL": (spec.get("metrics") or {}).get("pushgatewayURL") or "",
+        **{f"spec.source.include[{i}]": pattern for i, pattern in enumerate(source["include"])},
+        **{f"spec.source.exclude[{i}]": pattern for i, pattern in enumerate(source["exclude"])},
+    }
+    positional = {"spec.source.subPath": source["subPath"], "spec.destination.prefix": destination["prefix"]}
+    for field, value in {**positional, **option_values}.items():
+        if "\0" in str(value):  # a process argument cannot hold one: the pod would never start
+            raise InvalidSpec("InvalidSpec", f"{field}: must not contain a NUL character")
+        if field in option_values and value == "--":  # argparse drops a "--" even from `--exclude=--`
+            raise InvalidSpec("InvalidSpec", f"{field}: '--' alone cannot be passed to the syncer")
+    bucket, prefix = _syncer_accepts("spec.destination", lambda: parse_s3_url(destination_url(destination)))
+    if destination.get("endpoint"):
+        _check_endpoint(destination["endpoint"])
+    if destination.get("region"):
+        _check_region(destination["region"])
+    recycle_after = None
+    if recycle.get("after"):
+        recycle_after = _syncer_accepts("spec.recycle.after", lambda: parse_duration(str(recycle["after"])))
+    recycle_cap = _syncer_accepts("spec.recycle.maxDelete", lambda: parse_recycle_cap(str(recycle["maxDelete"])))
+    includes, excludes = tuple(source["include"]), tuple(source["exclude"])
+    _syncer_accepts("spec.source.include", lambda: Filters(includes=includes))
+    _syncer_accepts("spec.source.exclude", lambda: Filters(excludes=excludes))
+    part_size = None
+    if str(transfer["partSize"]) != "auto":
+        part_size = _syncer_accepts("spec.transfer.partSize", lambda: parse_size(str(transfer["partSize"])))
+        _syncer_accepts("spec.transfer.partSize", lambda: validate_part_size(part_size))
+    bwlimit = None
+    if transfer.get("bwlimit"):
+        bwlimit = _syncer_accepts("spec.transfer.bwlimit", lambda: parse_size(str(transfer["bwlimit"])))
+    # SyncOptions checks the rest: each value alone first (so the message names its field), then together.
+    source_dir = Path(source_directory(source))  # only named here, never opened
+    concurrency = int(transfer["concurrency"])
+    alone = {"transfer.bwlimit": {"bwlimit": bwlimit}, "transfer.concurrency": {"concurrency": concurrency},
+             "compare": {"compare": spec["compare"]}}
+    for field, value in alone.items():
+        _syncer_accepts(f"spec.{field}",
+                        lambda value=value: SyncOptions(source=source_dir, bucket=bucket, prefix=prefix, **value))
+    _syncer_accepts("spec.destination", lambda: SyncOptions(
+        source=source_dir, bucket=bucket, prefix=prefix, endpoint_url=destination.get("endpoint") or None,
+        region=destination.get("region") or None, path_style=bool(destination["forcePathStyle"]),
+        compare=spec["compare"], recycle_after_seconds=recycle_after, recycle_cap=recycle_cap,
+        includes=includes, excludes=excludes, storage_class=destination.get("storageClass") or None,
+        sse=destination.get("sse") or None, sse_kms_key_id=destination.get("sseKmsKeyId") or None,
+        part_size=part_size, concurrency=concurrency, bwlimit=bwlimit,
+        follow_symlinks=bool(source["followSymlinks"]),
+    ))
 
 
 def pushgateway_url(spec: dict[str, Any], config: OperatorConfig) -> str:
@@ -149,52 +253,64 @@ def labels(backup_name: str) -> dict[str, str]:
     }
 
 
+def source_directory(source: dict[str, Any]) -> str:
+    """Where the syncer reads: the volume's mount point, or `subPath` inside it."""
+    directory = posixpath.join(SOURCE_MOUNT, source["subPath"]) if source["subPath"] else SOURCE_MOUNT
+    return directory.rstrip("/") or "/"
+
+
+def destination_url(destination: dict[str, Any]) -> str:
+    url = f"s3://{destination.get('bucket', '')}"
+    if destination["prefix"].strip("/"):
+        url += "/" + destination["prefix"].strip("/")
+    return url
+
+
 def syncer_args(backup: dict[str, Any], config: OperatorConfig) -> list[str]:
-    """The `s3backup sync ...` arguments (see CONTRACT.md, "Syncer CLI")."""
+    """The `s3backup sync ...` arguments (see CONTRACT.md, "Syncer CLI").
+
+    Every option with a value is one `--option=value` argument: argparse would take a separate value
+    starting with "-" (an exclude `-wal`, say) for an option of its own.
+    """
     meta = backup["metadata"]
     spec = with_defaults(backup.get("spec") or {})
     source, destination = spec["source"], spec["destination"]
-    source_dir = posixpath.join(SOURCE_MOUNT, source["subPath"]) if source["subPath"] else SOURCE_MOUNT
-    url = f"s3://{destination['bucket']}"
-    if destination["prefix"].strip("/"):
-        url += "/" + destination["prefix"].strip("/")
-    args = ["sync", source_dir.rstrip("/") or "/", url]
+    options: list[tuple[str, Any]] = []  # (option, value); None for a flag
     if destination.get("endpoint"):
-        args += ["--endpoint-url", destination["endpoint"]]
+        options.append(("--endpoint-url", destination["endpoint"]))
     if destination.get("region"):
-        args += ["--region", destination["region"]]
+        options.append(("--region", destination["region"]))
     if destination["forcePathStyle"]:
-        args.append("--path-style")
+        options.append(("--path-style", None))
     if destination.get("storageClass"):
-        args += ["--storage-class", destination["storageClass"]]
+        options.append(("--storage-class", destination["storageClass"]))
     if destination.get("sse"):
-        args += ["--sse", destination["sse"]]
+        options.append(("--sse", destination["sse"]))
     if destination.get("sseKmsKeyId"):
-        args += ["--sse-kms-key-id", destination["sseKmsKeyId"]]
-    args += ["--compare", spec["compare"]]
+        options.append(("--sse-kms-key-id", destination["sseKmsKeyId"]))
+    options.append(("--compare", spec["compare"]))
     if spec["recycle"].get("after"):
-        args += ["--recycle-after", spec["recycle"]["after"], "--max-recycle", str(spec["recycle"]["maxDelete"])]
-    for pattern in source["include"]:
-        args += ["--include", pattern]
-    for pattern in source["exclude"]:
-        args += ["--exclude", pattern]
+        options += [("--recycle-after", spec["recycle"]["after"]), ("--max-recycle", spec["recycle"]["maxDelete"])]
+    options += [("--include", pattern) for pattern in source["include"]]
+    options += [("--exclude", pattern) for pattern in source["exclude"]]
     if source["followSymlinks"]:
-        args.append("--follow-symlinks")
+        options.append(("--follow-symlinks", None))
     transfer = spec["transfer"]
-    args += ["--part-size", str(transfer["partSize"]), "--concurrency", str(transfer["concurrency"])]
+    options += [("--part-size", transfer["partSize"]), ("--concurrency", transfer["concurrency"])]
     if transfer.get("bwlimit"):
-        args += ["--bwlimit", str(transfer["bwlimit"])]
-    args += ["--summary-json", TERMINATION_LOG]
+        options.append(("--bwlimit", transfer["bwlimit"]))
+    options.append(("--summary-json", TERMINATION_LOG))
     gateway = pushgateway_url(spec, config)
     if gateway:
-        args += ["--pushgateway", gateway]
+        options.append(("--pushgateway", gateway))
     interval = expected_interval_seconds(resolve(spec["schedule"], identity(backup)))
-    args += [
-        "--backup-name", meta["name"],
-        "--backup-namespace", meta["namespace"],
-        "--expected-interval", format_duration(interval),
+    options += [
+        ("--backup-name", meta["name"]),
+        ("--backup-namespace", meta["namespace"]),
+        ("--expected-interval", format_duration(interval)),
     ]
-    return args
+    flags = [option if value is None else f"{option}={value}" for option, value in options]
+    return ["sync", source_directory(source), destination_url(destination), *flags]
 
 
 def _credentials_env(destination: dict[str, Any]) -> list[dict[str, Any]]:

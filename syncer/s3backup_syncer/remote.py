@@ -68,8 +68,8 @@ def make_s3_client(
     )
     try:
         client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
-    except ValueError as exc:  # e.g. an endpoint URL that is not a URL
-        raise ConfigError(f"invalid S3 endpoint {endpoint_url!r}: {exc}") from None
+    except ValueError as exc:  # an endpoint URL that is not a URL, a malformed region name
+        raise ConfigError(f"invalid S3 endpoint or region: {exc}") from None
     client.meta.events.register("before-call.s3", _no_expect_for_small_bodies)
     return client
 
@@ -102,7 +102,8 @@ _CONFIG_ERROR_CODES = {
 def is_configuration_problem(exc: Exception) -> bool:
     """Whether an error at the first request means the set-up is wrong (exit 2) or S3 is unwell (exit 1)."""
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.EndpointConnectionError,
-                        botocore.exceptions.PartialCredentialsError)):
+                        botocore.exceptions.PartialCredentialsError, botocore.exceptions.EndpointProviderError,
+                        botocore.exceptions.ParamValidationError)):
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})

@@ -98,3 +98,9 @@ def make_backup(name: str = "db-dumps", namespace: str = "backups", **spec_chang
     }
     body["spec"].update(copy.deepcopy(spec_changes))
     return body
+
+
+def option(args: list[str], name: str) -> str | None:
+    """The value of the syncer option `name` in rendered args (each is one `--name=value` item), else None."""
+    values = [arg.partition("=")[2] for arg in args if arg.partition("=")[0] == name]
+    return values[0] if values else None

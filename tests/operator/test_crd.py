@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 import yaml
-from s3backup_operator.render import DEFAULTS, render_cronjob, render_run_now_job
+from botocore.utils import validate_region_name
+from s3backup_operator.render import DEFAULTS, destination_url, render_cronjob, render_run_now_job
+from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
+from s3backup_syncer.errors import UserError
+from s3backup_syncer.etag import validate_part_size
+from s3backup_syncer.filters import Filters
 
 from tests.operator.conftest import CRD_PATH, EXAMPLES, example, make_backup
 from tests.operator.schema_tools import apply_defaults, validate_builtin, validator
@@ -147,6 +154,26 @@ INVALID = {
     "root user": _set("spec.job.podSecurityContext", {"runAsUser": 0}),
     "unknown field (typo)": _set("spec.destination.buckets", "x"),
     "time zone with spaces": _set("spec.timeZone", "Central European Time"),
+    # B9: values the syncer refuses (each would make every run exit 2)
+    "part size of 1 byte": _set("spec.transfer.partSize", "1"),
+    "part size under 5MiB": _set("spec.transfer.partSize", "4M"),
+    "part size over 5GiB": _set("spec.transfer.partSize", "6G"),
+    "part size with Mi but no B": _set("spec.transfer.partSize", "64Mi"),
+    "bwlimit under 1KiB": _set("spec.transfer.bwlimit", "1"),
+    "bwlimit of 1000 bytes": _set("spec.transfer.bwlimit", "1000"),
+    "max delete over 100%": _set("spec.recycle.maxDelete", "200%"),
+    "recycle age over 1000 years": _set("spec.recycle.after", "400000d"),
+    "bucket with ..": _set("spec.destination.bucket", "a..b"),
+    "prefix with //": _set("spec.destination.prefix", "a//b"),
+    "prefix ending with //": _set("spec.destination.prefix", "a//"),
+    "include of only slashes": _set("spec.source.include", ["/"]),
+    "empty exclude": _set("spec.source.exclude", [""]),
+    "endpoint that is no URL": _set("spec.destination.endpoint", "https://[bad"),
+    "endpoint with a port over 65535": _set("spec.destination.endpoint", "http://s3:70000"),
+    "endpoint with a query": _set("spec.destination.endpoint", "https://s3.example.com/?x=1"),
+    "endpoint host with an underscore": _set("spec.destination.endpoint", "http://s3_x:9000"),
+    "region ending with -": _set("spec.destination.region", "eu-"),
+    "region of digits": _set("spec.destination.region", "123"),
 }
 
 
@@ -179,3 +206,114 @@ def test_patterns_avoid_lookarounds():
     text = CRD_PATH.read_text()
     assert "(?=" not in text and "(?!" not in text and "(?<" not in text
     yaml.safe_load(text)
+
+
+# The CRD's patterns against the syncer's own parsers (B9): what a pattern lets through, the syncer accepts;
+# where the pattern can express the syncer's rule exactly, both agree on every value tried.
+
+def _pattern(crd_schema: dict[str, Any], path: str) -> str:
+    node = crd_schema["properties"]["spec"]
+    for key in path.split("."):
+        node = node["items"] if key == "[]" else node["properties"][key]
+    return node["pattern"]
+
+
+def _accepted(check: Callable[[], Any]) -> bool:
+    try:
+        check()
+    except UserError:
+        return False
+    return True
+
+
+def _strings(alphabet: str, lengths: range) -> list[str]:
+    return ["".join(chars) for length in lengths for chars in itertools.product(alphabet, repeat=length)]
+
+
+def test_part_size_pattern_is_the_syncer_range(crd_schema):
+    pattern = _pattern(crd_schema, "transfer.partSize")
+    unit_sizes = [f"{n}{unit}" for n in range(0, 5200) for unit in ("M", "MB", "MiB")]
+    unit_sizes += [f"{n}{unit}" for n in range(0, 8) for unit in ("G", "GB", "GiB")]
+    for value in unit_sizes:
+        syncer = _accepted(lambda value=value: validate_part_size(parse_size(value)))
+        assert bool(re.search(pattern, value)) == syncer, value
+    for value in ["auto", "5242880", "8192K", "1T", "64Mi", "64mib", "5.5M"]:  # stricter is fine, never looser
+        if re.search(pattern, value):
+            assert value == "auto" or _accepted(lambda value=value: validate_part_size(parse_size(value))), value
+
+
+def _bwlimit_accepted(value: str) -> bool:
+    return _accepted(lambda: SyncOptions(source=Path("/data"), bucket="abc", prefix="", bwlimit=parse_size(value)))
+
+
+def test_bwlimit_pattern_is_the_syncer_minimum(crd_schema):
+    pattern = _pattern(crd_schema, "transfer.bwlimit")
+    for value in [*map(str, range(1, 3000)), *(f"{n}B" for n in range(1, 3000))]:
+        assert bool(re.search(pattern, value)) == _bwlimit_accepted(value), value
+    for value in [f"{n}{unit}{suffix}" for n in (1, 50, 999999, 1000000) for unit in "KMGT"
+                  for suffix in ("", "B", "iB")] + ["9" * 15, "9" * 16, "9" * 20]:
+        if re.search(pattern, value):
+            assert _bwlimit_accepted(value), value
+
+
+def test_max_delete_pattern_is_the_syncer_cap(crd_schema):
+    pattern = _pattern(crd_schema, "recycle.maxDelete")
+    for value in [*map(str, range(0, 300)), *(f"{n}%" for n in range(0, 300)), "9" * 12, "-1", "1e3"]:
+        assert bool(re.search(pattern, value)) == _accepted(lambda value=value: parse_recycle_cap(value)), value
+    assert not re.search(pattern, "5.5%")  # the syncer takes fractions; the schema keeps to whole numbers
+
+
+def test_recycle_age_pattern_stays_within_the_syncer_limit(crd_schema):
+    pattern = _pattern(crd_schema, "recycle.after")
+    for unit in "smhdw":
+        for digits in range(1, 14):
+            value = "9" * digits + unit
+            if re.search(pattern, value):
+                assert _accepted(lambda value=value: parse_duration(value)), value
+        assert re.search(pattern, f"0{unit}") and re.search(pattern, f"100{unit}")
+    assert re.search(pattern, "36500d")  # a century is expressible
+
+
+def test_bucket_pattern_is_the_syncer_rule(crd_schema):
+    node = crd_schema["properties"]["spec"]["properties"]["destination"]["properties"]["bucket"]
+    for name in [*_strings("a0.-", range(1, 6)), "a" * 63, "a" * 64]:
+        in_schema = bool(re.search(node["pattern"], name)) and node["minLength"] <= len(name) <= node["maxLength"]
+        assert in_schema == _accepted(lambda name=name: parse_s3_url(f"s3://{name}")), name
+
+
+def test_prefix_pattern_is_the_syncer_rule(crd_schema):
+    pattern = _pattern(crd_schema, "destination.prefix")
+    for prefix in _strings("a/", range(0, 7)):
+        if prefix.startswith("/"):
+            assert not re.search(pattern, prefix), prefix  # a leading "/" is refused outright
+            continue
+        syncer = _accepted(lambda prefix=prefix: parse_s3_url(destination_url({"bucket": "abc", "prefix": prefix})))
+        if prefix.endswith("//"):  # the syncer strips trailing slashes; the schema refuses "//" anywhere
+            assert not re.search(pattern, prefix), prefix
+        else:
+            assert bool(re.search(pattern, prefix)) == syncer, prefix
+
+
+@pytest.mark.parametrize("field", ["include", "exclude"])
+def test_filter_item_pattern_is_the_syncer_rule_for_slashes(crd_schema, field):
+    pattern = _pattern(crd_schema, f"source.{field}.[]")
+    for glob in _strings("a/", range(1, 5)):
+        assert bool(re.search(pattern, glob)) == _accepted(lambda glob=glob: Filters(includes=(glob,))), glob
+
+
+def test_region_pattern_is_accepted_by_botocore(crd_schema):
+    pattern = _pattern(crd_schema, "destination.region")
+    for region in [*_strings("a1-", range(1, 5)), "eu-central-1", "a" * 63]:
+        if re.search(pattern, region):
+            validate_region_name(region)
+
+
+ENDPOINTS = ["https://s3.example.com", "http://127.0.0.1:9000", "http://[::1]:9000", "http://s3:65535/base/x",
+             "https://s3.example.com/", "http://minio.minio.svc.cluster.local:9000", "https://[bad", "http://s3:65536",
+             "http://s3?x=1", "http://s3_x", "http://-s3", "ftp://s3", "http://s3/a b", "http://user@s3"]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_endpoints_the_schema_accepts_are_accepted_by_the_renderer(crd_schema, config, endpoint):
+    if re.search(_pattern(crd_schema, "destination.endpoint"), endpoint):
+        render_cronjob(make_backup(destination={"bucket": "abc", "endpoint": endpoint}), config)

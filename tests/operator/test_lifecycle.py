@@ -22,7 +22,7 @@ from s3backup_operator.render import render_cronjob
 from s3backup_syncer.metrics import push_run_metrics
 from s3backup_syncer.report import Summary
 
-from tests.operator.conftest import TEST_IMAGE, make_backup
+from tests.operator.conftest import TEST_IMAGE, make_backup, option
 from tests.operator.emulator import Cluster, wait_for
 from tests.operator.schema_tools import validate_builtin
 
@@ -149,7 +149,7 @@ def test_full_lifecycle(cluster, run_operator, pushgateway):
             "uid": backup["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True,
         }]
         validate_builtin(created)
-        assert args_of(created)[args_of(created).index("--pushgateway") + 1] == pushgateway.url
+        assert option(args_of(created), "--pushgateway") == pushgateway.url
         condition = wait_ready(cluster, "True", "CronJobReady")
         status = backup_status(cluster)
         assert status["cronJobName"] == "db-dumps-s3backup"
@@ -166,11 +166,11 @@ def test_full_lifecycle(cluster, run_operator, pushgateway):
         # Update: any spec change re-renders and patches the CronJob.
         cluster.patch(f"{BACKUPS}/db-dumps", {"spec": {"transfer": {"concurrency": 9}, "schedule": "@hourly",
                                                         "destination": {"region": None}}})
-        patched = wait_for(lambda: (lambda c: c if "9" in args_of(c) else None)(cronjob(cluster)),
+        patched = wait_for(lambda: (lambda c: c if "--concurrency=9" in args_of(c) else None)(cronjob(cluster)),
                            what="the patched CronJob")
         assert patched["spec"]["schedule"] == "@hourly"
-        assert "--region" not in args_of(patched)
-        assert args_of(patched)[args_of(patched).index("--expected-interval") + 1] == "1h"
+        assert option(args_of(patched), "--region") is None
+        assert option(args_of(patched), "--expected-interval") == "1h"
         assert patched["spec"] == render_cronjob(cluster.get(f"{BACKUPS}/db-dumps"), config)["spec"]
         wait_for(lambda: backup_status(cluster).get("observedGeneration") == 2, what="observedGeneration 2")
 
@@ -287,7 +287,7 @@ def test_operator_restart_makes_no_duplicate(cluster, config, run_operator):
         assert cronjob(cluster)["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     cluster.patch(f"{BACKUPS}/db-dumps", {"spec": {"compare": "size"}})
     with run_operator(config):
-        wait_for(lambda: "size" in args_of(cronjob(cluster)), what="the change made while down, applied")
+        wait_for(lambda: "--compare=size" in args_of(cronjob(cluster)), what="the change made while down, applied")
         assert len(cluster.items(CRONJOBS)) == 1
 
 

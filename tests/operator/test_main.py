@@ -101,7 +101,7 @@ def test_the_command_end_to_end(emulator, cluster, tmp_path):
         created = wait_for(lambda: cronjob(cluster), what="the CronJob")
         container = created["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == "example.org/s3backup:e2e"
-        assert "http://pushgateway.monitoring:9091" in container["args"]
+        assert "--pushgateway=http://pushgateway.monitoring:9091" in container["args"]
         text = wait_for(lambda: (lambda t: t if 'ready="True"' in t else None)(
             _get(f"http://127.0.0.1:{metrics}/metrics")[1]), what="/metrics")
         assert 's3backup_operator_backups{namespace="backups",ready="True",reason="CronJobReady"} 1.0' in text

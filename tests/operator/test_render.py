@@ -19,8 +19,11 @@ from s3backup_operator.render import (
     spec_hash,
     validate,
 )
+from s3backup_syncer import cli
+from s3backup_syncer.config import RecycleCap
+from s3backup_syncer.filters import Filters
 
-from tests.operator.conftest import TEST_IMAGE, example, make_backup
+from tests.operator.conftest import TEST_IMAGE, example, make_backup, option
 from tests.operator.schema_tools import validate_builtin
 
 
@@ -78,15 +81,15 @@ def test_cronjob_for_the_full_example(config):
     ]
     assert container["args"] == [
         "sync", "/data/uploads", "s3://media-backups/prod/uploads",
-        "--endpoint-url", "https://s3.example.com", "--region", "eu-central-1", "--path-style",
-        "--storage-class", "STANDARD_IA", "--sse", "AES256",
-        "--compare", "md5", "--recycle-after", "30d", "--max-recycle", "10%",
-        "--include", "*.jpg", "--include", "*.png", "--include", "*.mp4",
-        "--exclude", "cache/**", "--exclude", "*.tmp",
-        "--part-size", "auto", "--concurrency", "8", "--bwlimit", "50MiB",
-        "--summary-json", "/dev/termination-log",
-        "--pushgateway", "http://pushgateway.monitoring:9091",
-        "--backup-name", "media", "--backup-namespace", "backups", "--expected-interval", "1d",
+        "--endpoint-url=https://s3.example.com", "--region=eu-central-1", "--path-style",
+        "--storage-class=STANDARD_IA", "--sse=AES256",
+        "--compare=md5", "--recycle-after=30d", "--max-recycle=10%",
+        "--include=*.jpg", "--include=*.png", "--include=*.mp4",
+        "--exclude=cache/**", "--exclude=*.tmp",
+        "--part-size=auto", "--concurrency=8", "--bwlimit=50MiB",
+        "--summary-json=/dev/termination-log",
+        "--pushgateway=http://pushgateway.monitoring:9091",
+        "--backup-name=media", "--backup-namespace=backups", "--expected-interval=1d",
     ]
 
 
@@ -117,7 +120,7 @@ def test_without_credentials_secret_nothing_is_injected(config):
     pod = _pod(cronjob)
     assert pod["serviceAccountName"] == "s3-backup-writer"
     assert not [env for env in pod["containers"][0]["env"] if "valueFrom" in env]
-    assert "--endpoint-url" not in pod["containers"][0]["args"]
+    assert option(pod["containers"][0]["args"], "--endpoint-url") is None
 
 
 def test_minimal_backup_args_and_defaults(config):
@@ -126,10 +129,11 @@ def test_minimal_backup_args_and_defaults(config):
     validate_builtin(cronjob)
     args = _pod(cronjob)["containers"][0]["args"]
     assert args[:3] == ["sync", "/data", "s3://abc"]
-    assert "--recycle-after" not in args and "--max-recycle" not in args  # nothing remote is ever deleted
-    assert "--pushgateway" not in args  # neither spec.metrics nor an operator default
-    assert args[args.index("--compare") + 1] == "md5"
-    assert args[args.index("--expected-interval") + 1] == "1d"
+    # nothing remote is ever deleted
+    assert option(args, "--recycle-after") is None and option(args, "--max-recycle") is None
+    assert option(args, "--pushgateway") is None  # neither spec.metrics nor an operator default
+    assert option(args, "--compare") == "md5"
+    assert option(args, "--expected-interval") == "1d"
     assert cronjob["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 2
     assert "activeDeadlineSeconds" not in cronjob["spec"]["jobTemplate"]["spec"]
     assert _pod(cronjob)["securityContext"]["runAsUser"] == 65532
@@ -148,10 +152,10 @@ def test_pushgateway_falls_back_to_the_operator_default(config):
     backup = make_backup()
     operator_default = OperatorConfig(image=TEST_IMAGE, default_pushgateway_url="http://pgw.monitoring:9091")
     args = _pod(render_cronjob(backup, operator_default))["containers"][0]["args"]
-    assert args[args.index("--pushgateway") + 1] == "http://pgw.monitoring:9091"
+    assert option(args, "--pushgateway") == "http://pgw.monitoring:9091"
     backup["spec"]["metrics"] = {"pushgatewayURL": "http://other:9091/"}
     args = _pod(render_cronjob(backup, operator_default))["containers"][0]["args"]
-    assert args[args.index("--pushgateway") + 1] == "http://other:9091"
+    assert option(args, "--pushgateway") == "http://other:9091"
 
 
 @pytest.mark.parametrize(("schedule", "interval"), [
@@ -160,7 +164,7 @@ def test_pushgateway_falls_back_to_the_operator_default(config):
 ])
 def test_expected_interval_follows_the_schedule(config, schedule, interval):
     args = _pod(render_cronjob(make_backup(schedule=schedule), config))["containers"][0]["args"]
-    assert args[args.index("--expected-interval") + 1] == interval
+    assert option(args, "--expected-interval") == interval
 
 
 def test_hashed_schedule_is_stable_and_spreads(config):
@@ -206,7 +210,129 @@ def test_what_the_schema_cannot_catch_is_an_invalid_spec(config, change, reason)
 def test_kms_key_with_kms_encryption_is_fine(config):
     backup = make_backup(destination={"bucket": "abc", "sse": "aws:kms", "sseKmsKeyId": "key-1"})
     args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
-    assert args[args.index("--sse") + 1] == "aws:kms" and args[args.index("--sse-kms-key-id") + 1] == "key-1"
+    assert option(args, "--sse") == "aws:kms" and option(args, "--sse-kms-key-id") == "key-1"
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """make_backup() with spec.<path> set to `value`."""
+    backup = make_backup()
+    *parents, last = path.split(".")
+    node = backup["spec"]
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return backup
+
+
+def _syncer_options(args: list[str]):
+    """What the syncer makes of rendered args: its own argparse parser, option parsers and filters."""
+    options = cli.options_from_args(cli.build_parser().parse_args(args))
+    Filters(options.includes, options.excludes)
+    return options
+
+
+_ENDPOINT = "spec.destination.endpoint"
+
+# What the syncer refuses (every run would exit 2), refused at render time with the syncer's reason (B9).
+SYNCER_REFUSES = {
+    "part size of 1 byte": ("transfer.partSize", "1", "spec.transfer.partSize", "5MiB to 5GiB"),
+    "part size under 5MiB": ("transfer.partSize", "4M", "spec.transfer.partSize", "5MiB to 5GiB"),
+    "part size over 5GiB": ("transfer.partSize", "6G", "spec.transfer.partSize", "5MiB to 5GiB"),
+    "part size not a size": ("transfer.partSize", "big", "spec.transfer.partSize", "invalid size"),
+    "bwlimit under 1KiB": ("transfer.bwlimit", "1", "spec.transfer.bwlimit", "at least 1KiB"),
+    "max delete over 100%": ("recycle.maxDelete", "200%", "spec.recycle.maxDelete", "at most 100%"),
+    "max delete not a number": ("recycle.maxDelete", "many", "spec.recycle.maxDelete", "a count"),
+    "recycle age over 1000 years": ("recycle.after", "400000d", "spec.recycle.after", "too long"),
+    "bucket with ..": ("destination.bucket", "a..b", "spec.destination", "invalid bucket name"),
+    "prefix with //": ("destination.prefix", "a//b", "spec.destination", "empty path segments"),
+    "include of only slashes": ("source.include", ["/"], "spec.source.include", "invalid filter pattern"),
+    "include with an empty []": ("source.include", ["a[]b"], "spec.source.include", "invalid filter pattern"),
+    "exclude with a reversed range": ("source.exclude", ["[z-a]"], "spec.source.exclude", "invalid filter pattern"),
+    "exclude with a NUL": ("source.exclude", ["a\0b"], "spec.source.exclude[0]", "NUL"),
+    "exclude of only --": ("source.exclude", ["*.tmp", "--"], "spec.source.exclude[1]", "'--' alone"),
+    "endpoint that is no URL": ("destination.endpoint", "https://[bad", _ENDPOINT, "invalid S3 endpoint"),
+    "endpoint with a bad port": ("destination.endpoint", "http://s3:99999", _ENDPOINT, "invalid S3 endpoint"),
+    "endpoint with a query": ("destination.endpoint", "http://s3?x=1", _ENDPOINT, "invalid S3 endpoint"),
+    "endpoint with an underscore": ("destination.endpoint", "http://s3_x:9000", _ENDPOINT, "invalid S3 endpoint"),
+    "region all digits": ("destination.region", "123", "spec.destination.region", "invalid region"),
+    "region ending with -": ("destination.region", "eu-", "spec.destination.region", "invalid region"),
+    "compare mode unknown to the syncer": ("compare", "sha1", "spec.compare", "use md5 or size"),
+    "concurrency over the syncer's 256": ("transfer.concurrency", 300, "spec.transfer.concurrency", "1 to 256"),
+}
+
+
+@pytest.mark.parametrize(("path", "value", "field", "why"), SYNCER_REFUSES.values(), ids=SYNCER_REFUSES.keys())
+def test_what_the_syncer_refuses_is_an_invalid_spec_with_its_reason(config, path, value, field, why):
+    backup = _with(path, value)
+    with pytest.raises(InvalidSpec) as caught:
+        render_cronjob(backup, config)
+    problem = caught.value
+    assert problem.reason == "InvalidSpec"
+    assert problem.message.startswith(f"{field}: ") and why in problem.message, problem.message
+    assert "\n" not in problem.message
+    with pytest.raises(InvalidSpec):
+        render_run_now_job(backup, config, "now")
+
+
+def test_kms_key_without_kms_is_refused_with_the_syncer_rule_too(config):
+    """The renderer's own cross-field check runs first; the syncer's (SyncOptions) agrees with it."""
+    backup = make_backup(destination={"bucket": "abc", "sse": "AES256", "sseKmsKeyId": "key-1"})
+    with pytest.raises(InvalidSpec) as caught:
+        render_cronjob(backup, config)
+    assert "sseKmsKeyId" in caught.value.message
+
+
+# Values at the edges of what the syncer accepts: they render, and the syncer takes them as meant.
+SYNCER_ACCEPTS = {
+    "smallest part size": ("transfer.partSize", "5M", "part_size", 5 * 2**20),
+    "largest part size": ("transfer.partSize", "5GiB", "part_size", 5 * 2**30),
+    "smallest bwlimit": ("transfer.bwlimit", "1K", "bwlimit", 1024),
+    "bwlimit in bytes": ("transfer.bwlimit", "1024", "bwlimit", 1024),
+    "max delete 100%": ("recycle.maxDelete", "100%", "recycle_cap", RecycleCap(percent=100)),
+    "max delete as a count": ("recycle.maxDelete", "0", "recycle_cap", RecycleCap(count=0)),
+    "bucket with single dots": ("destination.bucket", "a.b-c.d", "bucket", "a.b-c.d"),
+    "prefix with a trailing slash": ("destination.prefix", "x/y/", "prefix", "x/y/"),
+    "exclude starting with -": ("source.exclude", ["-wal", "--x", "-journal"], "excludes", ("-wal", "--x", "-journal")),
+    "include starting with -": ("source.include", ["-"], "includes", ("-",)),
+    "include with =": ("source.include", ["a=b", "--include=x"], "includes", ("a=b", "--include=x")),
+    "unmatched [ is literal": ("source.include", ["["], "includes", ("[",)),
+    "IPv6 endpoint": ("destination.endpoint", "http://[::1]:9000", "endpoint_url", "http://[::1]:9000"),
+    "endpoint with a path": ("destination.endpoint", "https://s3.example.com/base", "endpoint_url",
+                             "https://s3.example.com/base"),
+}
+
+
+@pytest.mark.parametrize(("path", "value", "attribute", "parsed"), SYNCER_ACCEPTS.values(), ids=SYNCER_ACCEPTS.keys())
+def test_values_the_syncer_accepts_render_and_reach_it_unchanged(config, path, value, attribute, parsed):
+    backup = _with(path, value)
+    if path == "recycle.maxDelete":
+        backup["spec"]["recycle"]["after"] = "30d"  # the cap is passed only with recycling on
+    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    assert getattr(_syncer_options(args), attribute) == parsed
+
+
+def test_every_value_option_is_one_argument_the_syncer_parses(config):
+    """`--option=value` throughout: a value starting with "-" cannot be taken for an option."""
+    backup = example("s3backup-full.yaml")
+    backup["spec"]["destination"].update(sse="aws:kms", sseKmsKeyId="-key")
+    backup["spec"]["source"].update(include=["-a", "*.jpg"], exclude=["-wal", "--x", "-"])
+    backup["spec"]["transfer"]["partSize"] = "64MiB"
+    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    flags = {"--path-style", "--follow-symlinks"}
+    for arg in args[3:]:
+        assert arg.startswith("--") and ("=" in arg or arg in flags), arg
+    parsed = cli.build_parser().parse_args(args)
+    options = _syncer_options(args)
+    assert (options.bucket, options.prefix, str(options.source)) == ("media-backups", "prod/uploads/", "/data/uploads")
+    assert options.endpoint_url == "https://s3.example.com" and options.region == "eu-central-1"
+    assert options.path_style and options.storage_class == "STANDARD_IA"
+    assert (options.sse, options.sse_kms_key_id) == ("aws:kms", "-key")
+    assert options.includes == ("-a", "*.jpg") and options.excludes == ("-wal", "--x", "-")
+    assert options.recycle_after_seconds == 30 * 86400 and options.recycle_cap == RecycleCap(percent=10)
+    assert (options.part_size, options.concurrency, options.bwlimit) == (64 * 2**20, 8, 50 * 2**20)
+    assert parsed.summary_json == "/dev/termination-log"
+    assert parsed.pushgateway == "http://pushgateway.monitoring:9091"
+    assert (parsed.backup_name, parsed.backup_namespace, parsed.expected_interval) == ("media", "backups", "1d")
 
 
 def test_names_stay_within_kubernetes_limits(config):
@@ -277,7 +403,7 @@ def test_monitored_interval_is_the_pushed_one_and_only_when_runs_push():
     silent = OperatorConfig(image=TEST_IMAGE)
     backup = make_backup(schedule="H 2 * * *")
     args = render_cronjob(backup, pushing)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--expected-interval") + 1] == "1d"
+    assert option(args, "--expected-interval") == "1d"
     assert monitored_interval(backup, pushing) == 86400
     assert monitored_interval(backup, silent) is None  # its runs push nowhere
     own_gateway = make_backup(schedule="*/15 * * * *", metrics={"pushgatewayURL": "http://pgw:9091"})
