@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -48,13 +49,14 @@ FILE_ATTEMPTS = 3
 
 
 def check_source(source: Path) -> None:
-    if not source.exists():
-        raise ConfigError(f"source directory {str(source)!r} does not exist")
-    if not source.is_dir():
-        raise ConfigError(f"source {str(source)!r} is not a directory")
+    """The source must be a directory we can list: anything else is the user's to fix (exit 2)."""
     try:
+        if not stat.S_ISDIR(os.stat(source).st_mode):
+            raise ConfigError(f"source {str(source)!r} is not a directory")
         with os.scandir(source):
             pass
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"source directory {str(source)!r} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"source directory {str(source)!r} cannot be read: {exc.strerror}") from None
 
@@ -115,6 +117,7 @@ class SyncRun:
                 aborted = uploader.abort_leftovers(self.run_started, self._keys_with_leftovers)
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
+                uploader.drop_stale_markers()
                 if self.cache is not None:
                     self._save_cache()
         summary.remote_objects = listing.count + self._remote_delta[0]

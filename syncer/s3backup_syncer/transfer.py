@@ -444,6 +444,19 @@ class Uploader:
             raise
         return upload_id, {}
 
+    def drop_stale_markers(self) -> None:
+        """Delete markers whose upload is gone (a kill between completing an upload and deleting its marker)."""
+        try:
+            live = {u["UploadId"] for u in list_pending_uploads(self.client, self.options.bucket, self.options.prefix)}
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.options.bucket, Prefix=self.options.prefix + UPLOAD_MARKERS):
+                for item in page.get("Contents", []):
+                    upload_id = item["Key"].rsplit("/", 1)[-1]
+                    if upload_id not in live:
+                        self._delete_marker(upload_id)
+        except Exception as exc:  # housekeeping only: the next run tries again
+            log.debug("could not tidy upload markers: %s", exc)
+
     def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
         parts: dict[int, tuple[int, str]] = {}
         kwargs = {"Bucket": self.options.bucket, "Key": key, "UploadId": upload_id}
