@@ -21,6 +21,8 @@ if [ "$what" = "test" ]; then
   missing=()
   command -v prometheus-pushgateway >/dev/null || missing+=(prometheus-pushgateway)
   command -v promtool >/dev/null || missing+=(prometheus)
+  # reliability suite: libfaketime skews the syncer's clock (clock-skew tests); setpriv (util-linux) is always there
+  command -v faketime >/dev/null || missing+=(faketime)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -77,7 +77,12 @@ class CliResult:
     stderr: str
 
 
-def run_cli(args: list[str], env: dict[str, str], tmp_path: Path, *, user: int | None = None,
+#: Root without any capability: permission bits bite again (as root, chmod 000 would not), and unlike running as
+#: another user, nothing about where the repository is cloned needs to be readable by someone else.
+NO_CAPABILITIES = ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all")
+
+
+def run_cli(args: list[str], env: dict[str, str], tmp_path: Path, *, without_capabilities: bool = False,
             timeout: float = 180) -> CliResult:
     """`s3backup ARGS` in a subprocess, with `--summary-json` read back when the command is `sync`."""
     summary_path = tmp_path / f"summary-{os.urandom(4).hex()}.json"
@@ -85,11 +90,8 @@ def run_cli(args: list[str], env: dict[str, str], tmp_path: Path, *, user: int |
     if args and args[0] == "sync" and "--summary-json" not in args:
         command += ["--summary-json", str(summary_path)]
         summary_path.parent.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            summary_path.touch()
-            os.chown(summary_path, user, user)
-    if user is not None:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    if without_capabilities:
+        command = [*NO_CAPABILITIES, *command]
     process = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and summary_path.stat().st_size else {}
     return CliResult(process.returncode, summary, process.stdout, process.stderr)
