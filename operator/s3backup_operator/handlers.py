@@ -359,30 +359,28 @@ def register(
     def observe(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         reconciler.observe(event.get("type") or "", dict(body))
 
+    async def update_status_from(kind: str, update, body: kopf.Body, logger: logging.Logger) -> None:
+        """Status updates from children are best effort: a failure is counted and logged, never raised."""
+        try:
+            await update
+        except ApiError as error:
+            metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
+            logger.warning(f"status not updated from {kind} {body['metadata']['name']}: {error}")
+
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry, id="job-finished")
     async def job_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         if event.get("type") != "DELETED":
-            try:
-                await reconciler.job_changed(dict(body), logger)
-            except ApiError as error:
-                metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
-                logger.warning(f"status not updated from Job {body['metadata']['name']}: {error}")
+            await update_status_from("Job", reconciler.job_changed(dict(body), logger), body, logger)
 
     @kopf.on.event("", "v1", "pods", labels=managed, registry=registry, id="pod-changed")
     async def pod_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        try:
-            await reconciler.pod_changed(event.get("type") or "", dict(body), logger)
-        except ApiError as error:
-            metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
-            logger.warning(f"status not updated from Pod {body['metadata']['name']}: {error}")
+        update = reconciler.pod_changed(event.get("type") or "", dict(body), logger)
+        await update_status_from("Pod", update, body, logger)
 
     @kopf.on.event("batch", "v1", "cronjobs", labels=managed, registry=registry, id="cronjob-changed")
     async def cronjob_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        try:
-            await reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)
-        except ApiError as error:
-            metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
-            logger.warning(f"status not updated from CronJob {body['metadata']['name']}: {error}")
+        update = reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)
+        await update_status_from("CronJob", update, body, logger)
 
     return reconciler
 
