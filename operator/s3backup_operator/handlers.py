@@ -206,15 +206,23 @@ class Reconciler:
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
 
+    async def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+        """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""
+        backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
+        if not backup_name:
+            return None
+        backup = await self.api.get_or_none(self._backup_path(meta["namespace"], backup_name))
+        if backup is None or backup["metadata"].get("deletionTimestamp"):
+            return None
+        return backup
+
     async def cronjob_changed(self, event_type: str, cronjob: dict[str, Any], logger: logging.Logger) -> None:
         """Copy lastScheduleTime; recreate a CronJob deleted behind the operator's back."""
         meta = cronjob["metadata"]
-        backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
-        if not backup_name:
+        backup = await self._live_owner(meta)
+        if backup is None:
             return
-        backup = await self.api.get_or_none(self._backup_path(meta["namespace"], backup_name))
-        if backup is None or backup["metadata"].get("deletionTimestamp"):
-            return
+        backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
                 render.validate(backup)
@@ -231,12 +239,10 @@ class Reconciler:
     async def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         """A backup pod that cannot start (missing Secret, image pull, unschedulable) -> RunBlocked=True."""
         meta = pod["metadata"]
-        backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
-        if not backup_name:
+        backup = await self._live_owner(meta)
+        if backup is None:
             return
-        backup = await self.api.get_or_none(self._backup_path(meta["namespace"], backup_name))
-        if backup is None or backup["metadata"].get("deletionTimestamp"):
-            return
+        backup_name = backup["metadata"]["name"]
         conditions = (backup.get("status") or {}).get("conditions") or []
         current = next((c for c in conditions if c.get("type") == RUN_BLOCKED), {})
         blocked = None if event_type == "DELETED" else pod_blocked(pod)

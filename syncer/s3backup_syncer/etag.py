@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from .config import GiB, MiB, TiB
+from .config import GiB, MiB
 from .errors import ConfigError
 
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
-MAX_OBJECT_SIZE = 5 * TiB
 DEFAULT_PART_SIZE = 8 * MiB
 #: Part sizes of other tools' defaults: rclone 5 MiB, aws-cli/boto3 8 MiB (doubled for big files),
 #: s3cmd 15 MiB, s5cmd 50 MiB, and round numbers people configure.
@@ -153,9 +152,3 @@ def etag_key(size: int, remote_etag: str, configured: int | None) -> list[int]:
     if parts == 0:
         return [0]
     return candidate_part_sizes(size, parts, configured)
-
-
-def own_etag_key(size: int, configured: int | None) -> int:
-    """The part-size key of the ETag our own upload of `size` bytes will have."""
-    part_size = part_size_for(size, configured)
-    return part_size if uses_multipart(size, part_size) else 0

@@ -38,10 +38,6 @@ class Decision:
     remote: RemoteObject | None
     etag_keys: tuple[int, ...] = ()  # for CHECK: the part sizes worth hashing with (0 = plain MD5)
 
-    @property
-    def key(self) -> str:
-        return (self.local or self.remote).key  # type: ignore[union-attr]
-
 
 def merge_join(
     local: Iterable[LocalFile], remote: Iterable[RemoteObject]
