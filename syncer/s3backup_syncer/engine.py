@@ -145,8 +145,10 @@ class SyncRun:
                 if local.key in self._uploader.pending:
                     self._keys_with_leftovers.add(local.key)
                 cached = None
-                if self.cache is not None and remote is not None and remote.size == local.size:
-                    cached = self.cache.lookup(local)
+                if self.cache is not None:
+                    self.cache.write_queued(at_least=1000)  # what the workers stored, bounded in memory
+                    if remote is not None and remote.size == local.size:
+                        cached = self.cache.lookup(local)
                 decision = decide_present(
                     local, remote, compare=options.compare, configured_part_size=options.part_size,
                     cached_etags=cached,

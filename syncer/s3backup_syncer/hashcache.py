@@ -9,7 +9,10 @@ is discarded with a warning: the cost is one re-hash, never a wrong answer.
 
 from __future__ import annotations
 
+import base64
+import collections
 import gzip
+import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CACHE_OBJECT = STATE_DIR + "hash-cache.sqlite.gz"
+SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
 
 
 class HashCache:
@@ -46,34 +50,51 @@ class HashCache:
         self._db.execute("UPDATE files SET seen = 0")
         self._db.execute("BEGIN")
         self._pending = 0
+        self._queued: collections.deque[tuple[LocalFile, dict[int, str]]] = collections.deque()
         self.changed = False  # nothing to upload after a run that stored nothing and dropped nothing
 
     def lookup(self, f: LocalFile) -> dict[int, str] | None:
         """The cached ETags of `f` if its stat is unchanged; marks the entry as still in use."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, inode, etags FROM files WHERE key = ?", (f.key,)
-            ).fetchone()
-            if row is None or tuple(row[:4]) != (f.size, f.mtime_ns, f.ctime_ns, f.inode):
-                return None
-            self._db.execute("UPDATE files SET seen = 1 WHERE key = ?", (f.key,))
-            self._tick()
+            return self._entry(f)
+
+    def store(self, f: LocalFile, etags: dict[int, str]) -> None:
+        """Remember `etags` for this version of `f`, merged with what is known of the same version.
+
+        Any thread may call this; the entry is queued and written by `write_queued` on the walking
+        thread. Worker threads never touch SQLite: a lock held across SQLite calls, which release
+        and retake the GIL, stalled all eight of them on small-file runs.
+        """
+        self._queued.append((f, etags))
+
+    def write_queued(self, at_least: int = 1) -> None:
+        """Write the queued entries, if there are at least `at_least` of them."""
+        if len(self._queued) < at_least:
+            return
+        with self._lock:
+            while self._queued:
+                f, etags = self._queued.popleft()
+                known = self._entry(f) or {}
+                known.update(etags)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, 1)",
+                    (f.key, f.size, f.mtime_ns, f.ctime_ns, f.inode, json.dumps(known)),
+                )
+                self.changed = True
+                self._tick()
+
+    def _entry(self, f: LocalFile) -> dict[int, str] | None:
+        row = self._db.execute(
+            "SELECT size, mtime_ns, ctime_ns, inode, etags FROM files WHERE key = ?", (f.key,)
+        ).fetchone()
+        if row is None or tuple(row[:4]) != (f.size, f.mtime_ns, f.ctime_ns, f.inode):
+            return None
+        self._db.execute("UPDATE files SET seen = 1 WHERE key = ?", (f.key,))
+        self._tick()
         try:
             return {int(k): v for k, v in json.loads(row[4]).items()}
         except (ValueError, AttributeError):
             return None
-
-    def store(self, f: LocalFile, etags: dict[int, str]) -> None:
-        """Remember `etags` for this version of `f`, merged with what is known of the same version."""
-        known = self.lookup(f) or {}
-        known.update(etags)
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, 1)",
-                (f.key, f.size, f.mtime_ns, f.ctime_ns, f.inode, json.dumps(known)),
-            )
-            self.changed = True
-            self._tick()
 
     def _tick(self) -> None:
         self._pending += 1
@@ -84,6 +105,7 @@ class HashCache:
 
     def finish(self) -> bool:
         """Drop entries of files not seen in this run; returns whether the cache changed."""
+        self.write_queued()
         with self._lock:
             if self._db.execute("DELETE FROM files WHERE seen = 0").rowcount:
                 self.changed = True
@@ -121,5 +143,12 @@ def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str) -> boo
     packed = cache.path.with_suffix(".sqlite.gz")
     with open(cache.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
-    client.upload_file(str(packed), bucket, prefix + CACHE_OBJECT)
+    if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of files: multipart, gzip's CRC guards it
+        client.upload_file(str(packed), bucket, prefix + CACHE_OBJECT)
+        return True
+    with open(packed, "rb") as body:
+        digest = hashlib.file_digest(body, "md5").digest()
+        body.seek(0)
+        client.put_object(Bucket=bucket, Key=prefix + CACHE_OBJECT, Body=body,
+                          ContentMD5=base64.b64encode(digest).decode())
     return True

@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .config import MiB, SyncOptions
+from .direct_put import DirectPut
 from .etag import multipart_etag_from_digests, part_count, part_size_for, uses_multipart
 from .remote import STATE_DIR, list_pending_uploads
 from .report import Summary
@@ -164,6 +165,19 @@ class FileRange(_RangeBody):
         super().close()
 
 
+#: A compressed file is stored as what it is (`dump.sql.gz`: application/gzip, not application/sql),
+#: never with a Content-Encoding, which would make HTTP clients unpack the backup on download.
+_COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+                     "br": "application/x-brotli", "compress": "application/x-compress"}
+
+
+def content_type(key: str) -> str:
+    guessed, encoding = mimetypes.guess_type(key)
+    if encoding:
+        return _COMPRESSED_TYPES.get(encoding, "application/octet-stream")
+    return guessed or "application/octet-stream"
+
+
 def _b64md5(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
@@ -184,14 +198,19 @@ def _md5_of_range(path: str, offset: int, length: int) -> bytes:
 
 @dataclass
 class _Body:
-    """One request's body, its MD5, and the pool buffer to give back once the request is done."""
+    """One request's body, its MD5, and the pool buffer to give back once the request is done.
 
-    stream: _RangeBody
+    `payload` is a bytearray whenever the body fills its buffer exactly (small files, every part but
+    the last): botocore then sends it with one `sendall` instead of reading a file-like object in
+    16 KiB pieces, which halves the client's CPU per part.
+    """
+
+    payload: _RangeBody | bytearray
     md5: bytes
     slot: bytearray | None  # None: streamed from disk, no pool buffer held
 
     def __len__(self) -> int:
-        return len(self.stream)
+        return len(self.payload)
 
 
 @dataclass
@@ -218,15 +237,17 @@ class Uploader:
         self.part_pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-part")
         self.etag_is_md5 = options.etag_is_md5
         self.multipart_keys: set[str] = set()  # keys this run created multipart uploads for
+        self.direct = DirectPut(client)
 
     def close(self) -> None:
         self.part_pool.shutdown(wait=True)
+        self.direct.close()
 
     # --- object settings -------------------------------------------------------------------
     def _object_args(self, f: LocalFile) -> dict:
         args: dict = {
             "Metadata": {META_MTIME: str(f.mtime_ns)},
-            "ContentType": mimetypes.guess_type(f.key)[0] or "application/octet-stream",
+            "ContentType": content_type(f.key),
         }
         if self.options.storage_class:
             args["StorageClass"] = self.options.storage_class
@@ -257,10 +278,12 @@ class Uploader:
             raise
         self.summary.add(bytes_hashed=length)
         self.limiter.consume(length)
-        return _Body(MemoryBody(view), hashlib.md5(view).digest(), slot)
+        payload = buffer if len(buffer) == length else MemoryBody(view)
+        return _Body(payload, hashlib.md5(view).digest(), slot)
 
     def _release(self, body: _Body) -> None:
-        body.stream.close()
+        if isinstance(body.payload, _RangeBody):
+            body.payload.close()
         if body.slot is not None:
             self.buffers.give(body.slot)
 
@@ -301,20 +324,33 @@ class Uploader:
             if handle.read(1):
                 raise FileChanged("file grew while it was read")
             self._check_unchanged(f, handle)
-            response = self.client.put_object(
-                Bucket=self.options.bucket,
-                Key=self._full_key(f.key),
-                Body=body.stream,
-                ContentMD5=_b64md5(body.md5),
-                ContentLength=f.size,
-                **self._object_args(f),
-            )
+            response = self._put_object(self._full_key(f.key), body, self._object_args(f))
         finally:
             self._release(body)
         etag = body.md5.hex()
         returned = self._check_etag(f.key, response, etag)
         self.summary.add(bytes_uploaded=f.size)
         return etag, returned
+
+    def _put_object(self, key: str, body: _Body, args: dict) -> dict:
+        """PutObject, sent directly when botocore has shown the way (see direct_put.py)."""
+        args = {**args, "ContentMD5": _b64md5(body.md5)}
+        if isinstance(body.payload, bytearray):
+            if self.direct.ready:
+                headers = self.direct.put(key, body.payload, args)
+                if headers is not None:
+                    return {"ETag": headers.get("ETag")}
+            else:
+                self.direct.expect(key)
+        succeeded = False
+        try:
+            response = self.client.put_object(
+                Bucket=self.options.bucket, Key=key, Body=body.payload, ContentLength=len(body), **args
+            )
+            succeeded = True
+            return response
+        finally:
+            self.direct.learnt(key, succeeded)
 
     def _upload_multipart(self, f: LocalFile, handle, part_size: int) -> tuple[str, str]:
         key = self._full_key(f.key)
@@ -372,7 +408,7 @@ class Uploader:
                 Key=self._full_key(f.key),
                 UploadId=upload_id,
                 PartNumber=index + 1,
-                Body=body.stream,
+                Body=body.payload,
                 ContentMD5=_b64md5(body.md5),
                 ContentLength=len(body),
             )
@@ -434,10 +470,12 @@ class Uploader:
         )
         upload_id = response["UploadId"]
         try:
+            marker = json.dumps(wanted).encode()
             self.client.put_object(
                 Bucket=self.options.bucket,
                 Key=self.options.prefix + UPLOAD_MARKERS + upload_id,
-                Body=json.dumps(wanted).encode(),
+                Body=marker,
+                ContentMD5=_b64md5(hashlib.md5(marker).digest()),
             )
         except Exception:
             self._abort(self._full_key(f.key), upload_id)

@@ -1,0 +1,108 @@
+"""Small files go out as PutObjects built by s3backup itself once botocore has shown the way
+(direct_put.py). Each test counts the PutObjects that botocore sent, and checks the objects."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import urllib.parse
+
+import pytest
+from s3backup_syncer.config import SyncOptions
+from s3backup_syncer.engine import run_sync
+
+from tests.conftest import BUCKET
+from tests.reliability.helpers import assert_bucket_matches, client_for
+from tests.support.fault_proxy import FaultProxy
+
+#: Names that need percent-encoding in a URL, and one that botocore would not escape (~).
+NAMES = [f"f{i:02d}" for i in range(30)] + ["a b.txt", "ü~+x.bin", "q?x=1&y", "pct%20", "semi;colon", "#hash",
+                                            "dir/sub/dump.sql.gz", "unicodé/ﬁle"]
+
+ORDER = sorted(NAMES, key=str.encode)  # the order of the walk, and so of the uploads with concurrency 1
+
+
+def _write_source(src):
+    for i, name in enumerate(NAMES):
+        path = src / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.sha256(name.encode()).digest() * (10 + i))
+
+
+def _count_botocore_puts(client) -> list[str]:
+    """Keys of the data PutObjects that botocore sends on `client` (the shortcut emits no events)."""
+    keys: list[str] = []
+
+    def record(request, **_):
+        key = urllib.parse.unquote(urllib.parse.urlsplit(request.url).path).split("/", 3)[-1]  # /bucket/prefix/
+        if "/.s3backup/" not in request.url:
+            keys.append(key)
+
+    client.meta.events.register("before-send.s3.PutObject", record)
+    return keys
+
+
+def _options(src, prefix, **extra) -> SyncOptions:
+    return SyncOptions(source=src, bucket=BUCKET, prefix=prefix + "/", path_style=True, concurrency=1, **extra)
+
+
+def test_after_one_botocore_put_the_rest_go_out_directly_with_the_same_objects(s3, tmp_path, prefix):
+    """Fails if the shortcut is never taken, or if its objects differ from botocore's in bytes,
+    key encoding, mtime metadata, content type or storage class."""
+    src = tmp_path / "src"
+    _write_source(src)
+    client = client_for(s3)
+    botocore_puts = _count_botocore_puts(client)
+    summary = run_sync(_options(src, prefix, storage_class="STANDARD"), client=client)
+    assert summary.files_uploaded == len(NAMES) and summary.files_failed == 0
+    assert len(botocore_puts) == 1, botocore_puts  # the first file shows the way; the others go direct
+    direct = client_for(s3)
+    assert_bucket_matches(direct, prefix, src)
+    for name in NAMES:
+        head = direct.head_object(Bucket=BUCKET, Key=f"{prefix}/{name}")
+        assert head["ETag"].strip('"') == hashlib.md5((src / name).read_bytes()).hexdigest()
+        assert head["ContentType"] == ("application/gzip" if name.endswith(".gz") else
+                                       "text/plain" if name.endswith(".txt") else "application/octet-stream")
+        assert head.get("StorageClass", "STANDARD") == "STANDARD"
+
+
+@pytest.mark.parametrize(("fault", "botocore_sends"), [
+    ("503", 2),  # throttled: botocore sends that file, the shortcut stays on
+    ("reset-request", 2),  # connection trouble: likewise
+    ("403", 1 + len(ORDER) - ORDER.index("f05")),  # refused: botocore sends that file and every later one
+])
+def test_a_failed_direct_put_is_handed_to_botocore(s3, tmp_path, prefix, fault, botocore_sends):
+    """Fails if a failed direct PutObject loses the file, is not retried by botocore, or if the
+    shortcut stays on after the server refused it (or goes off after a transient fault)."""
+    src = tmp_path / "src"
+    _write_source(src)
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.inject(fault, operation="PutObject", match=lambda request: request.path.endswith("/f05"))
+        client = client_for(s3, proxy.endpoint_url)
+        botocore_puts = _count_botocore_puts(client)
+        summary = run_sync(_options(src, prefix), client=client)
+        assert proxy.faults[fault] == 1
+    assert summary.files_uploaded == len(NAMES) and summary.files_failed == 0
+    assert botocore_puts[:2] == [ORDER[0], "f05"]
+    assert len(botocore_puts) == botocore_sends, botocore_puts
+    assert_bucket_matches(client_for(s3), prefix, src)
+
+
+def test_every_body_sent_carries_a_content_md5_that_matches_it(s3, tmp_path, prefix):
+    """The payload is not SHA-256-signed (remote.make_s3_client), so Content-MD5, which SigV4 signs,
+    is what protects every body. Fails if any PutObject or UploadPart, direct or via botocore, goes
+    out without one, or with one that does not match the bytes on the wire."""
+    src = tmp_path / "src"
+    _write_source(src)
+    (src / "big.bin").write_bytes(bytes(range(256)) * (24 * 1024))  # 6 MiB: two parts of 5 MiB
+    requests = []  # the proxy's records; their bodies are filled in as they are read
+
+    with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
+        summary = run_sync(_options(src, prefix, part_size=5 * 1024 * 1024), client=client_for(s3, proxy.endpoint_url))
+    assert summary.files_uploaded == len(NAMES) + 1 and summary.files_failed == 0
+    with_bodies = [request for request in requests if request.operation in ("PutObject", "UploadPart")]
+    assert {request.operation for request in with_bodies} == {"PutObject", "UploadPart"}
+    for request in with_bodies:
+        headers = {name.lower(): value for name, value in request.headers}
+        assert headers.get("content-md5") == base64.b64encode(hashlib.md5(request.body).digest()).decode()
+        assert headers.get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD"
