@@ -88,7 +88,7 @@ class SyncRun:
     def run(self) -> Summary:
         options, summary = self.options, self.summary
         check_source(options.source)
-        listing = RemoteListing(self.client, options.bucket, options.prefix)
+        listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
         try:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -50,6 +50,7 @@ class HashCache:
         self._db.execute("UPDATE files SET seen = 0")
         self._db.execute("BEGIN")
         self._pending = 0
+        self._seen: list[tuple[str]] = []  # keys found valid, marked in batches (see finish)
         self._queued: collections.deque[tuple[LocalFile, dict[int, str]]] = collections.deque()
         self.changed = False  # nothing to upload after a run that stored nothing and dropped nothing
 
@@ -89,15 +90,21 @@ class HashCache:
         ).fetchone()
         if row is None or tuple(row[:4]) != (f.size, f.mtime_ns, f.ctime_ns, f.inode):
             return None
-        self._db.execute("UPDATE files SET seen = 1 WHERE key = ?", (f.key,))
-        self._tick()
+        self._seen.append((f.key,))
+        if len(self._seen) >= 1000:
+            self._mark_seen()
         try:
             return {int(k): v for k, v in json.loads(row[4]).items()}
         except (ValueError, AttributeError):
             return None
 
-    def _tick(self) -> None:
-        self._pending += 1
+    def _mark_seen(self) -> None:
+        self._db.executemany("UPDATE files SET seen = 1 WHERE key = ?", self._seen)
+        self._tick(len(self._seen))
+        self._seen.clear()
+
+    def _tick(self, count: int = 1) -> None:
+        self._pending += count
         if self._pending >= 5000:
             self._db.execute("COMMIT")
             self._db.execute("BEGIN")
@@ -107,6 +114,7 @@ class HashCache:
         """Drop entries of files not seen in this run; returns whether the cache changed."""
         self.write_queued()
         with self._lock:
+            self._mark_seen()
             if self._db.execute("DELETE FROM files WHERE seen = 0").rowcount:
                 self.changed = True
             self._db.execute("COMMIT")
