@@ -112,6 +112,9 @@ class SyncRun:
                     self._march(remote, recycle_out)
             finally:
                 uploader.close()
+            if summary.files_scanned == 0 and listing.count:
+                log.warning("the source %s is empty, but the prefix holds %d object(s): is the volume mounted? "
+                            "Nothing is deleted from an empty source.", options.source, listing.count)
             self._recycle(recycle_list, listing.count)
             if not options.dry_run:
                 aborted = uploader.abort_leftovers(self.run_started, self._keys_with_leftovers)
@@ -401,6 +404,7 @@ def run_sync(options: SyncOptions, client=None, summary: Summary | None = None) 
         run.run()
     finally:
         summary.duration_seconds = round(time.monotonic() - started, 3)
-    summary.result = "partial" if summary.files_failed else "success"
+    # A refused recycle exits 1 like a failed file: the run did not do all it was asked, and must not look green.
+    summary.result = "partial" if summary.files_failed or run.recycle_refused else "success"
     summary.exit_code = 1 if summary.files_failed or run.recycle_refused else 0
     return summary

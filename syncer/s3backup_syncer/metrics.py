@@ -77,9 +77,19 @@ def run_metrics_registry(summary: Summary, expected_interval_seconds: float | No
         size.labels(outcome=name).set(getattr(summary, f"bytes_{name}"))
     gauge("s3backup_last_run_hashed_bytes", "Bytes the last run read to compute checksums.", summary.bytes_hashed)
     gauge(
+        "s3backup_last_run_resumed_bytes",
+        "Bytes of interrupted uploads that the last run resumed instead of sending again.",
+        summary.bytes_reused,
+    )
+    gauge(
         "s3backup_last_run_recycle_pending_objects",
         "Remote objects whose local file is gone, kept because they are not old enough to recycle.",
         summary.recycle_pending,
+    )
+    gauge(
+        "s3backup_last_run_recycle_blocked",
+        "1 if a safety guard refused the last run's due deletions (empty source, failures, cap), else 0.",
+        bool(summary.recycle_blocked),
     )
     if result != "error":  # a failed run may not have listed the bucket: keep the last known size
         gauge(

@@ -16,7 +16,7 @@ MAX_ERRORS_IN_SUMMARY = 5
 class Summary:
     """Counters of one run. Written as JSON by `--summary-json` and pushed as metrics."""
 
-    result: str = "running"  # "success" | "partial" (some files failed) | "error" (the run failed)
+    result: str = "running"  # "success" | "partial" (some files failed, or recycling was refused) | "error"
     error: str = ""  # why the run failed, when result == "error"
     dry_run: bool = False
     started_at: float = field(default_factory=time.time)  # Unix seconds

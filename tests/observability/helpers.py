@@ -70,6 +70,7 @@ def summary(**fields: Any) -> Summary:
         bytes_failed=0,
         files_excluded=4,
         bytes_hashed=450,
+        bytes_reused=64,
         remote_objects=12,
         remote_bytes=1234,
         recycle_pending=5,

@@ -42,6 +42,8 @@ def backups(pushgateway, prometheus, operator_metrics) -> dict[str, dict[str, st
         "failed": {"backup": _name("failed")},  # CLI style: no namespace
         "stale": {"namespace": namespace, "backup": _name("stale")},
         "flaky": {"namespace": namespace, "backup": _name("flaky")},
+        "empty": {"namespace": namespace, "backup": _name("empty")},  # the volume was not mounted
+        "blocked": {"namespace": namespace, "backup": _name("blocked")},  # deletions over --max-recycle
     }
 
     def push(which: str, interval: float, **fields) -> None:
@@ -54,6 +56,12 @@ def backups(pushgateway, prometheus, operator_metrics) -> dict[str, dict[str, st
     push("stale", 60, started_at=now - 1_010, duration_seconds=10)
     push("flaky", 100, started_at=now - 310, duration_seconds=10)
     push("flaky", 100, result="partial", exit_code=1, files_failed=3, started_at=now - 110, duration_seconds=10)
+    push("empty", 3600, started_at=now - 30, duration_seconds=1, files_scanned=0, bytes_scanned=0, files_uploaded=0,
+         bytes_uploaded=0, files_unchanged=0, bytes_unchanged=0, files_recycled=0, bytes_recycled=0)
+    push("blocked", 3600, started_at=now - 200, duration_seconds=20)
+    push("blocked", 3600, result="partial", exit_code=1, files_recycled=0, bytes_recycled=0,
+         recycle_blocked="80 object(s) are due for recycling, over the cap of 50", started_at=now - 30,
+         duration_seconds=5)
 
     # Known to the operator only (never pushed): created long ago (fires), recently (not yet), without an
     # interval (pushes nowhere: never judged), and the healthy backup's name in another namespace (fires:
@@ -193,6 +201,8 @@ def test_alerts_fire_for_the_backups_they_are_about(prometheus, backups):
         ("S3BackupNoRecentSuccess", "flaky"),  # last success 300 s ago, interval 100 s
         ("S3BackupNeverRan", "never"),  # created 10000 s ago, interval 60 s (so: after 60 s + 1 h)
         ("S3BackupNeverRan", "elsewhere"),  # same name as "healthy", another namespace, created 10000 s ago
+        ("S3BackupSourceEmpty", "empty"),  # scanned nothing, the bucket holds 12 objects
+        ("S3BackupRecycleBlocked", "blocked"),
     }
 
     def firing() -> set[tuple[str, str]]:

@@ -35,6 +35,7 @@ PUSHED_FROM_SUMMARY = {
     "bytes_failed": ("s3backup_last_run_bytes", {"outcome": "failed"}),
     "files_excluded": ("s3backup_last_run_files", {"outcome": "excluded"}),
     "bytes_hashed": ("s3backup_last_run_hashed_bytes", {}),
+    "bytes_reused": ("s3backup_last_run_resumed_bytes", {}),
     "remote_objects": ("s3backup_remote_objects", {}),
     "remote_bytes": ("s3backup_remote_bytes", {}),
     "recycle_pending": ("s3backup_last_run_recycle_pending_objects", {}),

@@ -51,8 +51,13 @@ def test_empty_source_recycles_nothing(s3, synced, s3_url, prefix, direct):
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     run = run_syncer(synced, s3_url, s3.endpoint_url, *RECYCLE_NOW)
     assert run.returncode == 1 and run.summary["files_recycled"] == 0
-    assert "empty" in run.summary["recycle_blocked"] and "empty" in run.stderr
+    assert run.summary["result"] == "partial"  # exit 1 and a red run in metrics and status, not "success"
+    assert "empty" in run.summary["recycle_blocked"] and "is the volume mounted?" in run.stderr
     assert len(remote_objects(direct, prefix)) == len(TREE)
+    # Without --recycle-after nothing is due, and nothing is refused: the run still says the source is empty.
+    quiet = run_syncer(synced, s3_url, s3.endpoint_url)
+    assert quiet.returncode == 0 and quiet.summary["files_scanned"] == 0 and not quiet.summary["recycle_blocked"]
+    assert f"holds {len(TREE)} object(s): is the volume mounted?" in quiet.stderr
 
 
 def test_empty_selection_recycles_nothing(s3, synced, s3_url, prefix, direct):
@@ -127,7 +132,7 @@ def test_max_recycle_breach_deletes_nothing_and_says_why(cap, s3, synced, s3_url
     for path in doomed:
         path.unlink()
     run = run_syncer(synced, s3_url, s3.endpoint_url, "--recycle-after", "0s", "--max-recycle", cap)
-    assert run.returncode == 1 and run.summary["files_recycled"] == 0
+    assert run.returncode == 1 and run.summary["files_recycled"] == 0 and run.summary["result"] == "partial"
     assert "5 object(s)" in run.summary["recycle_blocked"] and cap in run.summary["recycle_blocked"]
     assert "nothing was deleted" in run.stderr
     assert len(remote_objects(direct, prefix)) == len(TREE)
