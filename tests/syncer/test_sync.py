@@ -434,3 +434,29 @@ def test_an_unchanged_rerun_opens_no_file(s3, s3_url, src, tmp_path):
     second = run_cli(["sync", str(src), s3_url, "--path-style"], s3.env(), tmp_path, without_capabilities=True)
     assert second.code == 0, second.stderr
     assert second.summary["files_unchanged"] == 6 and second.summary["bytes_hashed"] == 0
+
+
+def test_a_prefix_of_many_pages_is_listed_whole_folder_by_folder(sync, src, s3_client, prefix):
+    """More than one page (1,000 keys) switches to listing each top-level folder in parallel.
+    Fails if any key is missed (it would be uploaded again), counted twice, or if the state folder
+    or a folder's neighbours in byte order (`a-b`, `a.b`, `a/b`) get mixed up."""
+    names = [f"top-{i:04d}.txt" for i in range(400)]  # keys with no folder: listed at the top level
+    names += [f"d{i % 7}/sub{i % 3}/f{i:04d}" for i in range(900)]
+    names += ["a-b", "a.b", "a/b", "a/c", "a0", "x/y/double", "ü/é", "sp ace/f"]
+    for i, name in enumerate(names):
+        write(src / name, str(i).encode())
+    first = sync()
+    assert first.code == 0 and first.summary["files_uploaded"] == len(names), first.stderr
+
+    again = sync()
+    assert again.code == 0, again.stderr
+    assert again.summary["files_unchanged"] == len(names) and again.summary["files_uploaded"] == 0
+    assert again.summary["remote_objects"] == len(names)
+    assert again.summary["remote_bytes"] == sum(len(str(i)) for i in range(len(names)))
+
+    for name in ("top-0007.txt", "d3/sub0/f0003", "a/b", "x/y/double"):
+        (src / name).unlink()
+    recycled = sync("--recycle-after", "0s")
+    assert recycled.code == 0 and recycled.summary["files_recycled"] == 4, recycled.stderr
+    left = set(objects(s3_client, BUCKET, prefix, download=False))
+    assert len(left) == len(names) - 4 and "a/c" in left and "a/b" not in left and "a-b" in left
