@@ -135,7 +135,7 @@ def _parse_listing_quickly(response_dict: dict, customized_response_dict: dict, 
         elif name in _LISTING_INT:
             page[name] = int(element.text or 0)
         elif name == "CommonPrefixes":
-            return  # we never list with a delimiter: leave it to botocore
+            return  # a page of the top-level listing by folder: few, and left to botocore
     if contents:
         page["Contents"] = contents
     customized_response_dict.update(page)
