@@ -1,35 +1,41 @@
-"""kopf handlers: validate -> render -> apply (adopted CronJob), and observe Jobs/Pods -> status.
+"""kopf handlers: parse -> render -> apply (server-side, owned CronJob), and observe Jobs/Pods -> status.
 
 Handlers are registered into a given registry (`register`), so tests run a real kopf with its own
-registry and connection. They are idempotent: the CronJob has a fixed name, "already exists" counts as
-success, and it is patched only when the rendered spec's hash changes.
+registry and connection. They are idempotent: the CronJob has a fixed name and is applied server-side
+(an unchanged intent changes nothing), and a run-now Job that already exists counts as made.
+
+The official client is synchronous: the handlers that use it are plain `def`s, which kopf runs in its
+thread pool, so the event loop is never blocked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 import kopf
+from kubernetes.client import Configuration
 
-from s3backup_operator import render
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.kube import ApiError, KubeApi, namespaced
+from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.pushgateway import delete_group, redact_url
 from s3backup_operator.render import (
     BACKUP_LABEL,
+    CHILD_SELECTOR,
     GROUP,
     MANAGED_BY,
     PLURAL,
     RUN_NOW_ANNOTATION,
-    SPEC_HASH_ANNOTATION,
     VERSION,
-    InvalidSpec,
+    cronjob_name,
+    render_cronjob,
+    render_run_now_job,
 )
+from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, parse
 from s3backup_operator.status import (
     job_finished,
     last_run,
@@ -40,90 +46,99 @@ from s3backup_operator.status import (
 )
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
+ClientConfigFn = Callable[[], Configuration]
 PUSHGATEWAY_DELETE_ATTEMPTS = 3
 KOPF_PREFIX = f"operator.{GROUP}"
 RUN_BLOCKED = "RunBlocked"
+#: Reasons that something outside the spec may fix (a Secret created later, a foreign CronJob removed).
+RETRIED_REASONS = ("CredentialsSecretNotFound", "CredentialsSecretIncomplete", "CronJobConflict")
 
 
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """An explicit $KUBECONFIG first, then the in-cluster service account, then ~/.kube/config."""
-    if os.environ.get("KUBECONFIG"):
-        return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """kopf's login through the official client: the in-cluster service account first, then the kubeconfig
+    ($KUBECONFIG or ~/.kube/config, exec credential plugins included). It also configures the client's
+    default Configuration, which `default_client_config` then copies for the operator's own requests."""
+    return kopf.login_via_client(**kwargs)
+
+
+def default_client_config() -> Configuration:
+    return Configuration.get_default_copy()
 
 
 class Reconciler:
-    """The I/O edge: reads the cluster, calls the pure renderers, writes the result."""
+    """The I/O edge: reads the cluster, calls the pure parser and renderers, writes the result."""
 
-    def __init__(self, config: OperatorConfig, api: KubeApi, metrics: OperatorMetrics) -> None:
+    def __init__(self, config: OperatorConfig, metrics: OperatorMetrics, api: KubeApi | None = None) -> None:
         self.config = config
-        self.api = api
         self.metrics = metrics
+        self._api = api
 
-    def _backup_path(self, namespace: str, name: str = "", sub: str = "") -> str:
-        return namespaced(f"{GROUP}/{VERSION}", PLURAL, namespace, name, sub)
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            raise ApiError(0, "NotLoggedIn", "no connection to the Kubernetes API yet")
+        return self._api
 
-    async def check_credentials(self, backup: dict[str, Any]) -> None:
+    def connect(self, configuration: Configuration) -> None:
+        """Use this client configuration from now on (the login handler calls it, also on a re-login)."""
+        old, self._api = self._api, KubeApi(configuration)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
+    def check_credentials(self, spec: BackupSpec) -> None:
         """The credentials Secret must exist with both keys. Only key names are looked at, never values."""
-        destination = (backup.get("spec") or {}).get("destination") or {}
-        ref = destination.get("credentialsSecretRef")
-        if not ref or not self.config.check_secrets:
+        credentials = spec.destination.credentials
+        if credentials is None or not self.config.check_secrets:
             return
-        namespace = backup["metadata"]["namespace"]
         try:
-            secret = await self.api.get_or_none(namespaced("v1", "secrets", namespace, ref["name"]))
+            keys = self.api.secret_keys(spec.namespace, credentials.secret_name)
         except ApiError as error:
             if error.status == 403:  # not allowed to look (RBAC without Secrets): the job's pod will tell
                 return
             raise
-        if secret is None:
+        if keys is None:
             raise InvalidSpec("CredentialsSecretNotFound",
-                              f"Secret {ref['name']!r} (spec.destination.credentialsSecretRef) not found in "
-                              f"namespace {namespace!r}")
-        keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
-        wanted = [ref.get("accessKeyIDKey") or render.DEFAULT_ACCESS_KEY_KEY,
-                  ref.get("secretAccessKeyKey") or render.DEFAULT_SECRET_KEY_KEY]
-        missing = [key for key in wanted if key not in keys]
-        secret = None  # drop the values as soon as possible
+                              f"Secret {credentials.secret_name!r} (spec.destination.credentialsSecretRef) not "
+                              f"found in namespace {spec.namespace!r}")
+        missing = [key for key in (credentials.access_key_key, credentials.secret_key_key) if key not in keys]
         if missing:
             raise InvalidSpec("CredentialsSecretIncomplete",
-                              f"Secret {ref['name']!r} has no key {', '.join(missing)}")
+                              f"Secret {credentials.secret_name!r} has no key {', '.join(missing)}")
 
-    async def apply_cronjob(self, backup: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Create or patch the CronJob. Returns ("created" | "patched" | "unchanged", manifest)."""
-        manifest = render.render_cronjob(backup, self.config)
-        kopf.adopt(manifest, owner=backup)
-        meta = manifest["metadata"]
-        path = namespaced("batch/v1", "cronjobs", meta["namespace"])
-        live = await self.api.get_or_none(f"{path}/{meta['name']}")
+    def apply_cronjob(self, spec: BackupSpec, backup: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Server-side apply of the CronJob. Returns ("created" | "updated" | "unchanged", applied object).
+
+        A CronJob of that name that this S3Backup does not control is never taken over.
+        """
+        manifest = render_cronjob(spec, self.config)
+        kopf.append_owner_reference(manifest, owner=backup)  # controller, blockOwnerDeletion: the GC's link
+        name = manifest["metadata"]["name"]
+        live = self.api.get_cronjob(spec.namespace, name)
+        if live is not None:
+            owners = [ref for ref in (live.get("metadata") or {}).get("ownerReferences") or [] if ref.get("controller")]
+            if not owners or owners[0].get("uid") != backup["metadata"].get("uid"):
+                raise InvalidSpec("CronJobConflict",
+                                  f"CronJob {name!r} exists and is not owned by this S3Backup; delete or rename it")
+        applied = self.api.apply_cronjob(manifest)
         if live is None:
-            try:
-                await self.api.create(path, manifest)
-                return "created", manifest
-            except ApiError as error:
-                if error.status != 409:
-                    raise
-                live = await self.api.get(f"{path}/{meta['name']}")
-        owners = [ref for ref in (live.get("metadata") or {}).get("ownerReferences") or [] if ref.get("controller")]
-        if not owners or owners[0].get("uid") != backup["metadata"].get("uid"):
-            raise InvalidSpec("CronJobConflict",
-                              f"CronJob {meta['name']!r} exists and is not owned by this S3Backup; "
-                              "delete or rename it")
-        if ((live.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == \
-                meta["annotations"][SPEC_HASH_ANNOTATION]:
-            return "unchanged", manifest
-        patch = {
-            "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
-            "spec": render.merge_patch(live.get("spec") or {}, manifest["spec"]),
-        }
-        await self.api.merge_patch(f"{path}/{meta['name']}", patch)
-        return "patched", manifest
+            return "created", applied
+        version = (applied.get("metadata") or {}).get("resourceVersion")
+        return ("unchanged" if version == live["metadata"].get("resourceVersion") else "updated"), applied
 
-    async def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: logging.Logger) -> None:
-        """Validate, check the Secret, apply the CronJob; the outcome goes to the Ready condition."""
-        meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: logging.Logger) -> None:
+        """Parse, check the Secret, apply the CronJob; the outcome goes to the Ready condition.
+
+        An invalid spec raises InvalidSpec (a kopf.PermanentError: kopf logs it and posts it as an Event);
+        what the cluster may fix later raises a TemporaryError.
+        """
+        meta, status = body["metadata"], body.get("status") or {}
         generation = meta.get("generation")
-        name = render.cronjob_name(meta["name"])
+        name = cronjob_name(meta["name"])
 
         def set_ready(ready: bool, reason: str, message: str) -> None:
             patch.status["conditions"] = ready_condition(status.get("conditions"), ready, reason, message,
@@ -132,61 +147,58 @@ class Reconciler:
                 patch.status["observedGeneration"] = generation
 
         try:
-            render.validate(body)
-            await self.check_credentials(body)
-            action, manifest = await self.apply_cronjob(body)
+            spec = parse(body)
+            self.check_credentials(spec)
+            action, _ = self.apply_cronjob(spec, body)
         except InvalidSpec as problem:
             self.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
             kept = " The existing CronJob is left as it was." if ours else ""
             set_ready(False, problem.reason, problem.message + kept)
-            logger.warning(f"Not ready: {problem.reason}: {problem.message}")
-            if problem.reason in ("CredentialsSecretNotFound", "CredentialsSecretIncomplete", "CronJobConflict"):
+            if problem.reason in RETRIED_REASONS:
                 # Something outside the spec may fix it: look again later (a backoff, never a crash loop).
+                logger.warning(f"Not ready: {problem.reason}: {problem.message}")
                 raise kopf.TemporaryError(problem.message, delay=self.config.retry_delay) from None
-            return
+            raise
         except ApiError as error:
             self.metrics.reconcile_errors.labels(reason="ApiError").inc()
             set_ready(False, "ApiError", f"Kubernetes API request failed (retrying): {error}")
             raise kopf.TemporaryError(f"reconciling CronJob {name!r}: {error}", delay=self.config.retry_delay) from None
-        resolved = manifest["spec"]["schedule"]
-        zone = f" ({spec['timeZone']})" if spec.get("timeZone") else ""
+        zone = f" ({spec.time_zone})" if spec.time_zone else ""
         patch.status["cronJobName"] = name
-        patch.status["schedule"] = resolved
-        if spec.get("suspend"):
-            set_ready(True, "Suspended", f"CronJob {name} is suspended (schedule {resolved}{zone})")
+        patch.status["schedule"] = spec.schedule
+        if spec.suspend:
+            set_ready(True, "Suspended", f"CronJob {name} is suspended (schedule {spec.schedule}{zone})")
         else:
-            set_ready(True, "CronJobReady", f"CronJob {name} runs at {resolved}{zone}")
+            set_ready(True, "CronJobReady", f"CronJob {name} runs at {spec.schedule}{zone}")
         if action != "unchanged":
-            logger.info(f"CronJob {name} {action} (schedule {resolved}{zone}, suspend={bool(spec.get('suspend'))})")
+            logger.info(f"CronJob {name} {action} (schedule {spec.schedule}{zone}, suspend={spec.suspend})")
 
-    async def run_now(self, body: dict[str, Any], request: str, patch: kopf.Patch, logger: logging.Logger) -> None:
-        """Start the one-off Job for this run-now request (once per distinct annotation value)."""
-        meta, status = body["metadata"], body.get("status") or {}
-        if status.get("lastRunNowRequest") == request:
+    def run_now(self, body: dict[str, Any], request: str, patch: kopf.Patch, logger: logging.Logger) -> None:
+        """Start the one-off Job for this run-now request (once per distinct annotation value).
+
+        An invalid spec raises InvalidSpec: the request is not recorded, and kopf does not retry it.
+        """
+        if (body.get("status") or {}).get("lastRunNowRequest") == request:
             return
+        spec = parse(body)
+        job = render_run_now_job(spec, self.config, request)
         try:
-            render.validate(body)
-        except InvalidSpec as problem:
-            logger.warning(f"run-now ignored: {problem.reason}: {problem.message}")
-            return
-        jobs = await self.api.list(namespaced("batch/v1", "jobs", meta["namespace"]), {BACKUP_LABEL: meta["name"]})
-        job = render.render_run_now_job(body, self.config, request)
-        running = [j["metadata"]["name"] for j in jobs
-                   if not job_finished(j) and j["metadata"]["name"] != job["metadata"]["name"]]
-        if running:
-            raise kopf.TemporaryError(f"run-now waits for the running Job {running[0]}", delay=self.config.retry_delay)
-        kopf.adopt(job, owner=body)
-        try:
-            await self.api.create(namespaced("batch/v1", "jobs", meta["namespace"]), job)
-            logger.info(f"run-now: Job {job['metadata']['name']} created")
+            jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
+            running = [j["metadata"]["name"] for j in jobs
+                       if not job_finished(j) and j["metadata"]["name"] != job["metadata"]["name"]]
+            if running:
+                raise kopf.TemporaryError(f"run-now waits for the running Job {running[0]}",
+                                          delay=self.config.retry_delay)
+            kopf.append_owner_reference(job, owner=body)
+            if self.api.create_job(job):
+                logger.info(f"run-now: Job {job['metadata']['name']} created")
         except ApiError as error:
-            if error.status != 409:
-                raise kopf.TemporaryError(f"creating the run-now Job: {error}", delay=self.config.retry_delay) from None
+            raise kopf.TemporaryError(f"creating the run-now Job: {error}", delay=self.config.retry_delay) from None
         patch.status["lastRunNowRequest"] = request
         patch.status["lastRunNowJobName"] = job["metadata"]["name"]
 
-    async def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
+    def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
             return
@@ -194,52 +206,49 @@ class Reconciler:
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
         if not backup_name:
             return
-        pods = await self.api.list(namespaced("v1", "pods", meta["namespace"]), {"job-name": meta["name"]})
+        pods = self.api.list_pods(meta["namespace"], {"job-name": meta["name"]})
         run = last_run(job, pods)
-        backup = await self.api.get_or_none(self._backup_path(meta["namespace"], backup_name))
+        backup = self.api.get_backup(meta["namespace"], backup_name)
         if run is None or backup is None or backup["metadata"].get("deletionTimestamp"):
             return
         status_patch = status_patch_for_run(backup.get("status") or {}, run)
         if status_patch:
-            await self.api.merge_patch(self._backup_path(meta["namespace"], backup_name, "status"),
-                                       {"status": status_patch})
+            self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
 
-    async def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
+    def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
         if not backup_name:
             return None
-        backup = await self.api.get_or_none(self._backup_path(meta["namespace"], backup_name))
+        backup = self.api.get_backup(meta["namespace"], backup_name)
         if backup is None or backup["metadata"].get("deletionTimestamp"):
             return None
         return backup
 
-    async def cronjob_changed(self, event_type: str, cronjob: dict[str, Any], logger: logging.Logger) -> None:
+    def cronjob_changed(self, event_type: str, cronjob: dict[str, Any], logger: logging.Logger) -> None:
         """Copy lastScheduleTime; recreate a CronJob deleted behind the operator's back."""
         meta = cronjob["metadata"]
-        backup = await self._live_owner(meta)
+        backup = self._live_owner(meta)
         if backup is None:
             return
         backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
-                render.validate(backup)
-                action, _ = await self.apply_cronjob(backup)
+                action, _ = self.apply_cronjob(parse(backup), backup)
                 logger.info(f"CronJob {meta['name']} was deleted: {action} again")
             except (InvalidSpec, ApiError) as problem:
                 logger.warning(f"CronJob {meta['name']} was deleted and not recreated: {problem}")
             return
         scheduled = (cronjob.get("status") or {}).get("lastScheduleTime")
         if scheduled and (backup.get("status") or {}).get("lastScheduleTime") != scheduled:
-            await self.api.merge_patch(self._backup_path(meta["namespace"], backup_name, "status"),
-                                       {"status": {"lastScheduleTime": scheduled}})
+            self.api.patch_backup_status(meta["namespace"], backup_name, {"lastScheduleTime": scheduled})
 
-    async def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
+    def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         """A backup pod that cannot start (missing Secret, image pull, unschedulable) -> RunBlocked=True."""
         meta = pod["metadata"]
-        backup = await self._live_owner(meta)
+        backup = self._live_owner(meta)
         if backup is None:
             return
         backup_name = backup["metadata"]["name"]
@@ -258,13 +267,13 @@ class Reconciler:
                                 f"pod {meta['name']} is no longer blocked")
         else:
             return
-        await self.api.merge_patch(self._backup_path(meta["namespace"], backup_name, "status"),
-                                   {"status": {"conditions": new}})
+        self.api.patch_backup_status(meta["namespace"], backup_name, {"conditions": new})
 
     async def cleanup(self, body: dict[str, Any], retry: int, logger: logging.Logger) -> None:
         """On deletion: drop the backup's Pushgateway group, and the CronJob (the GC would, too)."""
-        meta, spec = body["metadata"], body.get("spec") or {}
-        gateway = render.pushgateway_url(spec, self.config)
+        meta = body["metadata"]
+        url = ((body.get("spec") or {}).get("metrics") or {}).get("pushgatewayURL") or ""
+        gateway = (url or self.config.default_pushgateway_url).rstrip("/")
         if gateway:
             try:
                 await delete_group(gateway, meta["namespace"], meta["name"])
@@ -275,9 +284,12 @@ class Reconciler:
                     raise kopf.TemporaryError(f"deleting the Pushgateway group: {message}",
                                               delay=min(self.config.retry_delay, 10)) from None
                 logger.warning(f"Pushgateway group not deleted, giving up: {message}")
-        name = render.cronjob_name(meta["name"])
-        if await self.api.delete(namespaced("batch/v1", "cronjobs", meta["namespace"], name)):
-            logger.info(f"CronJob {name} deleted")
+        name = cronjob_name(meta["name"])
+        try:
+            if await asyncio.to_thread(self.api.delete_cronjob, meta["namespace"], name):
+                logger.info(f"CronJob {name} deleted")
+        except ApiError as error:
+            raise kopf.TemporaryError(f"deleting CronJob {name!r}: {error}", delay=self.config.retry_delay) from None
 
     def observe(self, event_type: str, body: dict[str, Any]) -> None:
         """Keep the metrics' view of one S3Backup in step with its status."""
@@ -286,7 +298,7 @@ class Reconciler:
             self.metrics.forget(meta["namespace"], meta["name"])
             return
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        interval = render.monitored_interval(body, self.config)
+        interval = monitored_interval(body, self.config.default_pushgateway_url)
         self.metrics.observe(meta["namespace"], meta["name"], BackupState(
             ready=ready.get("status", "Unknown"), reason=ready.get("reason", ""),
             last_result=(status.get("lastRun") or {}).get("result", ""),
@@ -311,12 +323,14 @@ def register(
     config: OperatorConfig,
     metrics: OperatorMetrics,
     login: LoginFn = default_login,
+    client_config: ClientConfigFn = default_client_config,
 ) -> Reconciler:
-    """Register every handler into `registry`. `login` gives the API connection (tests: the emulator)."""
-    api = KubeApi()
-    reconciler = Reconciler(config, api, metrics)
+    """Register every handler into `registry`. `login` gives kopf's connection and `client_config` then the
+    official client's (tests: both pointing at the emulator)."""
+    reconciler = Reconciler(config, metrics)
     backups = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
     managed = {"app.kubernetes.io/managed-by": MANAGED_BY, BACKUP_LABEL: kopf.PRESENT}
+    children = (("batch", "v1", "cronjobs"), ("batch", "v1", "jobs"), ("", "v1", "pods"))
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -327,35 +341,43 @@ def register(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=KOPF_PREFIX, key="last-handled-configuration")
         settings.posting.level = logging.WARNING  # k8s Events for problems only; the status tells the rest
+        # The API server filters the children's watches (labelSelector): only the operator's own CronJobs,
+        # Jobs and Pods reach it, never every pod of the cluster. The handlers' `labels=` stays as a guard.
+        for resource in children:
+            settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info = login(**kwargs)
         if info is not None:
-            api.connect(info)
+            reconciler.connect(client_config())
         return info
 
     @kopf.on.cleanup(registry=registry)
-    async def close(**_: Any) -> None:
-        await api.close()
+    def close(**_: Any) -> None:
+        reconciler.close()
 
     @kopf.on.resume(**backups, id="reconcile")
     @kopf.on.create(**backups, id="reconcile")
     @kopf.on.update(**backups, id="reconcile")
-    async def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-        await reconciler.reconcile(dict(body), patch, logger)
+    def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+        reconciler.reconcile(dict(body), patch, logger)
 
     if config.resync_interval > 0:
         @kopf.timer(**backups, interval=config.resync_interval, initial_delay=config.resync_interval,
                     idle=min(10.0, config.resync_interval), id="resync")
-        async def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-            if not body["metadata"].get("deletionTimestamp"):
-                await reconciler.reconcile(dict(body), patch, logger)
+        def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+            if body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                reconciler.reconcile(dict(body), patch, logger)
+            except InvalidSpec as problem:  # the Ready condition says it; a timer must not fail for good
+                logger.warning(f"Not ready: {problem.reason}: {problem.message}")
 
     @kopf.on.field(**backups, field=("metadata", "annotations", RUN_NOW_ANNOTATION), id="run-now")
-    async def run_now(body: kopf.Body, new: Any, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+    def run_now(body: kopf.Body, new: Any, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
         if new:
-            await reconciler.run_now(dict(body), str(new), patch, logger)
+            reconciler.run_now(dict(body), str(new), patch, logger)
 
     @kopf.on.delete(**backups, id="cleanup")
     async def cleanup(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
@@ -365,28 +387,27 @@ def register(
     def observe(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         reconciler.observe(event.get("type") or "", dict(body))
 
-    async def update_status_from(kind: str, update, body: kopf.Body, logger: logging.Logger) -> None:
+    def update_status_from(kind: str, update: Callable[[], None], body: kopf.Body, logger: logging.Logger) -> None:
         """Status updates from children are best effort: a failure is counted and logged, never raised."""
         try:
-            await update
+            update()
         except ApiError as error:
             metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
             logger.warning(f"status not updated from {kind} {body['metadata']['name']}: {error}")
 
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry, id="job-finished")
-    async def job_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    def job_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         if event.get("type") != "DELETED":
-            await update_status_from("Job", reconciler.job_changed(dict(body), logger), body, logger)
+            update_status_from("Job", lambda: reconciler.job_changed(dict(body), logger), body, logger)
 
     @kopf.on.event("", "v1", "pods", labels=managed, registry=registry, id="pod-changed")
-    async def pod_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        update = reconciler.pod_changed(event.get("type") or "", dict(body), logger)
-        await update_status_from("Pod", update, body, logger)
+    def pod_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        update = lambda: reconciler.pod_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
+        update_status_from("Pod", update, body, logger)
 
     @kopf.on.event("batch", "v1", "cronjobs", labels=managed, registry=registry, id="cronjob-changed")
-    async def cronjob_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-        update = reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)
-        await update_status_from("CronJob", update, body, logger)
+    def cronjob_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        update = lambda: reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
+        update_status_from("CronJob", update, body, logger)
 
     return reconciler
-

@@ -12,6 +12,7 @@ import kopf
 import pytest
 import yaml
 from kopf.testing import KopfRunner
+from kubernetes.client import Configuration
 from s3backup_operator.config import OperatorConfig
 from s3backup_operator.handlers import register
 from s3backup_operator.metrics import OperatorMetrics
@@ -59,8 +60,7 @@ def run_operator(emulator) -> Callable[..., contextlib.AbstractContextManager[Ko
     def start(config: OperatorConfig, metrics: OperatorMetrics | None = None,
               scope: tuple[str, ...] = ("-A",)) -> Iterator[KopfRunner]:
         registry = kopf.OperatorRegistry()
-        register(registry, config, metrics or OperatorMetrics(),
-                 login=lambda **_: kopf.ConnectionInfo(server=emulator.url))
+        register(registry, config, metrics or OperatorMetrics(), **emulator_login(emulator))
         settings = kopf.OperatorSettings()
         settings.queueing.exit_timeout = 0.5
         with KopfRunner(["run", *scope, "--standalone", "--verbose"], registry=registry, settings=settings,
@@ -70,6 +70,12 @@ def run_operator(emulator) -> Callable[..., contextlib.AbstractContextManager[Ko
         assert runner.exception is None
 
     return start
+
+
+def emulator_login(emulator: Emulator) -> dict[str, Any]:
+    """register()'s login and client configuration, both pointing at the emulator (plain HTTP, no auth)."""
+    return {"login": lambda **_: kopf.ConnectionInfo(server=emulator.url),
+            "client_config": lambda: Configuration(host=emulator.url)}
 
 
 def example(name: str) -> dict[str, Any]:

@@ -15,6 +15,12 @@ Where the emulator is not a kube-apiserver (the tests assume these, see readme-o
   generation + 1 when a write to the main resource carries `spec` (even an unchanged one);
 - no optimistic concurrency: resourceVersion preconditions in JSON patches are not checked;
 - PATCH is a recursive dict merge (null deletes a key) for any dict body, a JSON patch for a list; no PUT;
+- server-side apply (PATCH application/apply-patch+yaml, the operator's CronJobs) is emulated by
+  `ApiServerLikeEmulator` for a single field manager only: it creates a missing object, and otherwise replaces
+  the applied top-level fields (and metadata's labels, annotations, ownerReferences) with the applied ones;
+  an apply that changes nothing writes nothing (no new resourceVersion), as kube-apiserver does. There are no
+  managedFields, no conflicts between managers, and fields the applier does not send are dropped even when
+  another writer set them: what SSA really keeps and removes is only tested on the real control plane;
 - the status subresource is not separate: a PATCH of /status could change the spec and vice versa;
 - label selectors are ignored on lists (the operator filters by labels itself as well);
 - no controllers: CronJobs never fire, Jobs never start; nothing writes status but the test and the operator.
@@ -23,6 +29,7 @@ Where the emulator is not a kube-apiserver (the tests assume these, see readme-o
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import itertools
 import json
@@ -35,9 +42,31 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp.web
+import attrs
 import kmock
 
 BACKUPS = "s3backup.dev/v1alpha1/s3backups"
+APPLY_PATCH = "application/apply-patch+yaml"
+APPLIED_METADATA = ("labels", "annotations", "ownerReferences")
+
+
+def _merge_diff(live: Any, desired: Any) -> Any:
+    """The RFC 7386 merge patch that turns `live` into `desired` (kmock applies PATCH bodies as one)."""
+    if not isinstance(live, dict) or not isinstance(desired, dict):
+        return desired
+    patch: dict[str, Any] = {key: None for key in live if key not in desired}
+    patch.update({key: _merge_diff(live.get(key), value) for key, value in desired.items()
+                  if key not in live or live[key] != value})
+    return patch
+
+
+def _applied(live: dict[str, Any], intent: dict[str, Any]) -> dict[str, Any]:
+    """`live` after a single manager's server-side apply of `intent` (see the module docstring)."""
+    result = {**live, **{key: value for key, value in intent.items() if key not in ("metadata", "status")}}
+    meta = dict(live.get("metadata") or {})
+    meta.update({key: value for key, value in (intent.get("metadata") or {}).items() if key in APPLIED_METADATA})
+    result["metadata"] = meta
+    return result
 
 
 class ApiServerLikeEmulator(kmock.KubernetesEmulator):
@@ -67,6 +96,9 @@ class ApiServerLikeEmulator(kmock.KubernetesEmulator):
         return response
 
     async def _handle(self, request: kmock.Request):  # type: ignore[override]
+        if request.method == "PATCH" and request.headers.get("Content-Type", "").startswith(APPLY_PATCH):
+            request = self._server_side_apply(request)
+            self._requests[request.id] = request  # kmock's views know requests by identity
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
             if isinstance(request.data, dict):
@@ -88,6 +120,19 @@ class ApiServerLikeEmulator(kmock.KubernetesEmulator):
                                    if not (op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion")]
                 request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
         return await super()._handle(request)
+
+
+    def _server_side_apply(self, request: kmock.Request) -> kmock.Request:
+        """An apply becomes a create, a merge patch of the difference, or a plain read (nothing changed)."""
+        key = (request.resource, request.namespace, request.name)
+        live = self.objects[key] if key in self.objects else None  # noqa: SIM401 -- no .get()
+        if live is None or live.deleted:
+            return attrs.evolve(request, method="POST", action=kmock.action.CREATE, name=None)
+        current = copy.deepcopy(dict(live.raw))
+        desired = _applied(current, request.data)
+        if desired == current:
+            return attrs.evolve(request, method="GET", action=kmock.action.FETCH)
+        return attrs.evolve(request, data=_merge_diff(current, desired))
 
 
 class Emulator:

@@ -13,7 +13,8 @@ import kopf
 import pytest
 import yaml
 from botocore.utils import validate_region_name
-from s3backup_operator.render import DEFAULTS, destination_url, render_cronjob, render_run_now_job
+from s3backup_operator.render import render_cronjob, render_run_now_job
+from s3backup_operator.spec import DEFAULTS, destination_url, parse
 from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
 from s3backup_syncer.errors import UserError
 from s3backup_syncer.etag import validate_part_size
@@ -83,15 +84,15 @@ def _adopted(manifest: dict[str, Any], backup: dict[str, Any]) -> dict[str, Any]
 @pytest.mark.parametrize("name", BACKUP_EXAMPLES)
 def test_example_renders_valid_manifests(config, crd_schema, name):
     backup = apply_defaults(example(name), crd_schema)
-    validate_builtin(_adopted(render_cronjob(backup, config), backup))
-    validate_builtin(_adopted(render_run_now_job(backup, config, "2026-11-26T10:00:00Z"), backup))
+    validate_builtin(_adopted(render_cronjob(parse(backup), config), backup))
+    validate_builtin(_adopted(render_run_now_job(parse(backup), config, "2026-11-26T10:00:00Z"), backup))
 
 
 @pytest.mark.parametrize("name", [*BACKUP_EXAMPLES, "minimal"])
 def test_renderer_defaults_equal_the_crd_defaults(config, crd_schema, name):
     """The operator renders the same with or without the API server's defaulting (the emulator does none)."""
     backup = make_backup() if name == "minimal" else example(name)
-    assert render_cronjob(backup, config) == render_cronjob(apply_defaults(backup, crd_schema), config)
+    assert render_cronjob(parse(backup), config) == render_cronjob(parse(apply_defaults(backup, crd_schema)), config)
 
 
 def test_every_renderer_default_is_a_crd_default(crd_schema):
@@ -287,7 +288,7 @@ def test_prefix_pattern_is_the_syncer_rule(crd_schema):
         if prefix.startswith("/"):
             assert not re.search(pattern, prefix), prefix  # a leading "/" is refused outright
             continue
-        syncer = _accepted(lambda prefix=prefix: parse_s3_url(destination_url({"bucket": "abc", "prefix": prefix})))
+        syncer = _accepted(lambda prefix=prefix: parse_s3_url(destination_url("abc", prefix)))
         if prefix.endswith("//"):  # the syncer strips trailing slashes; the schema refuses "//" anywhere
             assert not re.search(pattern, prefix), prefix
         else:
@@ -316,4 +317,4 @@ ENDPOINTS = ["https://s3.example.com", "http://127.0.0.1:9000", "http://[::1]:90
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_endpoints_the_schema_accepts_are_accepted_by_the_renderer(crd_schema, config, endpoint):
     if re.search(_pattern(crd_schema, "destination.endpoint"), endpoint):
-        render_cronjob(make_backup(destination={"bucket": "abc", "endpoint": endpoint}), config)
+        render_cronjob(parse(make_backup(destination={"bucket": "abc", "endpoint": endpoint})), config)

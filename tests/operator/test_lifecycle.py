@@ -19,6 +19,7 @@ from s3backup_operator.config import OperatorConfig
 from s3backup_operator.metrics import OperatorMetrics
 from s3backup_operator.pushgateway import delete_group
 from s3backup_operator.render import render_cronjob
+from s3backup_operator.spec import parse
 from s3backup_syncer.metrics import push_run_metrics
 from s3backup_syncer.report import Summary
 
@@ -141,7 +142,7 @@ def test_full_lifecycle(cluster, run_operator, pushgateway):
         cluster.create(BACKUPS, make_backup())
         created = wait_for(lambda: cronjob(cluster), what="the CronJob")
         backup = cluster.get(f"{BACKUPS}/db-dumps")
-        expected = render_cronjob(backup, config)
+        expected = render_cronjob(parse(backup), config)
         assert created["spec"] == expected["spec"]
         assert created["metadata"]["labels"] == expected["metadata"]["labels"]
         assert created["metadata"]["ownerReferences"] == [{
@@ -171,7 +172,7 @@ def test_full_lifecycle(cluster, run_operator, pushgateway):
         assert patched["spec"]["schedule"] == "@hourly"
         assert option(args_of(patched), "--region") is None
         assert option(args_of(patched), "--expected-interval") == "1h"
-        assert patched["spec"] == render_cronjob(cluster.get(f"{BACKUPS}/db-dumps"), config)["spec"]
+        assert patched["spec"] == render_cronjob(parse(cluster.get(f"{BACKUPS}/db-dumps")), config)["spec"]
         wait_for(lambda: backup_status(cluster).get("observedGeneration") == 2, what="observedGeneration 2")
 
         # A scheduled run finishes: status.lastRun from the pod's termination message.

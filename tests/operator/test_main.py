@@ -20,7 +20,7 @@ from s3backup_operator.main import parse_args
 from s3backup_operator.pushgateway import delete_group, group_url, redact_url
 from s3backup_syncer.local_s3 import free_port
 
-from tests.operator.conftest import make_backup
+from tests.operator.conftest import emulator_login, make_backup
 from tests.operator.emulator import wait_for
 from tests.operator.test_lifecycle import ACCESS_KEY, BACKUPS, SECRET_KEY, create_secret, cronjob, pushed_backups
 
@@ -148,7 +148,7 @@ def test_peering_lets_only_the_highest_priority_replica_act(emulator, cluster, c
                              "status": {"the-other-replica": {"priority": 100, "lifetime": 300, "lastseen": now}}})
     create_secret(cluster)
     registry = kopf.OperatorRegistry()
-    register(registry, config, OperatorMetrics(), login=lambda **_: kopf.ConnectionInfo(server=emulator.url))
+    register(registry, config, OperatorMetrics(), **emulator_login(emulator))
     settings = kopf.OperatorSettings()
     settings.peering.lifetime = 2  # keep-alives every second, so the test can wait for one
     messages: list[str] = []  # runner.output cannot be read while kopf runs: collect the log records here

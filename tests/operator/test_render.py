@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-import json
 from typing import Any
 
 import pytest
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.render import (
-    InvalidSpec,
-    cronjob_name,
-    merge_patch,
-    monitored_interval,
-    render_cronjob,
-    render_run_now_job,
-    run_now_job_name,
-    spec_hash,
-    validate,
-)
+from s3backup_operator.render import cronjob_name, render_cronjob, render_run_now_job, run_now_job_name
+from s3backup_operator.spec import InvalidSpec, monitored_interval, parse
 from s3backup_syncer import cli
 from s3backup_syncer.config import RecycleCap
 from s3backup_syncer.filters import Filters
@@ -34,7 +23,7 @@ def _pod(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def test_cronjob_for_the_full_example(config):
     backup = example("s3backup-full.yaml")
-    cronjob = render_cronjob(backup, config)
+    cronjob = render_cronjob(parse(backup), config)
     validate_builtin(cronjob)
     spec = cronjob["spec"]
     assert cronjob["metadata"]["name"] == "media-s3backup"
@@ -95,7 +84,7 @@ def test_cronjob_for_the_full_example(config):
 
 def test_credentials_are_referenced_never_copied(config):
     backup = make_backup()
-    cronjob = render_cronjob(backup, config)
+    cronjob = render_cronjob(parse(backup), config)
     [container] = _pod(cronjob)["containers"]
     secret_env = {env["name"]: env["valueFrom"]["secretKeyRef"] for env in container["env"] if "valueFrom" in env}
     assert secret_env == {
@@ -110,13 +99,13 @@ def test_custom_secret_keys(config):
     backup = make_backup()
     backup["spec"]["destination"]["credentialsSecretRef"] = {"name": "minio", "accessKeyIDKey": "user",
                                                              "secretAccessKeyKey": "password"}
-    [container] = _pod(render_cronjob(backup, config))["containers"]
+    [container] = _pod(render_cronjob(parse(backup), config))["containers"]
     refs = [env["valueFrom"]["secretKeyRef"] for env in container["env"] if "valueFrom" in env]
     assert refs == [{"name": "minio", "key": "user"}, {"name": "minio", "key": "password"}]
 
 
 def test_without_credentials_secret_nothing_is_injected(config):
-    cronjob = render_cronjob(example("s3backup-irsa.yaml"), config)
+    cronjob = render_cronjob(parse(example("s3backup-irsa.yaml")), config)
     pod = _pod(cronjob)
     assert pod["serviceAccountName"] == "s3-backup-writer"
     assert not [env for env in pod["containers"][0]["env"] if "valueFrom" in env]
@@ -125,7 +114,7 @@ def test_without_credentials_secret_nothing_is_injected(config):
 
 def test_minimal_backup_args_and_defaults(config):
     backup = make_backup(destination={"bucket": "abc"})
-    cronjob = render_cronjob(backup, config)
+    cronjob = render_cronjob(parse(backup), config)
     validate_builtin(cronjob)
     args = _pod(cronjob)["containers"][0]["args"]
     assert args[:3] == ["sync", "/data", "s3://abc"]
@@ -141,20 +130,20 @@ def test_minimal_backup_args_and_defaults(config):
 
 def test_image_pull_secrets_fall_back_to_the_operator_default(config):
     defaulted = OperatorConfig(image=TEST_IMAGE, image_pull_secrets=("regcred",))
-    assert _pod(render_cronjob(make_backup(), defaulted))["imagePullSecrets"] == [{"name": "regcred"}]
-    assert "imagePullSecrets" not in _pod(render_cronjob(make_backup(), config))
+    assert _pod(render_cronjob(parse(make_backup()), defaulted))["imagePullSecrets"] == [{"name": "regcred"}]
+    assert "imagePullSecrets" not in _pod(render_cronjob(parse(make_backup()), config))
     own = make_backup(job={"imagePullSecrets": [{"name": "mine"}]})
-    assert _pod(render_cronjob(own, defaulted))["imagePullSecrets"] == [{"name": "mine"}]
-    validate_builtin(render_cronjob(make_backup(), defaulted))
+    assert _pod(render_cronjob(parse(own), defaulted))["imagePullSecrets"] == [{"name": "mine"}]
+    validate_builtin(render_cronjob(parse(make_backup()), defaulted))
 
 
 def test_pushgateway_falls_back_to_the_operator_default(config):
     backup = make_backup()
     operator_default = OperatorConfig(image=TEST_IMAGE, default_pushgateway_url="http://pgw.monitoring:9091")
-    args = _pod(render_cronjob(backup, operator_default))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), operator_default))["containers"][0]["args"]
     assert option(args, "--pushgateway") == "http://pgw.monitoring:9091"
     backup["spec"]["metrics"] = {"pushgatewayURL": "http://other:9091/"}
-    args = _pod(render_cronjob(backup, operator_default))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), operator_default))["containers"][0]["args"]
     assert option(args, "--pushgateway") == "http://other:9091"
 
 
@@ -163,29 +152,29 @@ def test_pushgateway_falls_back_to_the_operator_default(config):
     ("0 */6 * * *", "6h"), ("H/20 * * * *", "20m"),
 ])
 def test_expected_interval_follows_the_schedule(config, schedule, interval):
-    args = _pod(render_cronjob(make_backup(schedule=schedule), config))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(make_backup(schedule=schedule)), config))["containers"][0]["args"]
     assert option(args, "--expected-interval") == interval
 
 
 def test_hashed_schedule_is_stable_and_spreads(config):
-    first = render_cronjob(make_backup(name="a", schedule="H H * * *"), config)["spec"]["schedule"]
-    assert render_cronjob(make_backup(name="a", schedule="H H * * *"), config)["spec"]["schedule"] == first
-    schedules = {render_cronjob(make_backup(name=f"db-{i}", schedule="H H * * *"), config)["spec"]["schedule"]
+    first = render_cronjob(parse(make_backup(name="a", schedule="H H * * *")), config)["spec"]["schedule"]
+    assert render_cronjob(parse(make_backup(name="a", schedule="H H * * *")), config)["spec"]["schedule"] == first
+    schedules = {render_cronjob(parse(make_backup(name=f"db-{i}", schedule="H H * * *")), config)["spec"]["schedule"]
                  for i in range(100)}
     assert len(schedules) > 80  # 1440 slots: a few collisions at most
-    other_namespace = render_cronjob(make_backup(name="a", namespace="other", schedule="H H * * *"), config)
+    other_namespace = render_cronjob(parse(make_backup(name="a", namespace="other", schedule="H H * * *")), config)
     assert other_namespace["spec"]["schedule"] != first  # the namespace is part of the identity
 
 
 def test_suspend_is_passed_through(config):
-    assert render_cronjob(make_backup(suspend=True), config)["spec"]["suspend"] is True
+    assert render_cronjob(parse(make_backup(suspend=True)), config)["spec"]["suspend"] is True
 
 
 def test_sub_path_and_prefix_are_normalised(config):
     backup = make_backup()
     backup["spec"]["source"]["subPath"] = "a/b/"
     backup["spec"]["destination"]["prefix"] = "x/y/"
-    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), config))["containers"][0]["args"]
     assert args[1:3] == ["/data/a/b", "s3://my-backups/x/y"]
 
 
@@ -201,15 +190,13 @@ def test_sub_path_and_prefix_are_normalised(config):
 def test_what_the_schema_cannot_catch_is_an_invalid_spec(config, change, reason):
     backup = make_backup(**change)
     with pytest.raises(InvalidSpec) as caught:
-        validate(backup)
+        parse(backup)
     assert caught.value.reason == reason
-    with pytest.raises(InvalidSpec):
-        render_cronjob(backup, config)
 
 
 def test_kms_key_with_kms_encryption_is_fine(config):
     backup = make_backup(destination={"bucket": "abc", "sse": "aws:kms", "sseKmsKeyId": "key-1"})
-    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), config))["containers"][0]["args"]
     assert option(args, "--sse") == "aws:kms" and option(args, "--sse-kms-key-id") == "key-1"
 
 
@@ -265,20 +252,20 @@ SYNCER_REFUSES = {
 def test_what_the_syncer_refuses_is_an_invalid_spec_with_its_reason(config, path, value, field, why):
     backup = _with(path, value)
     with pytest.raises(InvalidSpec) as caught:
-        render_cronjob(backup, config)
+        render_cronjob(parse(backup), config)
     problem = caught.value
     assert problem.reason == "InvalidSpec"
     assert problem.message.startswith(f"{field}: ") and why in problem.message, problem.message
     assert "\n" not in problem.message
     with pytest.raises(InvalidSpec):
-        render_run_now_job(backup, config, "now")
+        render_run_now_job(parse(backup), config, "now")
 
 
 def test_kms_key_without_kms_is_refused_with_the_syncer_rule_too(config):
     """The renderer's own cross-field check runs first; the syncer's (SyncOptions) agrees with it."""
     backup = make_backup(destination={"bucket": "abc", "sse": "AES256", "sseKmsKeyId": "key-1"})
     with pytest.raises(InvalidSpec) as caught:
-        render_cronjob(backup, config)
+        render_cronjob(parse(backup), config)
     assert "sseKmsKeyId" in caught.value.message
 
 
@@ -307,7 +294,7 @@ def test_values_the_syncer_accepts_render_and_reach_it_unchanged(config, path, v
     backup = _with(path, value)
     if path == "recycle.maxDelete":
         backup["spec"]["recycle"]["after"] = "30d"  # the cap is passed only with recycling on
-    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), config))["containers"][0]["args"]
     assert getattr(_syncer_options(args), attribute) == parsed
 
 
@@ -317,7 +304,7 @@ def test_every_value_option_is_one_argument_the_syncer_parses(config):
     backup["spec"]["destination"].update(sse="aws:kms", sseKmsKeyId="-key")
     backup["spec"]["source"].update(include=["-a", "*.jpg"], exclude=["-wal", "--x", "-"])
     backup["spec"]["transfer"]["partSize"] = "64MiB"
-    args = _pod(render_cronjob(backup, config))["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), config))["containers"][0]["args"]
     flags = {"--path-style", "--follow-symlinks"}
     for arg in args[3:]:
         assert arg.startswith("--") and ("=" in arg or arg in flags), arg
@@ -342,14 +329,14 @@ def test_names_stay_within_kubernetes_limits(config):
     assert cronjob_name(long) != cronjob_name(long + "2")
     assert len(run_now_job_name(long, "now")) <= 63
     assert run_now_job_name("db", "1") == run_now_job_name("db", "1") != run_now_job_name("db", "2")
-    validate_builtin(render_cronjob(make_backup(name=long), config))
-    validate_builtin(render_run_now_job(make_backup(name=long), config, "1"))
+    validate_builtin(render_cronjob(parse(make_backup(name=long)), config))
+    validate_builtin(render_run_now_job(parse(make_backup(name=long)), config, "1"))
 
 
 def test_run_now_job_uses_the_same_pod_template(config):
     backup = make_backup()
-    cronjob = render_cronjob(backup, config)
-    job = render_run_now_job(backup, config, "2026-11-26T10:00:00Z")
+    cronjob = render_cronjob(parse(backup), config)
+    job = render_run_now_job(parse(backup), config, "2026-11-26T10:00:00Z")
     validate_builtin(job)
     assert job["spec"]["template"]["spec"] == cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert job["metadata"]["labels"]["s3backup.dev/trigger"] == "run-now"
@@ -357,55 +344,16 @@ def test_run_now_job_uses_the_same_pod_template(config):
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
 
 
-def test_spec_hash_changes_only_with_the_spec(config):
-    base = render_cronjob(make_backup(), config)
-    assert spec_hash(base) == spec_hash(render_cronjob(make_backup(), config))
-    assert spec_hash(base) == base["metadata"]["annotations"]["s3backup.dev/spec-hash"]
-    changed = render_cronjob(make_backup(transfer={"concurrency": 9}), config)
-    assert spec_hash(changed) != spec_hash(base)
-    other_image = render_cronjob(make_backup(), OperatorConfig(image="other:1"))
-    assert spec_hash(other_image) != spec_hash(base)
-
-
-def _apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as kube-apiserver applies application/merge-patch+json."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _apply_merge_patch(result.get(key), value)
-    return result
-
-
-def test_merge_patch_turns_live_into_desired(config):
-    old_backup = example("s3backup-full.yaml")
-    new_backup = copy.deepcopy(old_backup)
-    del new_backup["spec"]["job"]["nodeSelector"]
-    del new_backup["spec"]["job"]["tolerations"]
-    new_backup["spec"]["transfer"]["concurrency"] = 2
-    live = render_cronjob(old_backup, config)["spec"]
-    live["jobTemplate"]["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"  # a server-side default
-    desired = render_cronjob(new_backup, config)["spec"]
-    patch = merge_patch(live, desired)
-    assert _apply_merge_patch(live, patch) == desired
-    pod_patch = patch["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod_patch["nodeSelector"] is None and pod_patch["tolerations"] is None
-    assert "schedule" not in patch  # unchanged fields are left out
-    assert json.dumps(merge_patch(desired, desired)) == "{}"
-
-
 def test_monitored_interval_is_the_pushed_one_and_only_when_runs_push():
     """What the operator exports for S3BackupNeverRan: the --expected-interval its jobs push, else None."""
     pushing = OperatorConfig(image=TEST_IMAGE, default_pushgateway_url="http://pgw:9091")
     silent = OperatorConfig(image=TEST_IMAGE)
     backup = make_backup(schedule="H 2 * * *")
-    args = render_cronjob(backup, pushing)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = _pod(render_cronjob(parse(backup), pushing))["containers"][0]["args"]
     assert option(args, "--expected-interval") == "1d"
-    assert monitored_interval(backup, pushing) == 86400
-    assert monitored_interval(backup, silent) is None  # its runs push nowhere
+    assert monitored_interval(backup, pushing.default_pushgateway_url) == 86400
+    assert monitored_interval(backup, silent.default_pushgateway_url) is None  # its runs push nowhere
     own_gateway = make_backup(schedule="*/15 * * * *", metrics={"pushgatewayURL": "http://pgw:9091"})
-    assert monitored_interval(own_gateway, silent) == 900
-    assert monitored_interval(make_backup(schedule="61 * * * *"), pushing) is None  # invalid: no runs at all
+    assert monitored_interval(own_gateway, silent.default_pushgateway_url) == 900
+    invalid = make_backup(schedule="61 * * * *")
+    assert monitored_interval(invalid, pushing.default_pushgateway_url) is None  # invalid: no runs at all

@@ -12,7 +12,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.render import InvalidSpec, render_cronjob
+from s3backup_operator.render import render_cronjob
+from s3backup_operator.spec import InvalidSpec, parse
 from s3backup_syncer import cli
 from s3backup_syncer.errors import UserError
 
@@ -86,7 +87,7 @@ def test_schema_valid_specs_render_runnable_cronjobs_or_a_clear_error(spec, name
     assume(SPEC_VALIDATOR.is_valid(backup))  # the API server refuses the rest
     FIGURES["S3Backup specs fuzzed"] += 1
     try:
-        cronjob = render_cronjob(backup, OperatorConfig())
+        cronjob = render_cronjob(parse(backup), OperatorConfig())
     except InvalidSpec as refused:
         assert refused.reason and refused.message and "\n" not in refused.message
         return

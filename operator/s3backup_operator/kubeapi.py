@@ -1,0 +1,138 @@
+"""The operator's few Kubernetes API calls, through the official `kubernetes` client. Plain dicts in and out.
+
+The client is synchronous: the handlers that call it are plain `def`s, which kopf runs in its thread pool,
+so the event loop never waits on a request. Responses are read raw (`_preload_content=False`), so callers
+see the API's JSON as it is (timestamps keep their "Z"), not the client's models.
+
+Errors carry the API's status, reason and the first line of its message, never a request body or headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from s3backup_operator.render import GROUP, PLURAL, VERSION
+
+#: Who owns the fields the operator applies (server-side apply), in every object's managedFields.
+FIELD_MANAGER = "s3backup-operator"
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = (10, 30)  # seconds: connect, read
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {reason}: {message}"[:500] if status else f"{reason}: {message}"[:500])
+        self.status = status
+        self.reason = reason
+
+    @classmethod
+    def of(cls, error: ApiException) -> ApiError:
+        """The API's Status (reason, message's first line) from the client's exception; nothing else."""
+        reason, message = str(error.reason or ""), ""
+        try:
+            status = json.loads(error.body or b"{}")
+            reason, message = str(status.get("reason") or reason), str(status.get("message") or "")
+        except (ValueError, AttributeError):
+            pass
+        return cls(int(error.status or 0), reason, message.splitlines()[0] if message else "")
+
+
+def _selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def _matches(item: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    item_labels = (item.get("metadata") or {}).get("labels") or {}
+    return all(item_labels.get(key) == value for key, value in labels.items())
+
+
+class KubeApi:
+    """The calls the operator makes, by what they are for."""
+
+    def __init__(self, configuration: Configuration) -> None:
+        self.client = ApiClient(configuration)
+        self.client.user_agent = FIELD_MANAGER
+        self.core = CoreV1Api(self.client)
+        self.batch = BatchV1Api(self.client)
+        self.custom = CustomObjectsApi(self.client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @staticmethod
+    def _call(method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = method(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as error:
+            raise ApiError.of(error) from None
+        except urllib3.exceptions.HTTPError as error:  # no answer at all (connection refused, timeout)
+            raise ApiError(0, "ConnectionError", type(error).__name__) from None
+        return json.loads(response.data or b"{}")
+
+    def _or_none(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        try:
+            return self._call(method, *args, **kwargs)
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    # Secrets: only the key names ever leave this function.
+    def secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The Secret's key names, or None if there is no such Secret."""
+        secret = self._or_none(self.core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            return None
+        return set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+
+    # CronJobs
+    def get_cronjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.batch.read_namespaced_cron_job, name, namespace)
+
+    def apply_cronjob(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply, forced: the manifest is the operator's whole intent for the fields it owns
+        (a field it no longer sends is removed); fields of others (status, defaults) are left alone."""
+        meta = manifest["metadata"]
+        return self._call(self.batch.patch_namespaced_cron_job, meta["name"], meta["namespace"], manifest,
+                          field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+
+    def delete_cronjob(self, namespace: str, name: str) -> bool:
+        """Delete it and, in the background, its Jobs; False if it was already gone."""
+        deleted = self._or_none(self.batch.delete_namespaced_cron_job, name, namespace,
+                                propagation_policy="Background")
+        return deleted is not None
+
+    # Jobs and Pods
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        """Create the Job; False if one of that name exists (a retried handler: the same request)."""
+        try:
+            self._call(self.batch.create_namespaced_job, manifest["metadata"]["namespace"], manifest,
+                       field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def list_jobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.batch.list_namespaced_job, namespace, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
+    def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.core.list_namespaced_pod, namespace, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
+    # S3Backups
+    def get_backup(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
+                   {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)

@@ -1,0 +1,413 @@
+"""One S3Backup spec, parsed once: the typed, frozen object that rendering and the syncer's arguments read.
+
+`parse` is the only place that reads the resource's spec. It fills in the CRD's defaults, runs every value
+the CronJob passes to `s3backup sync` through the syncer's own parsers, and raises `InvalidSpec` (a
+`kopf.PermanentError`) with the field's name for what the CRD's schema cannot express. Nothing here talks
+to the API.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import kopf
+from botocore.exceptions import InvalidRegionError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url, validate_region_name
+from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
+from s3backup_syncer.errors import UserError
+from s3backup_syncer.etag import validate_part_size
+from s3backup_syncer.filters import Filters
+
+from s3backup_operator.schedule import ScheduleError, expected_interval_seconds, format_duration, resolve
+from s3backup_operator.schedule import validate_time_zone as _validate_time_zone
+
+SOURCE_MOUNT = "/data"
+DEFAULT_ACCESS_KEY_KEY = "AWS_ACCESS_KEY_ID"
+DEFAULT_SECRET_KEY_KEY = "AWS_SECRET_ACCESS_KEY"
+DEFAULT_UID = 65532  # "nonroot" in distroless-style images
+
+#: Spec defaults, identical to those in the CRD schema (tests/operator/test_crd.py checks it): the operator
+#: must not depend on the API server having applied them.
+DEFAULTS: dict[str, Any] = {
+    "suspend": False,
+    "source": {"subPath": "", "include": [], "exclude": [], "followSymlinks": False},
+    "destination": {"prefix": "", "forcePathStyle": False},
+    "compare": "md5",
+    "recycle": {"maxDelete": "50%"},
+    "transfer": {"partSize": "auto", "concurrency": 4},
+    "job": {
+        "backoffLimit": 2,
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+    },
+}
+
+
+class InvalidSpec(kopf.PermanentError):
+    """Bad input the schema cannot catch. `reason` becomes the Ready condition's reason; the message names
+    the field. Permanent: only a change of the resource (or, for a Secret, of the cluster) can fix it."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """spec.destination.credentialsSecretRef: only the Secret's name and key names, never a value."""
+
+    secret_name: str
+    access_key_key: str = DEFAULT_ACCESS_KEY_KEY
+    secret_key_key: str = DEFAULT_SECRET_KEY_KEY
+
+
+@dataclass(frozen=True)
+class Source:
+    volume: Mapping[str, Any]  # a Kubernetes volume source, passed through as it is
+    sub_path: str = ""
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    follow_symlinks: bool = False
+
+    @property
+    def directory(self) -> str:
+        """Where the syncer reads: the volume's mount point, or `subPath` inside it."""
+        directory = posixpath.join(SOURCE_MOUNT, self.sub_path) if self.sub_path else SOURCE_MOUNT
+        return directory.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class Destination:
+    bucket: str
+    prefix: str = ""
+    endpoint: str = ""
+    region: str = ""
+    path_style: bool = False
+    storage_class: str = ""
+    sse: str = ""
+    sse_kms_key_id: str = ""
+    credentials: Credentials | None = None  # None: the standard AWS chain (IRSA, pod identity, ...)
+
+    @property
+    def url(self) -> str:
+        return destination_url(self.bucket, self.prefix)
+
+
+@dataclass(frozen=True)
+class Recycle:
+    after: str = ""  # "" = remote copies of deleted files are never deleted
+    max_delete: str = "50%"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    part_size: str = "auto"
+    concurrency: int = 4
+    bwlimit: str = ""
+
+
+@dataclass(frozen=True)
+class PodSecurity:
+    """spec.job.podSecurityContext: the user and groups the backup runs as (never root)."""
+
+    run_as_user: int = DEFAULT_UID
+    run_as_group: int = DEFAULT_UID
+    fs_group: int | None = None
+    fs_group_change_policy: str = ""
+    supplemental_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """spec.job: where and how the backup pod runs. Kubernetes structures are passed through as they are."""
+
+    security: PodSecurity = PodSecurity()
+    resources: Mapping[str, Any] | None = None
+    node_selector: Mapping[str, str] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    image_pull_secrets: tuple[Mapping[str, Any], ...] = ()
+    service_account_name: str = ""
+    tmp_size_limit: int | str | None = None
+    backoff_limit: int = 2
+    active_deadline_seconds: int | None = None
+    starting_deadline_seconds: int = 3600
+    successful_jobs_history_limit: int = 3
+    failed_jobs_history_limit: int = 3
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    """One S3Backup, parsed and checked: everything downstream reads this, never the raw spec."""
+
+    name: str
+    namespace: str
+    schedule: str  # resolved: hashed fields (H) filled in, a plain 5-field cron or standard macro
+    interval_seconds: int  # the schedule's longest gap between two runs
+    time_zone: str
+    suspend: bool
+    source: Source
+    destination: Destination
+    compare: str
+    recycle: Recycle
+    transfer: Transfer
+    job: JobSettings
+    pushgateway_url: str = ""  # spec.metrics.pushgatewayURL; "" = the operator's default
+
+    @property
+    def identity(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def expected_interval(self) -> str:
+        """The schedule's longest gap as the syncer's --expected-interval ("1d", "90m")."""
+        return format_duration(self.interval_seconds)
+
+    def pushgateway(self, default: str) -> str:
+        """Where the runs push their metrics: the spec's URL, else the operator's default ("" = nowhere)."""
+        return (self.pushgateway_url or default).rstrip("/")
+
+
+def _merge_defaults(value: Any, defaults: Any) -> Any:
+    if isinstance(defaults, dict):
+        value = dict(value) if isinstance(value, dict) else {}
+        for key, default in defaults.items():
+            value[key] = _merge_defaults(value.get(key), default) if key in value else copy.deepcopy(default)
+        return value
+    return defaults if value is None else value
+
+
+def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec with every CRD default filled in (only where the user left a field out)."""
+    return _merge_defaults(dict(spec), DEFAULTS)
+
+
+def destination_url(bucket: str, prefix: str) -> str:
+    url = f"s3://{bucket}"
+    if prefix.strip("/"):
+        url += "/" + prefix.strip("/")
+    return url
+
+
+def identity(backup: Mapping[str, Any]) -> str:
+    meta = backup.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def parse_schedule(backup: Mapping[str, Any]) -> tuple[str, int]:
+    """(resolved schedule, its longest gap in seconds). Raises InvalidSpec("InvalidSchedule", ...)."""
+    raw = (backup.get("spec") or {}).get("schedule", "")
+    try:
+        resolved = resolve(str(raw), identity(backup))
+        return resolved, expected_interval_seconds(resolved)
+    except ScheduleError as error:
+        raise InvalidSpec("InvalidSchedule", f"spec.schedule {raw!r}: {error}") from None
+
+
+_T = TypeVar("_T")
+
+
+def _syncer_accepts(field: str, check: Callable[[], _T]) -> _T:
+    """Run one of the syncer's own parsers; what it refuses becomes an InvalidSpec with its one-line message."""
+    try:
+        return check()
+    except UserError as error:
+        raise InvalidSpec("InvalidSpec", f"{field}: {error}") from None
+
+
+def _optional(mapping: Mapping[str, Any], key: str) -> Any:
+    """A value the user may leave out, null or empty: None then."""
+    return mapping.get(key) or None
+
+
+def parse(backup: Mapping[str, Any]) -> BackupSpec:
+    """The S3Backup's spec as a BackupSpec. Raises InvalidSpec for what the CRD's schema cannot express
+    (cron syntax, time zones, cross-field rules, and whatever the syncer's own parsers would refuse).
+
+    Cross-field rules are also CEL rules in the CRD; they are checked here too (older clusters, the emulator).
+    """
+    meta = backup.get("metadata") or {}
+    raw = backup.get("spec") or {}
+    schedule, interval = parse_schedule(backup)
+    _syncer_accepts("spec.schedule", lambda: parse_duration(format_duration(interval)))  # --expected-interval
+    time_zone = str(raw.get("timeZone") or "")
+    try:
+        _validate_time_zone(time_zone)
+    except ScheduleError as error:
+        raise InvalidSpec("InvalidTimeZone", f"spec.timeZone: {error}") from None
+    try:
+        parsed = _build(meta, with_defaults(raw), schedule, interval, time_zone)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # the schema rules these out
+        raise InvalidSpec("InvalidSpec", f"spec: a field has the wrong type ({type(error).__name__}: {error})"
+                          [:300]) from None
+    check(parsed)
+    return parsed
+
+
+def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interval: int, time_zone: str) -> BackupSpec:
+    source, destination, job = spec["source"], spec["destination"], spec["job"]
+    ref = destination.get("credentialsSecretRef")
+    security = job.get("podSecurityContext") or {}
+    return BackupSpec(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace", "")),
+        schedule=schedule,
+        interval_seconds=interval,
+        time_zone=time_zone,
+        suspend=bool(spec["suspend"]),
+        source=Source(
+            volume=copy.deepcopy(source.get("volume") or {}),
+            sub_path=str(source["subPath"] or ""),
+            includes=tuple(str(pattern) for pattern in source["include"] or ()),
+            excludes=tuple(str(pattern) for pattern in source["exclude"] or ()),
+            follow_symlinks=bool(source["followSymlinks"]),
+        ),
+        destination=Destination(
+            bucket=str(destination.get("bucket") or ""),
+            prefix=str(destination["prefix"] or ""),
+            endpoint=str(destination.get("endpoint") or ""),
+            region=str(destination.get("region") or ""),
+            path_style=bool(destination["forcePathStyle"]),
+            storage_class=str(destination.get("storageClass") or ""),
+            sse=str(destination.get("sse") or ""),
+            sse_kms_key_id=str(destination.get("sseKmsKeyId") or ""),
+            credentials=Credentials(
+                secret_name=str(ref["name"]),
+                access_key_key=ref.get("accessKeyIDKey") or DEFAULT_ACCESS_KEY_KEY,
+                secret_key_key=ref.get("secretAccessKeyKey") or DEFAULT_SECRET_KEY_KEY,
+            ) if ref else None,
+        ),
+        compare=str(spec["compare"]),
+        recycle=Recycle(after=str(spec["recycle"].get("after") or ""),
+                        max_delete=str(spec["recycle"]["maxDelete"])),
+        transfer=Transfer(part_size=str(spec["transfer"]["partSize"]),
+                          concurrency=int(spec["transfer"]["concurrency"]),
+                          bwlimit=str(spec["transfer"].get("bwlimit") or "")),
+        job=JobSettings(
+            security=PodSecurity(
+                run_as_user=int(security.get("runAsUser", DEFAULT_UID)),
+                run_as_group=int(security.get("runAsGroup", DEFAULT_UID)),
+                fs_group=None if security.get("fsGroup") is None else int(security["fsGroup"]),
+                fs_group_change_policy=str(security.get("fsGroupChangePolicy") or ""),
+                supplemental_groups=tuple(int(group) for group in security.get("supplementalGroups") or ()),
+            ),
+            resources=copy.deepcopy(_optional(job, "resources")),
+            node_selector=copy.deepcopy(_optional(job, "nodeSelector")),
+            tolerations=tuple(copy.deepcopy(job.get("tolerations") or ())),
+            affinity=copy.deepcopy(_optional(job, "affinity")),
+            image_pull_secrets=tuple(copy.deepcopy(job.get("imagePullSecrets") or ())),
+            service_account_name=str(job.get("serviceAccountName") or ""),
+            tmp_size_limit=_optional(job, "tmpSizeLimit"),
+            backoff_limit=int(job["backoffLimit"]),
+            active_deadline_seconds=_optional(job, "activeDeadlineSeconds"),
+            starting_deadline_seconds=int(job["startingDeadlineSeconds"]),
+            successful_jobs_history_limit=int(job["successfulJobsHistoryLimit"]),
+            failed_jobs_history_limit=int(job["failedJobsHistoryLimit"]),
+        ),
+        pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
+    )
+
+
+def _check_endpoint(url: str) -> None:
+    """What boto3 refuses when the syncer makes its client (or on its first request): the syncer has no
+    parser of its own for these (yet), so this mirrors botocore's checks with botocore's functions."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+        valid = bool(is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url))
+    except ValueError:
+        valid = False
+    if not valid or parts.scheme not in ("http", "https") or parts.query:
+        raise InvalidSpec("InvalidSpec", f"spec.destination.endpoint: invalid S3 endpoint {url!r}: "
+                                         "use http(s)://HOST[:PORT][/PATH] (no query)")
+
+
+def _check_region(region: str) -> None:
+    try:
+        validate_region_name(region)
+    except InvalidRegionError:
+        raise InvalidSpec("InvalidSpec", f"spec.destination.region: invalid region {region!r}: "
+                                         "letters, digits and inner '-', not only digits") from None
+
+
+def check(spec: BackupSpec) -> None:
+    """The rules the schema cannot express, then every value the CronJob passes to `s3backup sync` through
+    the syncer's own parsers and checks: a spec the syncer would refuse (exit 2 on every run) is refused
+    here instead, with the syncer's reason. The CRD's patterns catch most of it earlier."""
+    source, destination, recycle, transfer = spec.source, spec.destination, spec.recycle, spec.transfer
+    if destination.sse_kms_key_id and destination.sse != "aws:kms":
+        raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
+    if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
+        raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
+    option_values = {
+        "spec.destination.sseKmsKeyId": destination.sse_kms_key_id,
+        "spec.destination.storageClass": destination.storage_class,
+        "spec.destination.endpoint": destination.endpoint,
+        "spec.metrics.pushgatewayURL": spec.pushgateway_url,
+        **{f"spec.source.include[{i}]": pattern for i, pattern in enumerate(source.includes)},
+        **{f"spec.source.exclude[{i}]": pattern for i, pattern in enumerate(source.excludes)},
+    }
+    positional = {"spec.source.subPath": source.sub_path, "spec.destination.prefix": destination.prefix}
+    for field, value in {**positional, **option_values}.items():
+        if "\0" in value:  # a process argument cannot hold one: the pod would never start
+            raise InvalidSpec("InvalidSpec", f"{field}: must not contain a NUL character")
+        if field in option_values and value == "--":  # argparse drops a "--" even from `--exclude=--`
+            raise InvalidSpec("InvalidSpec", f"{field}: '--' alone cannot be passed to the syncer")
+    bucket, prefix = _syncer_accepts("spec.destination", lambda: parse_s3_url(destination.url))
+    if destination.endpoint:
+        _check_endpoint(destination.endpoint)
+    if destination.region:
+        _check_region(destination.region)
+    recycle_after = None
+    if recycle.after:
+        recycle_after = _syncer_accepts("spec.recycle.after", lambda: parse_duration(recycle.after))
+    recycle_cap = _syncer_accepts("spec.recycle.maxDelete", lambda: parse_recycle_cap(recycle.max_delete))
+    _syncer_accepts("spec.source.include", lambda: Filters(includes=source.includes))
+    _syncer_accepts("spec.source.exclude", lambda: Filters(excludes=source.excludes))
+    part_size = None
+    if transfer.part_size != "auto":
+        part_size = _syncer_accepts("spec.transfer.partSize", lambda: parse_size(transfer.part_size))
+        _syncer_accepts("spec.transfer.partSize", lambda: validate_part_size(part_size))
+    bwlimit = None
+    if transfer.bwlimit:
+        bwlimit = _syncer_accepts("spec.transfer.bwlimit", lambda: parse_size(transfer.bwlimit))
+    # SyncOptions checks the rest: each value alone first (so the message names its field), then together.
+    source_dir = Path(source.directory)  # only named here, never opened
+    alone = {"transfer.bwlimit": {"bwlimit": bwlimit}, "transfer.concurrency": {"concurrency": transfer.concurrency},
+             "compare": {"compare": spec.compare}}
+    for field, value in alone.items():
+        _syncer_accepts(f"spec.{field}",
+                        lambda value=value: SyncOptions(source=source_dir, bucket=bucket, prefix=prefix, **value))
+    _syncer_accepts("spec.destination", lambda: SyncOptions(
+        source=source_dir, bucket=bucket, prefix=prefix, endpoint_url=destination.endpoint or None,
+        region=destination.region or None, path_style=destination.path_style,
+        compare=spec.compare, recycle_after_seconds=recycle_after, recycle_cap=recycle_cap,
+        includes=source.includes, excludes=source.excludes, storage_class=destination.storage_class or None,
+        sse=destination.sse or None, sse_kms_key_id=destination.sse_kms_key_id or None,
+        part_size=part_size, concurrency=transfer.concurrency, bwlimit=bwlimit,
+        follow_symlinks=source.follow_symlinks,
+    ))
+
+
+def monitored_interval(backup: Mapping[str, Any], default_pushgateway: str) -> int | None:
+    """The expected interval (seconds) the backup's runs push, or None when they push nothing (no
+    Pushgateway) or the schedule is invalid: then no alert can expect a pushed run.
+
+    Only the schedule and the Pushgateway matter here: a last good CronJob may still run under a spec that
+    became invalid elsewhere.
+    """
+    url = ((backup.get("spec") or {}).get("metrics") or {}).get("pushgatewayURL") or default_pushgateway
+    if not url:
+        return None
+    try:
+        return parse_schedule(backup)[1]
+    except InvalidSpec:
+        return None
