@@ -153,6 +153,8 @@ INVALID = {
     "secret name with capitals": _set("spec.destination.credentialsSecretRef", {"name": "S3"}),
     "negative backoffLimit": _set("spec.job.backoffLimit", -1),
     "root user": _set("spec.job.podSecurityContext", {"runAsUser": 0}),
+    "negative fsGroup": _set("spec.job.podSecurityContext", {"fsGroup": -1}),
+    "unknown fsGroupChangePolicy": _set("spec.job.podSecurityContext", {"fsGroupChangePolicy": "Never"}),
     "unknown field (typo)": _set("spec.destination.buckets", "x"),
     "time zone with spaces": _set("spec.timeZone", "Central European Time"),
     # B9: values the syncer refuses (each would make every run exit 2)

@@ -47,7 +47,8 @@ def test_cronjob_for_the_full_example(config):
     assert "podAffinity" in pod["affinity"]
     assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert pod["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "supplementalGroups": [2000],
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [2000],
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert pod["volumes"] == [
@@ -357,3 +358,65 @@ def test_monitored_interval_is_the_pushed_one_and_only_when_runs_push():
     assert monitored_interval(own_gateway, silent.default_pushgateway_url) == 900
     invalid = make_backup(schedule="61 * * * *")
     assert monitored_interval(invalid, pushing.default_pushgateway_url) is None  # invalid: no runs at all
+
+
+def test_fs_group_is_set_only_when_asked(config):
+    default = _pod(render_cronjob(parse(make_backup()), config))["securityContext"]
+    assert default == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                       "seccompProfile": {"type": "RuntimeDefault"}}
+    backup = make_backup(job={"podSecurityContext": {"fsGroup": 0}})  # group 0, user still non-root
+    pod = _pod(render_cronjob(parse(backup), config))
+    assert pod["securityContext"]["fsGroup"] == 0 and pod["securityContext"]["runAsUser"] == 65532
+    validate_builtin(render_cronjob(parse(backup), config))
+
+
+#: The pod-level and container-level rules of the `restricted` Pod Security Standard (Kubernetes 1.25+),
+#: https://kubernetes.io/docs/concepts/security/pod-security-standards/ -- the real PodSecurity admission
+#: is exercised on the test cluster; this keeps every rendered pod within it without one.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    problems = []
+    pod_context = pod.get("securityContext") or {}
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds - RESTRICTED_VOLUMES)}")
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(field):
+            problems.append(field)
+    for container in pod["containers"]:
+        context = container.get("securityContext") or {}
+        merged = {**pod_context, **context}
+        if merged.get("runAsNonRoot") is not True:
+            problems.append("runAsNonRoot")
+        if merged.get("runAsUser") == 0:
+            problems.append("runAsUser 0")
+        if (merged.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append("seccompProfile")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation")
+        if context.get("privileged"):
+            problems.append("privileged")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []) or set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append("capabilities")
+        if container.get("ports") and any(port.get("hostPort") for port in container["ports"]):
+            problems.append("hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["s3backup-basic.yaml", "s3backup-full.yaml", "s3backup-irsa.yaml", "minimal"])
+def test_rendered_pods_pass_the_restricted_pod_security_standard(config, name):
+    backup = make_backup() if name == "minimal" else example(name)
+    assert restricted_violations(_pod(render_cronjob(parse(backup), config))) == []
+    assert restricted_violations(_pod(render_run_now_job(parse(backup), config, "1"))) == []
+
+
+def test_the_restricted_check_can_fail(config):
+    pod = _pod(render_cronjob(parse(make_backup()), config))
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert restricted_violations(pod) == ["volume host: ['hostPath']", "allowPrivilegeEscalation"]

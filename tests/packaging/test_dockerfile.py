@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from s3backup_operator.render import DEFAULT_UID
+from s3backup_operator.spec import DEFAULT_UID
 
 from .conftest import CHART, REPO
 from .dockerfile import DOCKERFILE, build_context_sources, stages
