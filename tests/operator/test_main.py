@@ -79,13 +79,23 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def test_the_command_end_to_end(emulator, cluster, tmp_path):
-    """The console script, as the container runs it: kubeconfig login, /healthz, /metrics, JSON logs, SIGTERM."""
+def _exec_plugin(token: str) -> dict:
+    """A kubeconfig user whose token comes from an exec credential plugin (as with EKS, GKE, AKS)."""
+    credential = {"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                  "status": {"token": token}}
+    return {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": sys.executable,
+                     "args": ["-c", f"print({json.dumps(json.dumps(credential))})"], "interactiveMode": "Never"}}
+
+
+@pytest.mark.parametrize("user", ["token", "exec plugin"])
+def test_the_command_end_to_end(emulator, cluster, tmp_path, user):
+    """The console script, as the container runs it: kubeconfig login (kopf.login_via_client: a token, or an
+    exec credential plugin), /healthz, /metrics, JSON logs, SIGTERM."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
         "clusters": [{"name": "emulator", "cluster": {"server": emulator.url}}],
-        "users": [{"name": "operator", "user": {"token": TOKEN}}],
+        "users": [{"name": "operator", "user": {"token": TOKEN} if user == "token" else _exec_plugin(TOKEN)}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}],
     }))
     liveness, metrics = free_port(), free_port()
@@ -126,6 +136,10 @@ def test_the_command_end_to_end(emulator, cluster, tmp_path):
     assert created_record["object"]["name"] == "db-dumps"  # structured: which object the line is about
     for secret in (TOKEN, SECRET_KEY, ACCESS_KEY):
         assert secret not in stdout + stderr
+    # Both clients authenticated with the kubeconfig's credentials: kopf's watches and the operator's own calls.
+    agents = {request.headers.get("User-Agent", "").split("/")[0]: request.headers.get("Authorization")
+              for request in emulator.kmock if request.resource is not None}
+    assert agents["kopf"] == agents["s3backup-operator"] == f"Bearer {TOKEN}"
 
 
 def test_peering_lets_only_the_highest_priority_replica_act(emulator, cluster, config):
