@@ -110,7 +110,8 @@ class Reconciler:
             raise InvalidSpec("CredentialsSecretIncomplete",
                               f"Secret {credentials.secret_name!r} has no key {', '.join(missing)}")
 
-    def apply_cronjob(self, spec: BackupSpec, backup: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def apply_cronjob(self, spec: BackupSpec, backup: dict[str, Any],
+                      logger: logging.Logger) -> tuple[str, dict[str, Any]]:
         """Server-side apply of the CronJob. Returns ("created" | "updated" | "unchanged", applied object).
 
         A CronJob of that name that this S3Backup does not control is never taken over.
@@ -124,6 +125,8 @@ class Reconciler:
             if not owners or owners[0].get("uid") != backup["metadata"].get("uid"):
                 raise InvalidSpec("CronJobConflict",
                                   f"CronJob {name!r} exists and is not owned by this S3Backup; delete or rename it")
+            if self.api.upgrade_field_ownership(live):  # made by a version before server-side apply
+                logger.info(f"CronJob {name}: fields of the earlier merge patches now owned by the apply")
         applied = self.api.apply_cronjob(manifest)
         if live is None:
             return "created", applied
@@ -149,7 +152,7 @@ class Reconciler:
         try:
             spec = parse(body)
             self.check_credentials(spec)
-            action, _ = self.apply_cronjob(spec, body)
+            action, _ = self.apply_cronjob(spec, body, logger)
         except InvalidSpec as problem:
             self.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
@@ -236,7 +239,7 @@ class Reconciler:
         backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
-                action, _ = self.apply_cronjob(parse(backup), backup)
+                action, _ = self.apply_cronjob(parse(backup), backup, logger)
                 logger.info(f"CronJob {meta['name']} was deleted: {action} again")
             except (InvalidSpec, ApiError) as problem:
                 logger.warning(f"CronJob {meta['name']} was deleted and not recreated: {problem}")

@@ -23,6 +23,7 @@ from s3backup_operator.render import GROUP, PLURAL, VERSION
 FIELD_MANAGER = "s3backup-operator"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 REQUEST_TIMEOUT = (10, 30)  # seconds: connect, read
 
 
@@ -42,6 +43,38 @@ class ApiError(Exception):
         except (ValueError, AttributeError):
             pass
         return cls(int(error.status or 0), reason, message.splitlines()[0] if message else "")
+
+
+def _merge_fields(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The union of two managedFields field sets (fieldsV1: nested dicts, one key per owned field)."""
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = _merge_fields(merged[key], value) if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def upgraded_managed_fields(entries: list[dict[str, Any]], manager: str = FIELD_MANAGER) -> list[dict[str, Any]] | None:
+    """managedFields with `manager`'s "Update" entries folded into its "Apply" entry, or None if it has none.
+
+    Operator versions before server-side apply created and merge-patched the CronJob; the API server
+    recorded those fields under an "Update" entry of the same manager name. Left there, they would keep
+    every field the operator stops sending (a removed nodeSelector, say). This is client-go's csaupgrade
+    in small: the fields become the applier's, so the next apply removes what it no longer sends.
+    """
+    def old(entry: dict[str, Any]) -> bool:
+        return entry.get("manager") == manager and entry.get("operation") == "Update" and not entry.get("subresource")
+
+    updates = [entry for entry in entries if old(entry)]
+    if not updates:
+        return None
+    applied = next((entry for entry in entries if entry.get("manager") == manager
+                    and entry.get("operation") == "Apply" and not entry.get("subresource")), None)
+    fields: dict[str, Any] = {}
+    for entry in [*updates, *([applied] if applied else [])]:
+        fields = _merge_fields(fields, entry.get("fieldsV1") or {})
+    base = applied or updates[-1]
+    upgraded = {**base, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}
+    return [entry for entry in entries if not old(entry) and entry is not applied] + [upgraded]
 
 
 def _selector(labels: Mapping[str, str]) -> str:
@@ -102,6 +135,21 @@ class KubeApi:
         meta = manifest["metadata"]
         return self._call(self.batch.patch_namespaced_cron_job, meta["name"], meta["namespace"], manifest,
                           field_manager=FIELD_MANAGER, force=True, _content_type=APPLY_PATCH)
+
+    def upgrade_field_ownership(self, live: dict[str, Any]) -> bool:
+        """Fold the operator's pre-apply field ownership into its apply entry (see upgraded_managed_fields).
+
+        The JSON patch tests the resourceVersion: a concurrent change makes it fail, and the reconcile retries.
+        """
+        meta = live["metadata"]
+        entries = upgraded_managed_fields(meta.get("managedFields") or [])
+        if entries is None:
+            return False
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                 {"op": "replace", "path": "/metadata/managedFields", "value": entries}]
+        self._call(self.batch.patch_namespaced_cron_job, meta["name"], meta["namespace"], patch,
+                   field_manager=FIELD_MANAGER, _content_type=JSON_PATCH)
+        return True
 
     def delete_cronjob(self, namespace: str, name: str) -> bool:
         """Delete it and, in the background, its Jobs; False if it was already gone."""

@@ -12,7 +12,7 @@ import json
 
 import pytest
 from kubernetes.client import Configuration
-from s3backup_operator.kubeapi import FIELD_MANAGER, ApiError, KubeApi
+from s3backup_operator.kubeapi import FIELD_MANAGER, ApiError, KubeApi, upgraded_managed_fields
 from s3backup_operator.render import CHILD_SELECTOR
 
 from tests.operator.conftest import make_backup
@@ -105,3 +105,29 @@ def test_no_connection_is_an_api_error():
         assert refused.value.status == 0 and refused.value.reason == "ConnectionError"
     finally:
         api.close()
+
+
+def test_fields_of_the_pre_apply_versions_become_the_appliers():
+    """An upgrade from merge patches: the "Update" entry's fields fold into the "Apply" entry, so that the next
+    apply removes what it no longer sends. Status entries and other managers stay as they are."""
+    entries = [
+        {"manager": FIELD_MANAGER, "operation": "Update", "apiVersion": "batch/v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:spec": {"f:jobTemplate": {"f:spec": {"f:template": {"f:spec": {"f:nodeSelector": {}}}}}}}},
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+         "fieldsV1": {"f:status": {"f:lastScheduleTime": {}}}},
+        {"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "batch/v1", "fieldsType": "FieldsV1",
+         "fieldsV1": {"f:spec": {"f:schedule": {}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}},
+    ]
+    upgraded = upgraded_managed_fields(entries)
+    assert upgraded is not None
+    assert upgraded[:2] == [entries[1], entries[3]]
+    assert upgraded[2] == {
+        "manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "batch/v1", "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:schedule": {}, "f:jobTemplate": {"f:spec": {"f:template": {"f:spec": {
+            "f:nodeSelector": {}}}}}}},
+    }
+    assert upgraded_managed_fields(upgraded) is None  # once only
+    assert upgraded_managed_fields([entries[1]]) is None
+    only_updates = upgraded_managed_fields([entries[0]])
+    assert only_updates == [{**entries[0], "operation": "Apply"}]
