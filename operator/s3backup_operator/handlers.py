@@ -80,10 +80,12 @@ class Reconciler:
         return self._api
 
     def connect(self, configuration: Configuration) -> None:
-        """Use this client configuration from now on (the login handler calls it, also on a re-login)."""
-        old, self._api = self._api, KubeApi(configuration)
-        if old is not None:
-            old.close()
+        """Use this client configuration from now on (the login handler calls it, also on a re-login).
+
+        The previous client is not closed here: a handler in another thread may still be using it.
+        Tokens of in-cluster service accounts and exec plugins are refreshed by the client itself.
+        """
+        self._api = KubeApi(configuration)
 
     def close(self) -> None:
         if self._api is not None:

@@ -328,6 +328,10 @@ def test_invalid_spec_sets_a_false_condition(cluster, config, run_operator, chan
         assert "left as it was" in wait_ready(cluster, "False", reason)["message"]
         assert cronjob(cluster)["spec"] == good["spec"]
     assert "Traceback" not in runner.output
+    # A kopf.PermanentError that names the field: logged once per change of the spec, never retried in a loop.
+    failures = [line for line in runner.output.splitlines() if "Handler 'reconcile' failed permanently:" in line]
+    field = "spec.timeZone" if reason == "InvalidTimeZone" else "spec.schedule"
+    assert len(failures) == 2 and all(field in line for line in failures), failures
 
 
 def test_cronjob_deleted_behind_our_back_is_recreated(cluster, config, run_operator):
