@@ -35,7 +35,7 @@ from s3backup_operator.render import (
     render_cronjob,
     render_run_now_job,
 )
-from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, parse
+from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, parse, pushgateway_of
 from s3backup_operator.status import (
     job_finished,
     last_run,
@@ -277,8 +277,7 @@ class Reconciler:
     async def cleanup(self, body: dict[str, Any], retry: int, logger: logging.Logger) -> None:
         """On deletion: drop the backup's Pushgateway group, and the CronJob (the GC would, too)."""
         meta = body["metadata"]
-        url = ((body.get("spec") or {}).get("metrics") or {}).get("pushgatewayURL") or ""
-        gateway = (url or self.config.default_pushgateway_url).rstrip("/")
+        gateway = pushgateway_of(body, self.config.default_pushgateway_url)
         if gateway:
             try:
                 await delete_group(gateway, meta["namespace"], meta["name"])

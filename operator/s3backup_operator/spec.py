@@ -397,6 +397,13 @@ def check(spec: BackupSpec) -> None:
     ))
 
 
+def pushgateway_of(backup: Mapping[str, Any], default: str) -> str:
+    """Where a backup's runs push, read without the full parse: deleting an S3Backup whose spec became
+    invalid must still remove its metrics group."""
+    url = ((backup.get("spec") or {}).get("metrics") or {}).get("pushgatewayURL") or ""
+    return str(url or default).rstrip("/")
+
+
 def monitored_interval(backup: Mapping[str, Any], default_pushgateway: str) -> int | None:
     """The expected interval (seconds) the backup's runs push, or None when they push nothing (no
     Pushgateway) or the schedule is invalid: then no alert can expect a pushed run.
@@ -404,8 +411,7 @@ def monitored_interval(backup: Mapping[str, Any], default_pushgateway: str) -> i
     Only the schedule and the Pushgateway matter here: a last good CronJob may still run under a spec that
     became invalid elsewhere.
     """
-    url = ((backup.get("spec") or {}).get("metrics") or {}).get("pushgatewayURL") or default_pushgateway
-    if not url:
+    if not pushgateway_of(backup, default_pushgateway):
         return None
     try:
         return parse_schedule(backup)[1]
