@@ -223,6 +223,13 @@ def _syncer_accepts(field: str, check: Callable[[], _T]) -> _T:
         raise InvalidSpec("InvalidSpec", f"{field}: {error}") from None
 
 
+def _integer(value: Any, field: str) -> int:
+    """An integer field (the schema says so; the emulator and older API servers do not check)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSpec("InvalidSpec", f"{field}: must be an integer, not {value!r}"[:300])
+    return value
+
+
 def _optional(mapping: Mapping[str, Any], key: str) -> Any:
     """A value the user may leave out, null or empty: None then."""
     return mapping.get(key) or None
@@ -256,6 +263,7 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
     source, destination, job = spec["source"], spec["destination"], spec["job"]
     ref = destination.get("credentialsSecretRef")
     security = job.get("podSecurityContext") or {}
+    context = "spec.job.podSecurityContext"
     return BackupSpec(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
@@ -289,15 +297,17 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
         recycle=Recycle(after=str(spec["recycle"].get("after") or ""),
                         max_delete=str(spec["recycle"]["maxDelete"])),
         transfer=Transfer(part_size=str(spec["transfer"]["partSize"]),
-                          concurrency=int(spec["transfer"]["concurrency"]),
+                          concurrency=_integer(spec["transfer"]["concurrency"], "spec.transfer.concurrency"),
                           bwlimit=str(spec["transfer"].get("bwlimit") or "")),
         job=JobSettings(
             security=PodSecurity(
-                run_as_user=int(security.get("runAsUser", DEFAULT_UID)),
-                run_as_group=int(security.get("runAsGroup", DEFAULT_UID)),
-                fs_group=None if security.get("fsGroup") is None else int(security["fsGroup"]),
+                run_as_user=_integer(security.get("runAsUser", DEFAULT_UID), f"{context}.runAsUser"),
+                run_as_group=_integer(security.get("runAsGroup", DEFAULT_UID), f"{context}.runAsGroup"),
+                fs_group=None if security.get("fsGroup") is None else _integer(security["fsGroup"],
+                                                                                f"{context}.fsGroup"),
                 fs_group_change_policy=str(security.get("fsGroupChangePolicy") or ""),
-                supplemental_groups=tuple(int(group) for group in security.get("supplementalGroups") or ()),
+                supplemental_groups=tuple(_integer(group, f"{context}.supplementalGroups[]")
+                                        for group in security.get("supplementalGroups") or ()),
             ),
             resources=copy.deepcopy(_optional(job, "resources")),
             node_selector=copy.deepcopy(_optional(job, "nodeSelector")),
@@ -306,11 +316,13 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             image_pull_secrets=tuple(copy.deepcopy(job.get("imagePullSecrets") or ())),
             service_account_name=str(job.get("serviceAccountName") or ""),
             tmp_size_limit=_optional(job, "tmpSizeLimit"),
-            backoff_limit=int(job["backoffLimit"]),
-            active_deadline_seconds=_optional(job, "activeDeadlineSeconds"),
-            starting_deadline_seconds=int(job["startingDeadlineSeconds"]),
-            successful_jobs_history_limit=int(job["successfulJobsHistoryLimit"]),
-            failed_jobs_history_limit=int(job["failedJobsHistoryLimit"]),
+            backoff_limit=_integer(job["backoffLimit"], "spec.job.backoffLimit"),
+            active_deadline_seconds=None if not job.get("activeDeadlineSeconds") else _integer(
+                job["activeDeadlineSeconds"], "spec.job.activeDeadlineSeconds"),
+            starting_deadline_seconds=_integer(job["startingDeadlineSeconds"], "spec.job.startingDeadlineSeconds"),
+            successful_jobs_history_limit=_integer(job["successfulJobsHistoryLimit"],
+                                                   "spec.job.successfulJobsHistoryLimit"),
+            failed_jobs_history_limit=_integer(job["failedJobsHistoryLimit"], "spec.job.failedJobsHistoryLimit"),
         ),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
     )

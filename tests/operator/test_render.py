@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -420,3 +421,23 @@ def test_the_restricted_check_can_fail(config):
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     assert restricted_violations(pod) == ["volume host: ['hostPath']", "allowPrivilegeEscalation"]
+
+
+def test_the_spec_is_parsed_once_into_a_frozen_object():
+    spec = parse(example("s3backup-full.yaml"))
+    assert (spec.name, spec.namespace, spec.identity) == ("media", "backups", "backups/media")
+    assert spec.source.directory == "/data/uploads" and spec.destination.url == "s3://media-backups/prod/uploads"
+    assert spec.job.security.fs_group == 1000 and spec.job.security.supplemental_groups == (2000,)
+    assert spec.expected_interval == "1d" and spec.pushgateway("http://default:9091") == spec.pushgateway_url
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "other"  # type: ignore[misc]
+
+
+def test_a_field_of_the_wrong_type_is_an_invalid_spec_not_a_crash():
+    """The API server's schema rules this out; the emulator and older clusters do not."""
+    with pytest.raises(InvalidSpec) as caught:
+        parse(make_backup(transfer={"concurrency": "many"}))
+    assert caught.value.message == "spec.transfer.concurrency: must be an integer, not 'many'"
+    with pytest.raises(InvalidSpec) as caught:
+        parse(make_backup(job={"podSecurityContext": {"fsGroup": "1000"}}))
+    assert caught.value.message == "spec.job.podSecurityContext.fsGroup: must be an integer, not '1000'"
