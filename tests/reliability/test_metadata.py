@@ -64,8 +64,7 @@ def test_touch_and_chmod_add_no_version_and_are_recorded_for_restore(s3, src, ve
     assert first.returncode == 0 and first.summary["files_uploaded"] == 3, first.stderr
     head = versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/report.pdf")
     assert head["Metadata"]["s3backup-mtime"] == str((src / "report.pdf").stat().st_mtime_ns)
-    assert head["Metadata"]["s3backup-mode"] == f"{stat.S_IMODE((src / 'report.pdf').stat().st_mode):o}"
-    assert _recorded(versioned, prefix, "report.pdf") is None  # the metadata is right: nothing recorded
+    uploaded_mode = stat.S_IMODE((src / "report.pdf").stat().st_mode)
 
     for key in TREE:
         _shift_mtime(src / key, 3600)
@@ -79,6 +78,8 @@ def test_touch_and_chmod_add_no_version_and_are_recorded_for_restore(s3, src, ve
         st = (src / key).stat()
         assert _recorded(versioned, prefix, key) == (st.st_mtime_ns, stat.S_IMODE(st.st_mode)), key
     assert _recorded(versioned, prefix, "report.pdf").mode == 0o600
+    metadata = versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/report.pdf")["Metadata"]
+    assert metadata["s3backup-mode"] == f"{uploaded_mode:o}"  # as uploaded: the object was left alone
 
     again = run_syncer(src, url, s3.endpoint_url, "--part-size", "5MiB")
     assert again.returncode == 0 and again.summary["bytes_hashed"] == 0, again.stderr  # the cache vouches
@@ -88,9 +89,10 @@ def test_touch_and_chmod_add_no_version_and_are_recorded_for_restore(s3, src, ve
     changed = run_syncer(src, url, s3.endpoint_url, "--part-size", "5MiB")
     assert changed.returncode == 0 and changed.summary["files_uploaded"] == 1, changed.stderr
     assert _versions(versioned, prefix)["report.pdf"] == 2
-    assert _recorded(versioned, prefix, "report.pdf") is None
+    assert _recorded(versioned, prefix, "report.pdf") is None  # the new object's metadata is right
     head = versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/report.pdf")
     assert head["Metadata"]["s3backup-mtime"] == str((src / "report.pdf").stat().st_mtime_ns)
+    assert head["Metadata"]["s3backup-mode"] == "600"
 
 
 def test_adopting_a_prefix_another_tool_filled_adds_no_version(s3, src, versioned):
