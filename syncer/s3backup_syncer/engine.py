@@ -12,6 +12,7 @@ number of deletions stays under the cap (plan.recycle_refusal).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -62,6 +63,13 @@ def check_source(source: Path) -> None:
         raise ConfigError(f"source directory {str(source)!r} cannot be read: {exc.strerror}") from None
 
 
+def _listed_whole(objects: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
+    """Start the listing, which is read whole before its first object comes out, before any upload:
+    the recycle guard relies on every listed object predating this run's first write."""
+    first = next(objects, None)
+    return iter(()) if first is None else itertools.chain([first], objects)
+
+
 class SyncRun:
     """The script of one run; the work is done by the walk, the listing, the workers and the recycler."""
 
@@ -110,7 +118,7 @@ class SyncRun:
                                 on_uploaded=self._count_upload)
             candidates = RecycleCandidates(Path(workdir) / "recycle.jsonl")
             try:
-                remote = listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite")
+                remote = _listed_whole(listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite"))
                 self._march(remote, markers, worker, candidates)
             finally:
                 candidates.close()
@@ -212,14 +220,15 @@ class SyncRun:
             cap=options.recycle_cap.limit(remote_count),
             cap_setting=str(options.recycle_cap),
         ))
-        if reason is None and candidates.count:
+        if reason is not None:
+            log.error("recycling skipped: %s", reason)
+        elif candidates.count:
             recycler = Recycler(self.client, options.bucket, options.prefix, summary=summary,
                                 concurrency=options.concurrency, dry_run=options.dry_run,
                                 on_deleted=self._count_deletion)
             recycler.recycle(candidates, own_writes_from)
-            reason = recycler.blocked or None
+            reason = recycler.blocked or None  # each such object was logged and kept
         if reason:
-            log.error("recycling skipped: %s", reason)
             summary.recycle_blocked = reason
             self.recycle_refused = True
 
