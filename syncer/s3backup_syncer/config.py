@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .etag import validate_part_size
+from .units import GiB, KiB, MiB, TiB
 
-KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -146,11 +147,4 @@ class SyncOptions:
         if self.sse_kms_key_id and self.sse != "aws:kms":
             raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
         if self.part_size is not None:
-            from .etag import validate_part_size
-
             validate_part_size(self.part_size)
-
-    @property
-    def etag_is_md5(self) -> bool:
-        """With SSE-KMS, S3 ETags are not MD5s of the content; integrity then rests on Content-MD5."""
-        return self.sse != "aws:kms"

@@ -12,18 +12,27 @@ botocore refreshes them) and sent through the client's own HTTP session (proxies
 timeouts, connection pool). Anything but a 200 answer makes the caller repeat the upload with
 `client.put_object`, so botocore's retries and error mapping still decide every failure. An answer
 that says the shortcut itself is wrong (a redirect, a 4xx) switches it off for the rest of the run.
+
+Everything here that relies on botocore's internals (the client's endpoint and HTTP session, the
+arguments of its `before-sign` event, its signer, AWSRequest) sits behind one switch, `ENABLED`,
+and is reached only from `_botocore_session_of` and `DirectPut._learn`/`put`. With the switch off,
+or with a botocore shaped differently, every PutObject goes through `client.put_object`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 
 log = logging.getLogger(__name__)
+
+#: The one switch: False sends every PutObject through botocore's public API.
+ENABLED = True
 
 _HEADER_OF_ARG = {
     "ContentMD5": "Content-MD5",
@@ -57,20 +66,37 @@ class DirectPut:
         self._awaited: set[str] = set()  # full keys botocore is uploading for us while we learn
         self._seen: dict[str, _Route] = {}  # full key -> the route botocore signed it for
         self._route: _Route | None = None
-        self._off = False
-        try:
-            self._http = client._endpoint.http_session  # the client's own connection pool and settings
-        except AttributeError:  # a botocore shaped differently: never use the shortcut
-            self._off = True
-            return
-        client.meta.events.register(_EVENT, self._learn)
+        self._http = _botocore_session_of(client) if ENABLED else None
+        self._off = self._http is None
+        if not self._off:
+            client.meta.events.register(_EVENT, self._learn)
 
     @property
     def ready(self) -> bool:
         return self._route is not None and not self._off
 
     def close(self) -> None:
-        self._client.meta.events.unregister(_EVENT, self._learn)
+        if self._http is not None:
+            self._client.meta.events.unregister(_EVENT, self._learn)
+
+    def send(self, full_key: str, body, args: dict, via_botocore: Callable[[], dict]) -> dict:
+        """PutObject: directly when the route is known and `body` is a bytearray, else `via_botocore()`
+        (learning the route from it). Returns the answer as botocore would, headers lower-case."""
+        if isinstance(body, bytearray) and not self._off:
+            if self.ready:
+                headers = self.put(full_key, body, args)
+                if headers is not None:
+                    lower = {name.lower(): value for name, value in headers.items()}
+                    return {"ETag": lower.get("etag"), "ResponseMetadata": {"HTTPHeaders": lower}}
+            else:
+                self.expect(full_key)
+        succeeded = False
+        try:
+            response = via_botocore()
+            succeeded = True
+            return response
+        finally:
+            self.learnt(full_key, succeeded)
 
     # --- learning the route from botocore -------------------------------------------------------
     def expect(self, full_key: str) -> None:
@@ -128,4 +154,12 @@ class DirectPut:
         if response.status_code not in _TRANSIENT:
             self._off = True
             log.debug("direct PutObject off: HTTP %d for %s", response.status_code, full_key)
+        return None
+
+
+def _botocore_session_of(client):
+    """The client's own HTTP session (connection pool, proxies, TLS, timeouts), or None if not found."""
+    try:
+        return client._endpoint.http_session
+    except AttributeError:  # a botocore shaped differently: never use the shortcut
         return None

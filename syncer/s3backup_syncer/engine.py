@@ -1,16 +1,18 @@
 """One sync run, as a script: check the inputs, march, check and upload, recycle, clean up.
 
     walk (scan.py) ─┐
-                    ├─ merge_join + decide (plan.py, pure) ─ workers: hash / upload (transfer.py)
-    list (remote.py)┘                                     └─ recycle candidates (spilled to disk)
+                    ├─ merge_join + decide (plan.py, pure) ─ workers: hash / upload (filework.py)
+    list (remote.py)┘                                     └─ recycle candidates (recycle.py, on disk)
 
+The whole listing is read before the first upload starts (it is put in key order on disk first),
+so every listed object predates this run's writes: the recycle guard relies on that.
 Recycling runs last, and only if the run had no error, the source was not empty, and the
-number of deletions stays under the cap.
+number of deletions stays under the cap (plan.recycle_refusal).
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import os
 import stat
@@ -24,28 +26,28 @@ from pathlib import Path
 
 import botocore.exceptions
 
+from .attributes_state import AttributeState, load_attribute_state, save_attribute_state
 from .config import SyncOptions
 from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
-from .etag import EtagHasher, etag_key
+from .filework import FileWorker
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache, save_remote_cache
-from .plan import Action, Decision, decide_present, decide_remote_only, etag_verdict, merge_join
+from .plan import Action, RecycleConditions, decide_present, decide_remote_only, merge_join, recycle_refusal
+from .recycle import RecycleCandidates, Recycler
 from .remote import (
     STATE_DIR,
     RemoteListing,
     RemoteObject,
     describe_client_error,
     is_configuration_problem,
-    list_pending_uploads,
     make_s3_client,
 )
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
-from .transfer import READ_CHUNK, SERVER_ETAG, UPLOAD_MARKERS, FileChanged, PendingUpload, Uploader, UploadFailed
+from .transfer import Uploader
+from .upload_markers import UploadMarkers
 
 log = logging.getLogger("s3backup")
-
-FILE_ATTEMPTS = 3
 
 
 def check_source(source: Path) -> None:
@@ -61,7 +63,16 @@ def check_source(source: Path) -> None:
         raise ConfigError(f"source directory {str(source)!r} cannot be read: {exc.strerror}") from None
 
 
+def _listed_whole(objects: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
+    """Start the listing, which is read whole before its first object comes out, before any upload:
+    the recycle guard relies on every listed object predating this run's first write."""
+    first = next(objects, None)
+    return iter(()) if first is None else itertools.chain([first], objects)
+
+
 class SyncRun:
+    """The script of one run; the work is done by the walk, the listing, the workers and the recycler."""
+
     def __init__(self, options: SyncOptions, client=None, summary: Summary | None = None):
         self.options = options
         self.summary = summary or Summary(dry_run=options.dry_run)
@@ -75,8 +86,7 @@ class SyncRun:
         )
         self.filters = Filters(tuple(options.includes), tuple(options.excludes))
         self.cache: HashCache | None = None
-        self._batch_delete = True  # DeleteObjects, until the server refuses it
-        self.recycle_due = 0  # remote-only objects old enough to recycle (listed in a file, not in memory)
+        self.attributes: AttributeState | None = None
         self.recycle_refused = False  # a guard stopped due deletions: the run must not look green
         self.run_started = datetime.now(UTC)  # replaced by the server's clock once it answers
         self.server_clock_known = False
@@ -100,38 +110,43 @@ class SyncRun:
         self.server_clock_known = listing.server_now is not None
         self.run_started = listing.server_now or datetime.now(UTC)
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
-            if options.hash_cache and options.compare == "md5":
-                self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
-                if warning:
-                    log.warning(warning)
-            uploader = self._uploader = Uploader(self.client, options, summary, self._pending_uploads())
-            recycle_list = Path(workdir) / "recycle.jsonl"
+            self._load_state(Path(workdir))
+            markers = UploadMarkers(self.client, options.bucket, options.prefix)
+            markers.load()
+            uploader = Uploader(self.client, options, summary, markers)
+            worker = FileWorker(options, summary, uploader, cache=self.cache, attributes=self.attributes,
+                                on_uploaded=self._count_upload)
+            candidates = RecycleCandidates(Path(workdir) / "recycle.jsonl")
             try:
-                with open(recycle_list, "w") as recycle_out:
-                    remote = listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite")
-                    self._march(remote, recycle_out)
+                remote = _listed_whole(listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite"))
+                self._march(remote, markers, worker, candidates)
             finally:
+                candidates.close()
                 uploader.close()
             if summary.files_scanned == 0 and listing.count:
                 log.warning("the source %s is empty, but the prefix holds %d object(s): is the volume mounted? "
                             "Nothing is deleted from an empty source.", options.source, listing.count)
-            self._recycle(recycle_list, listing.count)
+            # This run's writes all came after the listing, so none is older than its last page.
+            own_writes_from = (listing.listed_until or self.run_started) if uploader.objects_written else None
+            self._recycle(candidates, listing.count, own_writes_from)
             if not options.dry_run:
-                aborted = uploader.abort_leftovers(self.run_started, self._keys_with_leftovers)
+                aborted = markers.abort_leftovers(self.run_started, self._keys_with_leftovers)
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
-                uploader.drop_stale_markers()
-                if self.cache is not None:
-                    self._save_cache()
+                markers.drop_stale()
+                self._save_state()
         summary.remote_objects = listing.count + self._remote_delta[0]
         summary.remote_bytes = listing.bytes + self._remote_delta[1]
         return summary
 
-    def _march(self, remote_objects: Iterator[RemoteObject], recycle_out) -> None:
+    def _march(self, remote_objects: Iterator[RemoteObject], markers: UploadMarkers, worker: FileWorker,
+               candidates: RecycleCandidates) -> None:
         options = self.options
         in_flight = threading.BoundedSemaphore(options.concurrency * 4)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             for local, remote in merge_join(self._local_files(), remote_objects):
+                if self.attributes is not None:
+                    self.attributes.write_queued(at_least=1000)  # what the workers recorded, bounded in memory
                 if local is None:
                     decision = decide_remote_only(
                         remote,
@@ -140,12 +155,11 @@ class SyncRun:
                         server_now=self.run_started,
                     )
                     if decision.action is Action.RECYCLE:
-                        recycle_out.write(json.dumps([remote.key, remote.size]) + "\n")
-                        self.recycle_due += 1
+                        candidates.add(remote)
                     elif decision.action is Action.KEEP_YOUNG:
                         self.summary.add(recycle_pending=1)
                     continue
-                if local.key in self._uploader.pending:
+                if markers.has_leftovers(local.key):
                     self._keys_with_leftovers.add(local.key)
                 cached = None
                 if self.cache is not None:
@@ -160,7 +174,7 @@ class SyncRun:
                     self.summary.add(files_unchanged=1, bytes_unchanged=local.size)
                     continue
                 in_flight.acquire()
-                future = workers.submit(self._process, decision, cached or {})
+                future = workers.submit(worker.process, decision, cached or {})
                 future.add_done_callback(lambda _: in_flight.release())
 
     def _local_files(self) -> Iterator[LocalFile]:
@@ -183,216 +197,78 @@ class SyncRun:
             self.summary.add(files_scanned=1, bytes_scanned=item.size)
             yield item
 
-    # --- per-file work (worker threads) ---------------------------------------------------------
-    def _process(self, decision: Decision, cached: dict[int, str]) -> None:
-        """Check and/or upload one file. Its failures are recorded; the run goes on."""
-        local = decision.local
-        assert local is not None
-        try:
-            action = decision.action
-            if action is Action.CHECK:
-                action = self._check(decision, cached)
-                if action is Action.UNCHANGED:
-                    self.summary.add(files_unchanged=1, bytes_unchanged=local.size)
-                    return
-            self._upload_with_retries(local, decision.remote, action)
-        except FileChanged as exc:
-            self._fail(local, str(exc))
-        except OSError as exc:
-            self._fail(local, f"cannot read: {exc.strerror or exc}")
-        except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
-            log.debug("unexpected failure on %s", local.key, exc_info=True)
-            self._fail(local, f"{type(exc).__name__}: {exc}")
-
-    def _upload_with_retries(self, local: LocalFile, remote: RemoteObject | None, action: Action) -> None:
-        """botocore retries each request; this retries the whole file when a request's answer was bad."""
-        for attempt in range(1, FILE_ATTEMPTS + 1):
-            try:
-                self._upload(local, remote, action)
-                return
-            except FileChanged:
-                raise
-            except (UploadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                message = str(exc) if isinstance(exc, UploadFailed) else describe_client_error(exc, self.options.bucket)
-                if attempt == FILE_ATTEMPTS:
-                    self._fail(local, message)
-                    return
-                log.warning("%s: %s; trying again (%d/%d)", local.key, message, attempt + 1, FILE_ATTEMPTS)
-                time.sleep(attempt)
-
-    def _fail(self, local: LocalFile, message: str) -> None:
-        log.error("%s: %s", local.key, message)
-        self.summary.fail(local.key, message, local.size)
-
-    def _check(self, decision: Decision, cached: dict[int, str]) -> Action:
-        """Hash the file for the part sizes that could explain the remote ETag, then decide."""
-        local, remote = decision.local, decision.remote
-        assert local is not None and remote is not None
-        hasher = EtagHasher(decision.etag_keys)
-        with open(local.path, "rb") as handle:
-            while chunk := handle.read(READ_CHUNK):
-                hasher.update(chunk)
-            if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
-                raise FileChanged("file changed while it was read")
-        self.summary.add(bytes_hashed=hasher.bytes)
-        etags = hasher.etags()
-        if self.cache is not None:
-            self.cache.store(local, etags)
-        known = {**cached, **etags}
-        candidates = etag_key(local.size, remote.etag, self.options.part_size)
-        if not etag_verdict(known, remote.etag, candidates):
-            return Action.UPLOAD_CHANGED
-        if not self.options.dry_run:
-            self._refresh_mtime(local)
-        return Action.UNCHANGED
-
-    def _refresh_mtime(self, local: LocalFile) -> None:
-        """Same content, new mtime (touch, a rewrite with the same bytes, another tool's upload)."""
-        try:
-            new_etag = self._uploader.refresh_mtime(local)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            log.warning("%s: content unchanged; its recorded mtime could not be updated: %s",
-                        local.key, describe_client_error(exc, self.options.bucket))
-            return
-        if new_etag and self.cache is not None:
-            self.cache.store(local, {SERVER_ETAG: new_etag})  # the copy may have changed the ETag's form
-
-    def _upload(self, local: LocalFile, remote, action: Action) -> None:
-        if self.options.dry_run:
-            print(f"would {action.value}: {local.key} ({local.size} bytes)", flush=True)
-            self.summary.add(files_uploaded=1)
-            return
-        etags = self._uploader.upload(local)
-        if self.cache is not None:
-            self.cache.store(local, etags)
+    def _count_upload(self, local: LocalFile, remote: RemoteObject | None) -> None:
         with self._delta_lock:
             self._remote_delta[0] += 0 if remote else 1
             self._remote_delta[1] += local.size - (remote.size if remote else 0)
-        self.summary.add(files_uploaded=1)
-        log.info("uploaded %s (%d bytes, %s)", local.key, local.size, action.value)
 
-    # --- before and after the march ---------------------------------------------------------
-    def _pending_uploads(self) -> dict[str, list[PendingUpload]]:
-        """Unfinished multipart uploads under the prefix, with what our markers say of them."""
-        options = self.options
-        try:
-            uploads = list_pending_uploads(self.client, options.bucket, options.prefix)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            log.debug("cannot list unfinished uploads: %s", exc)
-            return {}
-        pending: dict[str, list[PendingUpload]] = {}
-        for upload in uploads:
-            key = upload["Key"][len(options.prefix):]
-            if key.startswith(STATE_DIR):
-                continue
-            marker = None
-            try:
-                body = self.client.get_object(
-                    Bucket=options.bucket, Key=options.prefix + UPLOAD_MARKERS + upload["UploadId"]
-                )["Body"].read(4096)
-                marker = json.loads(body)
-            except Exception:  # no marker: not ours, or crashed before it was written
-                pass
-            pending.setdefault(key, []).append(PendingUpload(key, upload["UploadId"], upload["Initiated"], marker))
-        return pending
+    def _count_deletion(self, key: str, size: int) -> None:
+        with self._delta_lock:
+            self._remote_delta[0] -= 1
+            self._remote_delta[1] -= size
+        if self.attributes is not None:
+            self.attributes.forget(key)
 
-    def _recycle(self, recycle_list: Path, remote_count: int) -> None:
+    # --- recycling ------------------------------------------------------------------------------
+    def _recycle(self, candidates: RecycleCandidates, remote_count: int, own_writes_from: datetime | None) -> None:
         options, summary = self.options, self.summary
-        candidates = self.recycle_due
-        if not candidates:
-            return
-        reason = ""
-        if summary.files_scanned == 0:
-            reason = (f"the source is empty: refusing to recycle {candidates} object(s) "
-                      "(is the volume mounted?)")
-        elif summary.files_failed:
-            reason = "some files failed this run: nothing is recycled until a run succeeds"
-        elif not self.server_clock_known:
-            reason = "the S3 server sent no Date header, so object ages cannot be told safely"
-        elif candidates > options.recycle_cap.limit(remote_count):
-            reason = (f"{candidates} object(s) are due for recycling, over the cap of "
-                      f"{options.recycle_cap.limit(remote_count)} (--max-recycle {options.recycle_cap}): "
-                      "nothing was deleted")
-        if reason:
+        reason = recycle_refusal(RecycleConditions(
+            candidates=candidates.count,
+            files_scanned=summary.files_scanned,
+            files_failed=summary.files_failed,
+            server_clock_known=self.server_clock_known,
+            cap=options.recycle_cap.limit(remote_count),
+            cap_setting=str(options.recycle_cap),
+        ))
+        if reason is not None:
             log.error("recycling skipped: %s", reason)
+        elif candidates.count:
+            recycler = Recycler(self.client, options.bucket, options.prefix, summary=summary,
+                                concurrency=options.concurrency, dry_run=options.dry_run,
+                                on_deleted=self._count_deletion)
+            recycler.recycle(candidates, own_writes_from)
+            reason = recycler.blocked or None  # each such object was logged and kept
+        if reason:
             summary.recycle_blocked = reason
             self.recycle_refused = True
-            return
-        batch: list[tuple[str, int]] = []
-        with open(recycle_list) as lines:
-            for line in lines:
-                key, size = json.loads(line)
-                batch.append((key, size))
-                if len(batch) == 1000:
-                    self._delete(batch)
-                    batch = []
-        if batch:
-            self._delete(batch)
 
-    def _delete(self, batch: list[tuple[str, int]]) -> None:
-        """Delete up to 1,000 objects in one request (one by one where the server lacks DeleteObjects)."""
-        if self.options.dry_run:
-            for key, size in batch:
-                print(f"would recycle: {key} ({size} bytes)", flush=True)
-            self.summary.add(files_recycled=len(batch), bytes_recycled=sum(size for _, size in batch))
-            return
-        batch = self._not_written_this_run(batch)
-        failed: dict[str, str] = {}
-        try:
-            if batch and self._batch_delete:
-                response = self.client.delete_objects(
-                    Bucket=self.options.bucket,
-                    Delete={"Objects": [{"Key": self.options.prefix + key} for key, _ in batch], "Quiet": True},
-                )
-                failed = {e["Key"][len(self.options.prefix):]: e.get("Message", e.get("Code", "")) for e in
-                          response.get("Errors", [])}
-        except botocore.exceptions.ClientError as exc:
-            log.info("batch delete refused (%s): deleting one by one", describe_client_error(exc, self.options.bucket))
-            self._batch_delete = False
-        if not self._batch_delete:
-            for key, _ in batch:
-                try:
-                    self.client.delete_object(Bucket=self.options.bucket, Key=self.options.prefix + key)
-                except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                    failed[key] = describe_client_error(exc, self.options.bucket)
-        for key, size in batch:
-            if key in failed:
-                log.error("%s: cannot recycle: %s", key, failed[key])
-                self.summary.fail(key, f"cannot recycle: {failed[key]}")
-                continue
-            log.info("recycled %s (%d bytes)", key, size)
-            self.summary.add(files_recycled=1, bytes_recycled=size)
-            with self._delta_lock:
-                self._remote_delta[0] -= 1
-                self._remote_delta[1] -= size
+    # --- s3backup's own state ---------------------------------------------------------------------
+    def _load_state(self, workdir: Path) -> None:
+        """The hash cache and the recorded attributes.
 
-    def _not_written_this_run(self, batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Drop candidates that were written after the run started (one HEAD each; deletions are rare).
-
-        Some servers alias keys (SeaweedFS stores `a\\b` as `a/b`), and a concurrent run may write
-        too: an object written during this run is never recycled by it.
+        A cache hit skips a file without looking at it, so the attributes recorded when it was last
+        checked must still be there: if they cannot be read, the cache is not trusted either.
         """
-        def fresh(item: tuple[str, int]) -> bool:
+        options = self.options
+        attributes_lost = False
+        if not options.dry_run:
+            self.attributes, warning = load_attribute_state(self.client, options.bucket, options.prefix, workdir)
+            if warning:
+                log.warning(warning)
+                attributes_lost = True
+        if options.hash_cache and options.compare == "md5":
+            if attributes_lost:
+                self.cache = HashCache(workdir / "hash-cache-afresh.sqlite")
+                return
+            self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, workdir)
+            if warning:
+                log.warning(warning)
+
+    def _save_state(self) -> None:
+        """Save the recorded attributes, then the hash cache: a cache never vouches for files whose
+        attributes were not saved (the next run checks them again). The backup is done either way."""
+        if self.attributes is not None:
             try:
-                head = self.client.head_object(Bucket=self.options.bucket, Key=self.options.prefix + item[0])
-            except botocore.exceptions.ClientError:
-                return False  # already gone: deleting it again is harmless
-            return head["LastModified"] >= self.run_started
-
-        with ThreadPoolExecutor(self.options.concurrency) as pool:
-            written = list(pool.map(fresh, batch))
-        kept = [item for item, is_fresh in zip(batch, written, strict=True) if not is_fresh]
-        for key, _ in (item for item, is_fresh in zip(batch, written, strict=True) if is_fresh):
-            log.warning("%s: not recycled: it was written during this run (does the server alias names?)", key)
-            self.summary.add(recycle_pending=1)
-        return kept
-
-    def _save_cache(self) -> None:
-        assert self.cache is not None
-        try:
-            save_remote_cache(self.cache, self.client, self.options.bucket, self.options.prefix)
-        except Exception as exc:  # the backup itself is done; the next run re-hashes
-            log.warning("could not save the hash cache: %s", exc)
+                save_attribute_state(self.attributes, self.client, self.options.bucket, self.options.prefix)
+            except Exception as exc:
+                log.warning("could not save the recorded file attributes (the next run records them again): %s",
+                            exc)
+                return
+        if self.cache is not None:
+            try:
+                save_remote_cache(self.cache, self.client, self.options.bucket, self.options.prefix)
+            except Exception as exc:  # the next run re-hashes
+                log.warning("could not save the hash cache: %s", exc)
 
 
 def run_sync(options: SyncOptions, client=None, summary: Summary | None = None) -> Summary:

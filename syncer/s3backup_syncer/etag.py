@@ -10,10 +10,10 @@ the checksum to compare, with no HEAD request and no metadata.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from .config import GiB, MiB
 from .errors import ConfigError
+from .units import GiB, MiB
 
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * MiB
@@ -152,3 +152,15 @@ def etag_key(size: int, remote_etag: str, configured: int | None) -> list[int]:
     if parts == 0:
         return [0]
     return candidate_part_sizes(size, parts, configured)
+
+
+def server_etag_is_md5(headers: Mapping[str, str], requested_sse: str | None) -> bool:
+    """Whether the ETag in an answer to an upload is the MD5 of what was sent.
+
+    Not with SSE-KMS, DSSE-KMS or SSE-C. The answer's own headers decide (a bucket's default
+    encryption applies without `--sse`), as well as what was asked for. `headers` are lower-case.
+    """
+    sse = (headers.get("x-amz-server-side-encryption") or "").lower()
+    if sse.startswith("aws:kms") or headers.get("x-amz-server-side-encryption-customer-algorithm"):
+        return False
+    return requested_sse != "aws:kms"

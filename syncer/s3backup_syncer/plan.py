@@ -1,8 +1,12 @@
-"""The sync plan: a pure merge-join of the local walk and the remote listing.
+"""The sync plan: a pure merge-join of the local walk and the remote listing, and every decision.
 
 Both inputs arrive sorted in S3's key order (UTF-8 bytes). The join takes one entry from
 each side, compares keys and advances the smaller, so memory stays constant. Out-of-order
 input is a bug and fails loudly: a silent misorder would make a present file look deleted.
+
+The other decisions of a run are here too, as pure functions over plain data: what to do with
+a file after hashing it, whether recycling may happen at all, and whether one object may be
+deleted once its HEAD is known.
 """
 
 from __future__ import annotations
@@ -123,3 +127,74 @@ def decide_remote_only(
     if age >= recycle_after_seconds:
         return Decision(Action.RECYCLE, None, remote)
     return Decision(Action.KEEP_YOUNG, None, remote)
+
+
+def verdict_after_hashing(known: dict[int, str], remote_etag: str, candidate_keys: Iterable[int]) -> Action:
+    """After hashing for every candidate part size: unchanged only if one of them explains the ETag."""
+    return Action.UNCHANGED if etag_verdict(known, remote_etag, candidate_keys) else Action.UPLOAD_CHANGED
+
+
+@dataclass(frozen=True, slots=True)
+class RecycleConditions:
+    """What the run knows, after the march, about whether deleting anything is safe."""
+
+    candidates: int  # remote-only objects old enough to recycle
+    files_scanned: int
+    files_failed: int
+    server_clock_known: bool  # the server sent a Date header (ages are judged by its clock)
+    cap: int  # --max-recycle, as a count for this prefix
+    cap_setting: str  # --max-recycle as the user wrote it
+
+
+def recycle_refusal(c: RecycleConditions) -> str | None:
+    """Why recycling must not happen this run, or None when it may."""
+    if not c.candidates:
+        return None
+    if c.files_scanned == 0:
+        return f"the source is empty: refusing to recycle {c.candidates} object(s) (is the volume mounted?)"
+    if c.files_failed:
+        return "some files failed this run: nothing is recycled until a run succeeds"
+    if not c.server_clock_known:
+        return "the S3 server sent no Date header, so object ages cannot be told safely"
+    if c.candidates > c.cap:
+        return (f"{c.candidates} object(s) are due for recycling, over the cap of {c.cap} "
+                f"(--max-recycle {c.cap_setting}): nothing was deleted")
+    return None
+
+
+class RecycleCheck(enum.Enum):
+    DELETE = "delete"  # still the object the listing showed, and not one this run wrote
+    GONE = "gone"  # HEAD said 404: already deleted (deleting it again is harmless)
+    REWRITTEN = "rewritten"  # written since the listing, or possibly by this run: kept
+    UNKNOWN = "unknown"  # HEAD failed otherwise (403, 5xx after retries, no answer): kept, recycling blocked
+
+
+@dataclass(frozen=True, slots=True)
+class HeadAnswer:
+    """The HEAD of a recycle candidate: its status, and its ETag and LastModified when it was a 200."""
+
+    status: int  # HTTP status; 0 when no answer came at all
+    etag: str = ""
+    last_modified: datetime | None = None
+
+
+def check_before_recycle(listed: RemoteObject, head: HeadAnswer, own_writes_from: datetime | None) -> RecycleCheck:
+    """Whether a recycle candidate may be deleted, judged from its HEAD just before the deletion.
+
+    The whole listing is read before this run writes anything, so an object whose HEAD shows the
+    listing's ETag and LastModified is not one this run wrote, nor one rewritten since. One case
+    remains: the same content written again within the same second as the listed version (a name
+    the server aliases, such as SeaweedFS's `a\\b` for `a/b`). That is possible only if the listed
+    version is not older than the first second in which this run could write, `own_writes_from`
+    (None: this run wrote nothing). LastModified is compared to the second: HEAD has no finer grain.
+    """
+    if head.status == 404:
+        return RecycleCheck.GONE
+    if head.status != 200 or head.last_modified is None:
+        return RecycleCheck.UNKNOWN
+    modified = int(head.last_modified.timestamp())
+    if head.etag.strip('"') != listed.etag or modified != int(listed.last_modified.timestamp()):
+        return RecycleCheck.REWRITTEN
+    if own_writes_from is not None and modified >= int(own_writes_from.timestamp()):
+        return RecycleCheck.REWRITTEN
+    return RecycleCheck.DELETE

@@ -220,7 +220,8 @@ class RemoteListing:
     written there as it arrives; only the pages in flight are in memory. A prefix of more than one
     page is listed one top-level folder per request stream, several at once (as rclone does): a
     page costs the server tens of milliseconds, and one stream after another left the client idle.
-    `server_now` holds the Date of the first page; `count` and `bytes` are known once it is read.
+    `server_now` holds the Date of the first page, `listed_until` the latest Date of any page;
+    `count` and `bytes` are known once the listing is read.
     """
 
     def __init__(self, client, bucket: str, prefix: str, parallel: int = 8):
@@ -229,6 +230,7 @@ class RemoteListing:
         self.prefix = prefix
         self.parallel = parallel
         self.server_now: datetime | None = None
+        self.listed_until: datetime | None = None
         self.count = 0
         self.bytes = 0
 
@@ -245,7 +247,10 @@ class RemoteListing:
 
         def spool(page: dict) -> None:  # any thread; the same key twice is stored once
             rows = [(o.key, o.size, o.etag, o.last_modified.timestamp()) for o in self._objects_of(page)]
+            answered = server_time(page)
             with lock:
+                if answered is not None and (self.listed_until is None or answered > self.listed_until):
+                    self.listed_until = answered
                 db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", rows)
 
         try:

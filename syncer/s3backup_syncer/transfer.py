@@ -13,9 +13,11 @@ compared with the locally computed one; a file whose size, mtime, ctime or inode
 the upload is reported as failed, and a multipart upload is then aborted before completion, so
 the previous remote version stays intact.
 
-Crash safety: each multipart upload gets a small marker object under `PREFIX/.s3backup/uploads/`
-describing the file version it carries. A later run resumes it (parts whose MD5 still matches
-are not sent again) when the file is unchanged, and aborts it otherwise.
+Crash safety: each multipart upload gets a marker (upload_markers.py), so that a later run can
+resume it when the file and the object settings are unchanged.
+
+Integrity checks compare ETags only where the server's answer says they are MD5s: not under
+SSE-KMS, DSSE-KMS or SSE-C, whether asked for with `--sse` or set as the bucket's default.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import logging
 import mimetypes
 import os
@@ -33,21 +34,20 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .config import MiB, SyncOptions
+from .attributes_state import META_MODE, META_MTIME
+from .config import SyncOptions
 from .direct_put import DirectPut
-from .etag import multipart_etag_from_digests, part_count, part_size_for, uses_multipart
-from .remote import STATE_DIR, list_pending_uploads
+from .etag import multipart_etag_from_digests, part_count, part_size_for, server_etag_is_md5, uses_multipart
 from .report import Summary
 from .scan import LocalFile
+from .units import MiB
+from .upload_markers import UploadMarkers, marker_for
 
 log = logging.getLogger(__name__)
 
 BUFFER_LIMIT = 64 * MiB
-MAX_COPY_SIZE = 5 * 1024 * MiB  # S3's limit for one CopyObject
 SMALL_BODY = 1 * MiB  # smaller bodies get a throwaway buffer; pooled buffers stay part-sized
 READ_CHUNK = 1 * MiB
-UPLOAD_MARKERS = STATE_DIR + "uploads/"
-META_MTIME = "s3backup-mtime"
 SERVER_ETAG = -1  # hash-cache key of the ETag the server gave our upload, when it is not an MD5
 
 
@@ -213,31 +213,24 @@ class _Body:
         return len(self.payload)
 
 
-@dataclass
-class PendingUpload:
-    """An unfinished multipart upload found under the prefix at the start of the run."""
-
-    key: str  # relative to the prefix
-    upload_id: str
-    initiated: object  # datetime
-    marker: dict | None = None  # what our marker says it carries; None: not ours (or unknown)
+def _headers(response: dict) -> dict[str, str]:
+    return response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
 
 
 class Uploader:
-    """Uploads files to `bucket/prefix`, single-part or multipart, within the memory bound."""
+    """Sends files to `bucket/prefix`, single-part or multipart, within the memory bound."""
 
-    def __init__(self, client, options: SyncOptions, summary: Summary, pending: dict[str, list[PendingUpload]]):
+    def __init__(self, client, options: SyncOptions, summary: Summary, markers: UploadMarkers):
         self.client = client
         self.options = options
         self.summary = summary
-        self.pending = pending  # key -> unfinished uploads; resumed ones are removed
-        self._pending_lock = threading.Lock()
+        self.markers = markers
         self.limiter = RateLimiter(options.bwlimit)
         self.buffers = BufferPool(options.concurrency)
         self.part_pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-part")
-        self.etag_is_md5 = options.etag_is_md5
-        self.multipart_keys: set[str] = set()  # keys this run created multipart uploads for
         self.direct = DirectPut(client)
+        self.objects_written = 0  # objects this run created or replaced (answers with an ETag)
+        self._written_lock = threading.Lock()
 
     def close(self) -> None:
         self.part_pool.shutdown(wait=True)
@@ -245,10 +238,10 @@ class Uploader:
 
     # --- object settings -------------------------------------------------------------------
     def _object_args(self, f: LocalFile) -> dict:
-        args: dict = {
-            "Metadata": {META_MTIME: str(f.mtime_ns)},
-            "ContentType": content_type(f.key),
-        }
+        metadata = {META_MTIME: str(f.mtime_ns)}
+        if f.mode is not None:
+            metadata[META_MODE] = f"{f.mode:o}"
+        args: dict = {"Metadata": metadata, "ContentType": content_type(f.key)}
         if self.options.storage_class:
             args["StorageClass"] = self.options.storage_class
         if self.options.sse:
@@ -292,12 +285,12 @@ class Uploader:
             raise FileChanged("file changed while it was uploaded; it will be retried next run")
 
     def _check_etag(self, what: str, response: dict, expected: str) -> str:
-        """The ETag the server answered, checked against ours (when ETags are MD5s)."""
+        """The ETag the server answered, checked against ours when the answer says it is an MD5."""
         returned = response.get("ETag")
         if not returned:
             raise UploadFailed(f"{what}: the server's answer had no ETag (cut short?)")
         returned = returned.strip('"')
-        if self.etag_is_md5 and returned != expected:
+        if server_etag_is_md5(_headers(response), self.options.sse) and returned != expected:
             raise UploadFailed(f"{what}: server ETag {returned} differs from local {expected}")
         return returned
 
@@ -325,6 +318,7 @@ class Uploader:
                 raise FileChanged("file grew while it was read")
             self._check_unchanged(f, handle)
             response = self._put_object(self._full_key(f.key), body, self._object_args(f))
+            self._wrote()
         finally:
             self._release(body)
         etag = body.md5.hex()
@@ -335,22 +329,8 @@ class Uploader:
     def _put_object(self, key: str, body: _Body, args: dict) -> dict:
         """PutObject, sent directly when botocore has shown the way (see direct_put.py)."""
         args = {**args, "ContentMD5": _b64md5(body.md5)}
-        if isinstance(body.payload, bytearray):
-            if self.direct.ready:
-                headers = self.direct.put(key, body.payload, args)
-                if headers is not None:
-                    return {"ETag": headers.get("ETag")}
-            else:
-                self.direct.expect(key)
-        succeeded = False
-        try:
-            response = self.client.put_object(
-                Bucket=self.options.bucket, Key=key, Body=body.payload, ContentLength=len(body), **args
-            )
-            succeeded = True
-            return response
-        finally:
-            self.direct.learnt(key, succeeded)
+        return self.direct.send(key, body.payload, args, lambda: self.client.put_object(
+            Bucket=self.options.bucket, Key=key, Body=body.payload, ContentLength=len(body), **args))
 
     def _upload_multipart(self, f: LocalFile, handle, part_size: int) -> tuple[str, str]:
         key = self._full_key(f.key)
@@ -366,11 +346,12 @@ class Uploader:
                 Bucket=self.options.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
             completed = True
+            self._wrote()
             return expected, self._check_etag(f.key, response, expected)
         finally:
             if not completed:
-                self._abort(key, upload_id)
-            self._delete_marker(upload_id)
+                self.markers.abort(f.key, upload_id)
+            self.markers.delete(upload_id)
 
     def _send_parts(self, f: LocalFile, handle, part_size: int, upload_id: str, done_parts: dict):
         """Read parts in order (one sequential pass over the file) and send them in parallel."""
@@ -418,138 +399,34 @@ class Uploader:
         finally:
             self._release(body)
 
-    # --- metadata of unchanged content ----------------------------------------------------------
-    def refresh_mtime(self, f: LocalFile) -> str | None:
-        """Make the object's recorded mtime match the file's, when only the mtime changed.
-
-        A server-side copy onto itself with new metadata: no data goes over the wire. Returns the
-        copy's ETag (a copy may turn a multipart ETag into a plain MD5), or None if nothing was done.
-        S3 copies at most 5 GiB in one request; a bigger object keeps its old mtime (logged).
-        """
-        key = self._full_key(f.key)
-        head = self.client.head_object(Bucket=self.options.bucket, Key=key)
-        metadata = head.get("Metadata", {})
-        if metadata.get(META_MTIME) == str(f.mtime_ns):
-            return None
-        if head["ContentLength"] > MAX_COPY_SIZE:
-            log.warning("%s: content unchanged, mtime changed; objects over 5 GiB keep their recorded mtime", f.key)
-            return None
-        args = self._object_args(f)
-        args["Metadata"] = {**metadata, META_MTIME: str(f.mtime_ns)}
-        args["ContentType"] = head.get("ContentType") or args["ContentType"]
-        response = self.client.copy_object(
-            Bucket=self.options.bucket, Key=key, CopySource={"Bucket": self.options.bucket, "Key": key},
-            MetadataDirective="REPLACE", **args,
-        )
-        log.info("%s: content unchanged, recorded mtime updated", f.key)
-        return response.get("CopyObjectResult", {}).get("ETag", "").strip('"') or None
-
-    # --- resuming and cleaning up ------------------------------------------------------------
-    def _marker_for(self, f: LocalFile, part_size: int) -> dict:
-        return {"key": f.key, "size": f.size, "mtime_ns": f.mtime_ns, "inode": f.inode, "part_size": part_size}
+    def _wrote(self) -> None:
+        """An object was written (before its ETag is checked: a mismatched one is written too)."""
+        with self._written_lock:
+            self.objects_written += 1
 
     def _resume_or_create(self, f: LocalFile, part_size: int) -> tuple[str, dict[int, tuple[int, str]]]:
-        """An upload id, and the parts already on the server (number -> (size, md5 hex))."""
-        wanted = self._marker_for(f, part_size)
-        with self._pending_lock:
-            candidates = self.pending.get(f.key, [])
-            resumable = next((p for p in candidates if p.marker == wanted), None)
-            if resumable is not None:
-                candidates.remove(resumable)
+        """An upload id, and the parts already on the server (number -> (size, md5 hex)).
+
+        An earlier run's upload is resumed only if its marker says it carries this file version,
+        with this part size, and was created with the object settings this run would give it.
+        """
+        settings = self._object_args(f)
+        wanted = marker_for(f, part_size, settings)
+        resumable = self.markers.claim(f.key, wanted)
         if resumable is not None:
             try:
-                parts = self._list_parts(self._full_key(f.key), resumable.upload_id)
+                parts = self.markers.parts_of(f.key, resumable.upload_id)
                 log.info("resuming upload of %s: %d part(s) already on the server", f.key, len(parts))
                 return resumable.upload_id, parts
             except Exception as exc:  # gone or unreadable: start a fresh one
                 log.debug("cannot resume %s: %s", f.key, exc)
-        with self._pending_lock:
-            self.multipart_keys.add(f.key)
-        response = self.client.create_multipart_upload(
-            Bucket=self.options.bucket, Key=self._full_key(f.key), **self._object_args(f)
-        )
+        self.markers.created(f.key)
+        response = self.client.create_multipart_upload(Bucket=self.options.bucket, Key=self._full_key(f.key),
+                                                       **settings)
         upload_id = response["UploadId"]
         try:
-            marker = json.dumps(wanted).encode()
-            self.client.put_object(
-                Bucket=self.options.bucket,
-                Key=self.options.prefix + UPLOAD_MARKERS + upload_id,
-                Body=marker,
-                ContentMD5=_b64md5(hashlib.md5(marker).digest()),
-            )
+            self.markers.write(upload_id, wanted)
         except Exception:
-            self._abort(self._full_key(f.key), upload_id)
+            self.markers.abort(f.key, upload_id)
             raise
         return upload_id, {}
-
-    def drop_stale_markers(self) -> None:
-        """Delete markers whose upload is gone (a kill between completing an upload and deleting its marker)."""
-        try:
-            live = {u["UploadId"] for u in list_pending_uploads(self.client, self.options.bucket, self.options.prefix)}
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.options.bucket, Prefix=self.options.prefix + UPLOAD_MARKERS):
-                for item in page.get("Contents", []):
-                    upload_id = item["Key"].rsplit("/", 1)[-1]
-                    if upload_id not in live:
-                        self._delete_marker(upload_id)
-        except Exception as exc:  # housekeeping only: the next run tries again
-            log.debug("could not tidy upload markers: %s", exc)
-
-    def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[int, str]]:
-        parts: dict[int, tuple[int, str]] = {}
-        kwargs = {"Bucket": self.options.bucket, "Key": key, "UploadId": upload_id}
-        while True:
-            page = self.client.list_parts(**kwargs)
-            for part in page.get("Parts", []):
-                parts[part["PartNumber"]] = (part["Size"], part["ETag"].strip('"'))
-            if not page.get("IsTruncated"):
-                return parts
-            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
-
-    def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.options.bucket, Key=key, UploadId=upload_id)
-        except Exception as exc:
-            log.warning("could not abort an unfinished upload of %s: %s", key, exc)
-
-    def _delete_marker(self, upload_id: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.options.bucket, Key=self.options.prefix + UPLOAD_MARKERS + upload_id)
-        except Exception as exc:
-            log.debug("could not delete upload marker %s: %s", upload_id, exc)
-
-    def abort_leftovers(self, run_started, keys_in_source: set[str], stale_after_seconds: float = 86400) -> int:
-        """Abort unfinished uploads that no run will finish; returns how many.
-
-        - Uploads found at the start and not resumed: ours (they have a marker); any upload of a
-          key that is in the source (the prefix is s3backup's, and this run has just uploaded or
-          checked that file: a marker-less one is a crash's leftover); anyone's older than a day.
-          An overlapping run may lose an in-flight upload this way: it reports that file as
-          failed, and the next run uploads it again.
-        - Uploads made during this run for keys it uploaded: all of ours are finished by now, so
-          these are orphans of a lost CreateMultipartUpload answer that botocore retried.
-        `run_started` is the server's time at the start of the run.
-        """
-        with self._pending_lock:
-            leftovers = [p for uploads in self.pending.values() for p in uploads]
-            self.pending.clear()
-        doomed = [
-            (upload.key, upload.upload_id) for upload in leftovers
-            if upload.marker is not None or upload.key in keys_in_source
-            or (run_started - upload.initiated).total_seconds() >= stale_after_seconds
-        ]
-        try:
-            after_run = list_pending_uploads(self.client, self.options.bucket, self.options.prefix) \
-                if self.multipart_keys else []
-        except Exception as exc:  # cleanup is best effort; the next run tries again
-            log.warning("could not list unfinished uploads: %s", exc)
-            after_run = []
-        if after_run:
-            for upload in after_run:
-                key = upload["Key"][len(self.options.prefix):]
-                if key in self.multipart_keys and upload["Initiated"] >= run_started:
-                    doomed.append((key, upload["UploadId"]))
-        for key, upload_id in doomed:
-            self._abort(self._full_key(key), upload_id)
-            self._delete_marker(upload_id)
-        return len(doomed)

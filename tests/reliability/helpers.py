@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s3backup_syncer import cli
+from s3backup_syncer.attributes_state import open_recorded_attributes
 from s3backup_syncer.remote import make_s3_client
 
 from tests.conftest import BUCKET
@@ -167,21 +168,25 @@ def _md5_file(path: Path) -> str:
 def assert_bucket_matches(client, prefix: str, src: Path, *, markers_allowed: bool = False,
                           uploads_allowed: bool = False) -> int:
     """The decisive check: every local file is an object with the same bytes (downloaded here) and the
-    right `s3backup-mtime`, nothing else is there, and no multipart upload is left unfinished."""
+    right mtime for a restore (the one s3backup recorded for that object, else its `s3backup-mtime`),
+    nothing else is there, and no multipart upload is left unfinished."""
     local = local_keys(src)
     remote = remote_objects(client, prefix)
     missing, extra = sorted(set(local) - set(remote)), sorted(set(remote) - set(local))
     assert not missing and not extra, f"missing {missing}, extra {extra}"
-    for key, path in local.items():
-        response = client.get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")
-        digest = hashlib.md5()
-        for chunk in response["Body"].iter_chunks(MiB):
-            digest.update(chunk)
-        assert digest.hexdigest() == _md5_file(path), f"{key}: content differs from the source"
-        assert response["ContentLength"] == path.stat().st_size
-        assert response["Metadata"].get(META_MTIME) == str(path.stat().st_mtime_ns), f"{key}: wrong mtime metadata"
-        FIGURES["objects verified"] += 1
-        FIGURES["bytes verified"] += path.stat().st_size
+    with open_recorded_attributes(client, BUCKET, prefix) as recorded:
+        for key, path in local.items():
+            response = client.get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")
+            digest = hashlib.md5()
+            for chunk in response["Body"].iter_chunks(MiB):
+                digest.update(chunk)
+            assert digest.hexdigest() == _md5_file(path), f"{key}: content differs from the source"
+            assert response["ContentLength"] == path.stat().st_size
+            attributes = recorded.lookup(key, response["ETag"])
+            mtime = str(attributes.mtime_ns) if attributes else response["Metadata"].get(META_MTIME)
+            assert mtime == str(path.stat().st_mtime_ns), f"{key}: wrong recorded mtime"
+            FIGURES["objects verified"] += 1
+            FIGURES["bytes verified"] += path.stat().st_size
     if not uploads_allowed:
         assert pending_uploads(client, prefix) == [], "unfinished multipart uploads left"
     if not markers_allowed:

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from s3backup_syncer.attributes_state import open_recorded_attributes
+
 STATE_PREFIX = ".s3backup/"
 
 
@@ -55,13 +57,17 @@ def local_tree(root: Path) -> dict[str, tuple[int, str, int]]:
 
 
 def assert_mirrors(client, bucket: str, prefix: str, root: Path) -> dict[str, StoredObject]:
-    """The bucket holds exactly the source: same keys, sizes, contents and source mtimes."""
+    """The bucket holds exactly the source: same keys, sizes, contents and source mtimes (as recorded
+    by s3backup for that object, else in its `s3backup-mtime`)."""
     stored = objects(client, bucket, prefix)
     local = local_tree(root)
     assert sorted(stored) == sorted(local)
-    for key, (size, md5, mtime_ns) in local.items():
-        assert (stored[key].size, stored[key].md5) == (size, md5), key
-        assert stored[key].metadata.get("s3backup-mtime") == str(mtime_ns), key
+    with open_recorded_attributes(client, bucket, prefix) as recorded:
+        for key, (size, md5, mtime_ns) in local.items():
+            assert (stored[key].size, stored[key].md5) == (size, md5), key
+            attributes = recorded.lookup(key, stored[key].etag)
+            mtime = str(attributes.mtime_ns) if attributes else stored[key].metadata.get("s3backup-mtime")
+            assert mtime == str(mtime_ns), key
     return stored
 
 

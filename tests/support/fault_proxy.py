@@ -16,6 +16,9 @@ rates or on chosen requests:
 | `slow`           | the server did the request; the response comes `stall_seconds` late       |
 | `corrupt-request`| one byte of the request body flipped on the way (bodiless requests: none) |
 
+`rewrite` may change every forwarded answer's headers and body, and `rewrite_request` every request
+once its body is read (together: a server that answers otherwise, such as one that encrypts).
+
 Every injected fault is counted (`faults`), as is every request (`requests`, by S3 operation),
 and added to the process-wide `TALLY` that the reliability suite reports.
 """
@@ -113,6 +116,9 @@ class FaultProxy:
     strip_date: bool = False  # remove the Date header altogether
     max_faults: int | None = None  # stop injecting random faults after this many
     on_request: Callable[[Request], None] | None = None  # called for every request before it is forwarded
+    #: (request, status, headers, body) -> (headers, body), for every answer from the server
+    rewrite: Callable[[Request, int, list[tuple[str, str]], bytes], tuple[list[tuple[str, str]], bytes]] | None = None
+    rewrite_request: Callable[[Request], None] | None = None  # may change a request (its body read) in place
 
     def __post_init__(self) -> None:
         unknown = set(self.rates) - set(FAULTS)
@@ -244,6 +250,10 @@ class FaultProxy:
                     request.body = reader.read(length)
                     if len(request.body) < length:  # the client went away mid-body: nothing to forward
                         return
+                if self.rewrite_request is not None:
+                    self.rewrite_request(request)
+                    request.headers = [(n, str(len(request.body)) if n.lower() == "content-length" else v)
+                                       for n, v in request.headers]
                 if fault == "corrupt-request" and request.body:
                     flipped = bytearray(request.body)
                     flipped[self._random.randrange(len(flipped))] ^= 0x01
@@ -259,6 +269,8 @@ class FaultProxy:
                     upstream.close()
                     upstream = HTTPConnection(*self._upstream_addr, timeout=120)
                     status, reason, response_headers, body = _forward(upstream, request)
+                if self.rewrite is not None:
+                    response_headers, body = self.rewrite(request, status, response_headers, body)
                 if self.delay_seconds:
                     self._stop.wait(self.delay_seconds)
                 if fault == "500-after":

@@ -3,17 +3,32 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from s3backup_syncer.etag import EtagHasher, MiB, auto_part_size, candidate_part_sizes, parse_etag
+from s3backup_syncer.etag import (
+    EtagHasher,
+    MiB,
+    auto_part_size,
+    candidate_part_sizes,
+    parse_etag,
+    server_etag_is_md5,
+)
 from s3backup_syncer.plan import (
     Action,
+    HeadAnswer,
     OrderError,
+    RecycleCheck,
+    RecycleConditions,
+    check_before_recycle,
     decide_present,
     decide_remote_only,
     etag_verdict,
     merge_join,
+    recycle_refusal,
+    verdict_after_hashing,
 )
 from s3backup_syncer.remote import RemoteObject
 from s3backup_syncer.scan import LocalFile, key_order
+from s3backup_syncer.transfer import SERVER_ETAG
+from s3backup_syncer.upload_markers import marker_for
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -125,3 +140,77 @@ def test_auto_part_size_stays_within_ten_thousand_parts_up_to_five_tib():
     five_tib = 5 * 1024 * 1024 * MiB
     assert -(-five_tib // auto_part_size(five_tib)) <= 10_000
     assert auto_part_size(five_tib) <= 5 * 1024 * MiB
+
+
+# --- the decisions after the march (plain data in, verdict out) -------------------------------------
+
+def test_verdict_after_hashing_is_unchanged_only_when_a_part_size_explains_the_etag():
+    assert verdict_after_hashing({0: "abc"}, '"abc"', [0]) is Action.UNCHANGED
+    assert verdict_after_hashing({SERVER_ETAG: "opaque", 0: "abc"}, "opaque", [0]) is Action.UNCHANGED
+    assert verdict_after_hashing({0: "abc"}, "def", [0]) is Action.UPLOAD_CHANGED
+    assert verdict_after_hashing({8 * MiB: "x-2"}, "y-2", [8 * MiB, 5 * MiB]) is Action.UPLOAD_CHANGED
+
+
+def _conditions(**changes) -> RecycleConditions:
+    base = {"candidates": 3, "files_scanned": 10, "files_failed": 0, "server_clock_known": True, "cap": 5,
+            "cap_setting": "50%"}
+    return RecycleConditions(**{**base, **changes})
+
+
+@pytest.mark.parametrize(("changes", "wanted"), [
+    ({}, None),
+    ({"candidates": 0, "files_scanned": 0}, None),  # nothing due: nothing to refuse
+    ({"files_scanned": 0}, "the source is empty"),
+    ({"files_failed": 1}, "some files failed"),
+    ({"server_clock_known": False}, "no Date header"),
+    ({"candidates": 6}, "over the cap of 5 (--max-recycle 50%)"),
+    ({"candidates": 5}, None),
+])
+def test_recycle_refusal(changes, wanted):
+    reason = recycle_refusal(_conditions(**changes))
+    assert reason is None if wanted is None else wanted in reason
+
+
+LISTED = RemoteObject("k", 10, "abc", datetime(2026, 11, 26, 12, 0, 7, 250_000, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("head", "own_writes_from", "wanted"), [
+    (HeadAnswer(200, '"abc"', LISTED.last_modified.replace(microsecond=0)), None, RecycleCheck.DELETE),
+    # the very second the run started in: listed before any write of this run, so not one of them
+    (HeadAnswer(200, '"abc"', LISTED.last_modified.replace(microsecond=0)), LISTED.last_modified + timedelta(
+        seconds=1), RecycleCheck.DELETE),
+    # this run wrote during that second: a same-content rewrite of an aliased name cannot be ruled out
+    (HeadAnswer(200, '"abc"', LISTED.last_modified), LISTED.last_modified, RecycleCheck.REWRITTEN),
+    (HeadAnswer(200, '"abd"', LISTED.last_modified), None, RecycleCheck.REWRITTEN),
+    (HeadAnswer(200, '"abc"', LISTED.last_modified + timedelta(seconds=1)), None, RecycleCheck.REWRITTEN),
+    (HeadAnswer(404), None, RecycleCheck.GONE),
+    (HeadAnswer(403), None, RecycleCheck.UNKNOWN),
+    (HeadAnswer(500), None, RecycleCheck.UNKNOWN),
+    (HeadAnswer(503), None, RecycleCheck.UNKNOWN),
+    (HeadAnswer(0), None, RecycleCheck.UNKNOWN),  # no answer at all
+])
+def test_check_before_recycle(head, own_writes_from, wanted):
+    assert check_before_recycle(LISTED, head, own_writes_from) is wanted
+
+
+@pytest.mark.parametrize(("headers", "requested", "is_md5"), [
+    ({}, None, True),
+    ({"x-amz-server-side-encryption": "AES256"}, None, True),
+    ({"x-amz-server-side-encryption": "aws:kms"}, None, False),  # the bucket's default, no --sse
+    ({"x-amz-server-side-encryption": "aws:kms:dsse"}, None, False),
+    ({"x-amz-server-side-encryption-customer-algorithm": "AES256"}, None, False),
+    ({}, "aws:kms", False),
+    ({"x-amz-server-side-encryption": "AES256"}, "AES256", True),
+])
+def test_whether_an_answers_etag_is_an_md5(headers, requested, is_md5):
+    assert server_etag_is_md5(headers, requested) is is_md5
+
+
+def test_an_upload_marker_records_the_object_settings():
+    f = local("big.img", size=20 * MiB)
+    plain = marker_for(f, 8 * MiB, {"Metadata": {}, "ContentType": "x"})
+    kms = marker_for(f, 8 * MiB, {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "key-1"})
+    other_key = marker_for(f, 8 * MiB, {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "key-2"})
+    cold = marker_for(f, 8 * MiB, {"StorageClass": "GLACIER_IR"})
+    assert len({str(sorted(m.items())) for m in (plain, kms, other_key, cold)}) == 4
+    assert kms["sse"] == "aws:kms" and kms["sse_kms_key_id"] == "key-1" and cold["storage_class"] == "GLACIER_IR"

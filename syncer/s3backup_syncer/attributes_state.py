@@ -1,0 +1,220 @@
+"""File attributes recorded in s3backup's own state, so that an unchanged object is never rewritten.
+
+An uploaded object carries the file's mtime and mode in its metadata (`s3backup-mtime`,
+`s3backup-mode`). When the content is already right but the attributes are not (a `touch`, a
+`chmod`, a rewrite with the same bytes, a prefix filled by another tool), the object stays as it
+is: rewriting it, even with a server-side copy, would add a full-size version on a versioned or
+Object-Lock bucket. The file's attributes are recorded here instead, keyed by the object's key
+and ETag, and a restore applies them over the metadata. A row whose ETag is no longer the
+object's is ignored by readers, so an object replaced by anyone else never inherits attributes.
+
+The state is a SQLite file (on disk, whatever the number of files), kept between runs as the
+gzipped object `PREFIX/.s3backup/attributes.sqlite.gz`. Rows are removed when this run uploads
+or recycles their key; each key has one row, so a prefix split into shards later can split the
+table by key range.
+
+Readers: `open_recorded_attributes(client, bucket, prefix)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import gzip
+import hashlib
+import logging
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from .remote import STATE_DIR
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTES_OBJECT = STATE_DIR + "attributes.sqlite.gz"
+SCHEMA_VERSION = "1"
+SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
+META_MTIME = "s3backup-mtime"  # object metadata: the file's mtime in nanoseconds, at upload
+META_MODE = "s3backup-mode"  # object metadata: the file's permission bits (octal), at upload
+
+
+class RecordedAttributes(NamedTuple):
+    mtime_ns: int
+    mode: int | None  # permission bits; None when not known
+
+
+class _Table:
+    """The SQLite table; one connection, used from one thread at a time (callers hold the lock)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False):
+        uri = f"file:{path}?mode=ro" if read_only else str(path)
+        self.db = sqlite3.connect(uri, uri=read_only, check_same_thread=False, isolation_level=None)
+        if read_only:
+            version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"attribute state schema {version}, expected {SCHEMA_VERSION}")
+            return
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE IF NOT EXISTS attributes (key TEXT PRIMARY KEY, etag TEXT NOT NULL,"
+                        " mtime_ns INT NOT NULL, mode INT)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+        version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if version is None:
+            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif version[0] != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"attribute state schema {version[0]}, expected {SCHEMA_VERSION}")
+
+    def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
+        row = self.db.execute("SELECT etag, mtime_ns, mode FROM attributes WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] != etag.strip('"'):
+            return None
+        return RecordedAttributes(row[1], row[2])
+
+
+class AttributeState:
+    """The writer's side, for one run. Worker threads queue; the walking thread writes (`write_queued`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._table = _Table(path)
+        self._db = self._table.db
+        self._db.execute("BEGIN")
+        self._lock = threading.Lock()
+        self._queued: collections.deque[tuple[str, str | None, int, int | None]] = collections.deque()
+        self.changed = False
+
+    def record(self, key: str, etag: str, mtime_ns: int, mode: int | None) -> None:
+        """The object `key` (with `etag`) holds this content; the file's attributes are these."""
+        self._queued.append((key, etag.strip('"'), mtime_ns, mode))
+
+    def forget(self, key: str) -> None:
+        """`key` was uploaded (its metadata is right) or recycled: its row no longer applies."""
+        self._queued.append((key, None, 0, None))
+
+    def write_queued(self, at_least: int = 1) -> None:
+        if len(self._queued) < at_least:
+            return
+        with self._lock:
+            while self._queued:
+                key, etag, mtime_ns, mode = self._queued.popleft()
+                if etag is None:
+                    if self._db.execute("DELETE FROM attributes WHERE key = ?", (key,)).rowcount:
+                        self.changed = True
+                    continue
+                if self._table.lookup(key, etag) != (mtime_ns, mode):
+                    self._db.execute("INSERT OR REPLACE INTO attributes VALUES (?, ?, ?, ?)",
+                                     (key, etag, mtime_ns, mode))
+                    self.changed = True
+
+    def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
+        self.write_queued()
+        with self._lock:
+            return self._table.lookup(key, etag)
+
+    def finish(self) -> bool:
+        """Write what is queued and close; returns whether the state changed this run."""
+        self.write_queued()
+        with self._lock:
+            self._db.execute("COMMIT")
+            if self.changed:
+                self._db.execute("VACUUM")
+            self._db.close()
+        return self.changed
+
+
+def _download(client, bucket: str, key: str, target: Path, version_id: str | None = None) -> bool:
+    """Fetch and unpack a gzipped state object; False if there is none."""
+    packed = target.with_suffix(target.suffix + ".gz")
+    extra = {"ExtraArgs": {"VersionId": version_id}} if version_id else {}
+    try:
+        client.download_file(bucket, key, str(packed), **extra)
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
+            return False
+        raise
+    try:
+        with gzip.open(packed, "rb") as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 1024 * 1024)
+    finally:
+        packed.unlink(missing_ok=True)
+    return True
+
+
+def load_attribute_state(client, bucket: str, prefix: str, workdir: Path) -> tuple[AttributeState, str | None]:
+    """The recorded attributes (empty if none); returns the state and a warning, if any.
+
+    An unreadable state starts afresh: the objects' metadata then holds the attributes of the
+    file versions they were uploaded from, and this run records again what it finds different.
+    """
+    path = workdir / "attributes.sqlite"
+    try:
+        _download(client, bucket, prefix + ATTRIBUTES_OBJECT, path)  # none yet: an empty state
+        return AttributeState(path), None
+    except Exception as exc:  # corrupt or unreadable: never trust a damaged one
+        path.unlink(missing_ok=True)
+        return AttributeState(path), f"recorded file attributes unreadable, starting afresh: {exc}"
+
+
+def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str) -> bool:
+    """Compress and upload the state, unless this run changed nothing in it."""
+    if not state.finish():
+        return False
+    packed = state.path.with_suffix(".sqlite.gz")
+    with open(state.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
+        shutil.copyfileobj(source, target, 1024 * 1024)
+    if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of rows: multipart; gzip's CRC guards it
+        client.upload_file(str(packed), bucket, prefix + ATTRIBUTES_OBJECT)
+        return True
+    with open(packed, "rb") as body:
+        digest = hashlib.file_digest(body, "md5").digest()
+        body.seek(0)
+        client.put_object(Bucket=bucket, Key=prefix + ATTRIBUTES_OBJECT, Body=body,
+                          ContentMD5=base64.b64encode(digest).decode())
+    return True
+
+
+class AttributeReader:
+    """Lookups in a downloaded copy of the state (read-only)."""
+
+    def __init__(self, table: _Table | None):
+        self._table = table
+        self._lock = threading.Lock()
+
+    def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
+        """The attributes recorded for the object `key` with ETag `etag`; None: use the object's metadata.
+
+        `key` is relative to the prefix (as the source's relative path, `/`-separated).
+        """
+        if self._table is None:
+            return None
+        with self._lock:
+            return self._table.lookup(key, etag)
+
+
+@contextlib.contextmanager
+def open_recorded_attributes(client, bucket: str, prefix: str,
+                             version_id: str | None = None) -> Iterator[AttributeReader]:
+    """`with open_recorded_attributes(client, bucket, prefix) as recorded: recorded.lookup(key, etag)`.
+
+    Downloads `PREFIX/.s3backup/attributes.sqlite.gz` (the version `version_id`, if given: a
+    restore `--as-of` may want the state of that time) to a temporary file, removed on exit.
+    Without a state object every lookup answers None. A damaged state raises.
+    `prefix` is "" or ends with "/" (one is added if missing).
+    """
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    with tempfile.TemporaryDirectory(prefix="s3backup-attributes-") as workdir:
+        path = Path(workdir) / "attributes.sqlite"
+        table = _Table(path, read_only=True) if _download(client, bucket, prefix + ATTRIBUTES_OBJECT, path,
+                                                          version_id) else None
+        try:
+            yield AttributeReader(table)
+        finally:
+            if table is not None:
+                table.db.close()

@@ -1,0 +1,123 @@
+"""The work on one file, in a worker thread: hash it and decide, or upload it (with whole-file retries).
+
+An object whose content is already right is never rewritten: when only the file's attributes
+changed (mtime, mode), they are recorded in s3backup's own state (attributes_state.py) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import botocore.exceptions
+
+from .attributes_state import AttributeState
+from .config import SyncOptions
+from .etag import EtagHasher, etag_key
+from .hashcache import HashCache
+from .plan import Action, Decision, verdict_after_hashing
+from .remote import RemoteObject, describe_client_error
+from .report import Summary
+from .scan import LocalFile
+from .transfer import READ_CHUNK, FileChanged, Uploader, UploadFailed
+
+log = logging.getLogger("s3backup")
+
+FILE_ATTEMPTS = 3
+
+
+def hash_file(local: LocalFile, part_sizes: tuple[int, ...]) -> dict[int, str]:
+    """The file's ETags for these part sizes (0 = plain MD5), from one read; the file must not change."""
+    hasher = EtagHasher(part_sizes)
+    with open(local.path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            hasher.update(chunk)
+        if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
+            raise FileChanged("file changed while it was read")
+    return hasher.etags()
+
+
+class FileWorker:
+    """Checks and uploads files; each file's failure is recorded in the summary, and the run goes on."""
+
+    def __init__(self, options: SyncOptions, summary: Summary, uploader: Uploader, *,
+                 cache: HashCache | None, attributes: AttributeState | None,
+                 on_uploaded: Callable[[LocalFile, RemoteObject | None], None]):
+        self.options = options
+        self.summary = summary
+        self.uploader = uploader
+        self.cache = cache
+        self.attributes = attributes
+        self.on_uploaded = on_uploaded
+
+    def process(self, decision: Decision, cached: dict[int, str]) -> None:
+        """Check and/or upload one file."""
+        local = decision.local
+        assert local is not None
+        try:
+            action = decision.action
+            if action is Action.CHECK:
+                action = self._check(decision, cached)
+                if action is Action.UNCHANGED:
+                    self.summary.add(files_unchanged=1, bytes_unchanged=local.size)
+                    return
+            self._upload_with_retries(local, decision.remote, action)
+        except FileChanged as exc:
+            self._fail(local, str(exc))
+        except OSError as exc:
+            self._fail(local, f"cannot read: {exc.strerror or exc}")
+        except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
+            log.debug("unexpected failure on %s", local.key, exc_info=True)
+            self._fail(local, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, local: LocalFile, message: str) -> None:
+        log.error("%s: %s", local.key, message)
+        self.summary.fail(local.key, message, local.size)
+
+    def _check(self, decision: Decision, cached: dict[int, str]) -> Action:
+        """Hash the file for the part sizes that could explain the remote ETag, then decide."""
+        local, remote = decision.local, decision.remote
+        assert local is not None and remote is not None
+        etags = hash_file(local, decision.etag_keys)
+        self.summary.add(bytes_hashed=local.size)
+        if self.cache is not None:
+            self.cache.store(local, etags)
+        action = verdict_after_hashing({**cached, **etags}, remote.etag,
+                                       etag_key(local.size, remote.etag, self.options.part_size))
+        if action is Action.UNCHANGED and self.attributes is not None:
+            # Same content: the object stays as it is. The file's attributes may differ from those in
+            # the object's metadata (a touch, another tool's upload): they go in s3backup's state.
+            self.attributes.record(local.key, remote.etag, local.mtime_ns, local.mode)
+        return action
+
+    def _upload_with_retries(self, local: LocalFile, remote: RemoteObject | None, action: Action) -> None:
+        """botocore retries each request; this retries the whole file when a request's answer was bad."""
+        for attempt in range(1, FILE_ATTEMPTS + 1):
+            try:
+                self._upload(local, remote, action)
+                return
+            except FileChanged:
+                raise
+            except (UploadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                message = str(exc) if isinstance(exc, UploadFailed) else describe_client_error(exc, self.options.bucket)
+                if attempt == FILE_ATTEMPTS:
+                    self._fail(local, message)
+                    return
+                log.warning("%s: %s; trying again (%d/%d)", local.key, message, attempt + 1, FILE_ATTEMPTS)
+                time.sleep(attempt)
+
+    def _upload(self, local: LocalFile, remote: RemoteObject | None, action: Action) -> None:
+        if self.options.dry_run:
+            print(f"would {action.value}: {local.key} ({local.size} bytes)", flush=True)
+            self.summary.add(files_uploaded=1)
+            return
+        etags = self.uploader.upload(local)
+        if self.cache is not None:
+            self.cache.store(local, etags)
+        if self.attributes is not None:
+            self.attributes.forget(local.key)  # the new object's metadata holds the attributes
+        self.on_uploaded(local, remote)
+        self.summary.add(files_uploaded=1)
+        log.info("uploaded %s (%d bytes, %s)", local.key, local.size, action.value)
