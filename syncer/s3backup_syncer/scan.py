@@ -27,6 +27,7 @@ class LocalFile:
     mtime_ns: int
     ctime_ns: int
     inode: int
+    mode: int = 0o644  # permission bits (stat.S_IMODE), recorded on upload so that restore puts them back
 
     def same_version(self, st: os.stat_result) -> bool:
         """Whether `st` still describes the file we scanned (content assumed unchanged if so)."""
@@ -138,4 +139,5 @@ def _walk_dir(
             mtime_ns=st.st_mtime_ns,
             ctime_ns=st.st_ctime_ns,
             inode=st.st_ino,
+            mode=stat.S_IMODE(st.st_mode),
         )

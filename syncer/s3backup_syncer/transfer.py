@@ -48,6 +48,7 @@ SMALL_BODY = 1 * MiB  # smaller bodies get a throwaway buffer; pooled buffers st
 READ_CHUNK = 1 * MiB
 UPLOAD_MARKERS = STATE_DIR + "uploads/"
 META_MTIME = "s3backup-mtime"
+META_MODE = "s3backup-mode"  # permission bits in octal, e.g. "644"
 SERVER_ETAG = -1  # hash-cache key of the ETag the server gave our upload, when it is not an MD5
 
 
@@ -246,7 +247,7 @@ class Uploader:
     # --- object settings -------------------------------------------------------------------
     def _object_args(self, f: LocalFile) -> dict:
         args: dict = {
-            "Metadata": {META_MTIME: str(f.mtime_ns)},
+            "Metadata": {META_MTIME: str(f.mtime_ns), META_MODE: f"{f.mode:o}"},
             "ContentType": content_type(f.key),
         }
         if self.options.storage_class:
