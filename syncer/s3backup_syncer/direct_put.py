@@ -51,6 +51,8 @@ class DirectPut:
     Thread-safe. `put()` returns the answer's headers, or None: then the caller uses `client.put_object`.
     """
 
+    event = _EVENT  # the botocore request the route is learnt from
+
     def __init__(self, client):
         self._client = client
         self._lock = threading.Lock()
@@ -63,14 +65,14 @@ class DirectPut:
         except AttributeError:  # a botocore shaped differently: never use the shortcut
             self._off = True
             return
-        client.meta.events.register(_EVENT, self._learn)
+        client.meta.events.register(self.event, self._learn)
 
     @property
     def ready(self) -> bool:
         return self._route is not None and not self._off
 
     def close(self) -> None:
-        self._client.meta.events.unregister(_EVENT, self._learn)
+        self._client.meta.events.unregister(self.event, self._learn)
 
     # --- learning the route from botocore -------------------------------------------------------
     def expect(self, full_key: str) -> None:

@@ -14,6 +14,7 @@ zeros stay holes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from .config import MiB
+from .direct_get import DirectGet
 from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
 
 READ_CHUNK = 1 * MiB
@@ -91,6 +93,12 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def _close_quietly(body) -> None:
+    """Drop a body read halfway, so its connection is not reused mid-answer."""
+    with contextlib.suppress(Exception):  # already broken: nothing to give back
+        body.close()
+
+
 def hash_file(fd: int, size: int, part_sizes: tuple[int, ...]) -> dict[int, str]:
     """The ETags of the first `size` bytes of an open file, for several part sizes, in one read."""
     hasher = EtagHasher(part_sizes)
@@ -111,9 +119,11 @@ class Downloader:
         self.client = client
         self.on_bytes = on_bytes
         self.range_pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3backup-range")
+        self.direct = DirectGet(client)
 
     def close(self) -> None:
         self.range_pool.shutdown(wait=True)
+        self.direct.close()
 
     def fetch(self, ref: ObjectRef, path: str, etag_keys: tuple[int, ...]) -> Downloaded:
         """Write the object to `path` (created or truncated) and check it. Raises DownloadFailed."""
@@ -175,13 +185,13 @@ class Downloader:
         """Bytes [start, end) through `consume(offset, chunk)`, in order; a cut body resumes where it stopped."""
         position, metadata = start, {}
         for attempt in range(1, RANGE_ATTEMPTS + 1):
+            body = None
             try:
-                response = self.client.get_object(**ref.request(), Range=f"bytes={position}-{end - 1}")
-                total = response.get("ContentRange", "").rpartition("/")[2]
+                answer_metadata, content_range, body = self._get(ref, f"bytes={position}-{end - 1}")
+                total = content_range.rpartition("/")[2]
                 if total and total != "*" and int(total) != ref.size:
                     raise ContentMismatch(f"the object is {total} bytes, not the {ref.size} listed")
-                metadata = metadata or response.get("Metadata", {})
-                body = response["Body"]
+                metadata = metadata or answer_metadata
                 while position < end:
                     chunk = body.read(min(READ_CHUNK, end - position))
                     if not chunk:
@@ -190,14 +200,32 @@ class Downloader:
                     position += len(chunk)
                     self.on_bytes(len(chunk))
                 return metadata
-            except ContentMismatch:
-                raise
-            except botocore.exceptions.ClientError:
+            except (ContentMismatch, botocore.exceptions.ClientError):
                 raise
             except (DownloadFailed, *_STREAM_ERRORS) as exc:
+                if body is not None:
+                    _close_quietly(body)
                 if attempt == RANGE_ATTEMPTS:
                     raise DownloadFailed(f"download cut short {attempt} times: {exc}") from None
         return metadata
+
+    def _get(self, ref: ObjectRef, byte_range: str) -> tuple[dict, str, object]:
+        """(user metadata, Content-Range, body): directly once the route is known, else through botocore."""
+        if not ref.version_id:
+            answer = self.direct.get(ref.key, {"Range": byte_range, "If-Match": f'"{ref.etag}"'})
+            if answer is not None:
+                return answer
+        learning = not self.direct.ready and not ref.version_id
+        if learning:
+            self.direct.expect(ref.key)
+        succeeded = False
+        try:
+            response = self.client.get_object(**ref.request(), Range=byte_range)
+            succeeded = True
+        finally:
+            if learning:
+                self.direct.learnt(ref.key, succeeded)
+        return response.get("Metadata", {}), response.get("ContentRange", ""), response["Body"]
 
     # --- the check -----------------------------------------------------------------------------
     def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str]) -> bool:

@@ -361,7 +361,10 @@ class RestoreRun:
         with self._dirs_lock:
             if directory in self._made_dirs:
                 return
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(0, "a file stands where its folder should be") from None
         with self._dirs_lock:
             self._made_dirs.add(directory)
 
