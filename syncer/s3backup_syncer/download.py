@@ -127,7 +127,7 @@ class Downloader:
 
     def fetch(self, ref: ObjectRef, path: str, etag_keys: tuple[int, ...]) -> Downloaded:
         """Write the object to `path` (created or truncated) and check it. Raises DownloadFailed."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # read back by `_check`
         try:
             os.ftruncate(fd, ref.size)  # one hole; written blocks fill it
             if ref.size < RANGE_THRESHOLD:

@@ -320,6 +320,7 @@ class RestoreRun:
                 self._conflict(remote)
                 return
             except OSError as exc:
+                log.debug("cannot write %s", remote.key, exc_info=True)
                 self._fail(remote, f"cannot write: {exc.strerror or exc}")
                 return
             except (DownloadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

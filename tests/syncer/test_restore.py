@@ -240,25 +240,35 @@ def test_a_killed_restore_leaves_only_checked_files_and_resumes(s3, run, src, tm
     assert not temp_files(target)
 
 
-def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, src, tmp_path, s3_url):
+def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, src, tmp_path, s3_url, prefix):
     rng = random.Random(5)
     for number in range(20):
         write(src / "d" / f"{number:02}.bin", rng.randbytes(rng.randrange(1, 200_000)))
     write(src / "big.bin", rng.randbytes(33 * MiB))
     assert run("sync", str(src), s3_url).code == 0
     target = tmp_path / "t"
-    rates = {"corrupt-response": 0.15, "truncate": 0.1, "reset-response": 0.1, "500": 0.05, "503": 0.05}
+
+    def getting(key: str):
+        return lambda r: r.operation == "GetObject" and r.path.endswith(f"/{prefix}/{key}")
+
+    rates = {"truncate": 0.05, "reset-response": 0.05, "500": 0.05, "503": 0.05}  # retried, each request
     with FaultProxy(s3.endpoint_url, rates=rates, seed=2,
                     scope=lambda request: request.operation == "GetObject") as proxy:
+        proxy.inject("corrupt-response", match=getting("d/03.bin"), times=3)  # every attempt: never placed
+        proxy.inject("corrupt-response", match=getting("big.bin"), times=2)  # a range: the file is tried again
+        proxy.inject("truncate", match=getting("d/05.bin"), times=1)  # taken up where it stopped
         faulty = run("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
-        injected = dict(proxy.faults)
+        rules_left = [rule.times for rule in proxy.rules]
 
-    assert injected.get("corrupt-response", 0) >= 3 and injected.get("truncate", 0) >= 1, injected
+    assert rules_left == [0, 0, 0]
     expected = tree(src)
-    for key, entry in tree(target).items():
+    restored = tree(target)
+    assert "d/03.bin" not in restored
+    assert "big.bin" in restored and "d/05.bin" in restored, faulty.summary["errors"]
+    for key, entry in restored.items():
         assert entry == expected[key], f"{key} carries its final name with the wrong content"
-    assert faulty.code in (0, 1)
-    assert faulty.summary["files_restored"] + faulty.summary["files_failed"] == len(expected)
+    assert faulty.code == 1 and faulty.summary["files_failed"] >= 1
+    assert any(error.startswith("d/03.bin: ") for error in faulty.summary["errors"])
 
     clean = run("restore", s3_url, str(target))
 
