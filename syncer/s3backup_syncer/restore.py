@@ -171,11 +171,11 @@ def make_client(options: RestoreOptions):
     )
 
 
-def prepare_target(target: Path, dry_run: bool) -> None:
-    """The target is a directory we can write, created if missing; anything else is the user's to fix."""
+def prepare_target(target: Path, dry_run: bool, create: bool) -> None:
+    """The target is a directory we can write, created if missing (once S3 answered); else the user's to fix."""
     try:
         if not target.exists() and not target.is_symlink():
-            if dry_run:
+            if dry_run or not create:
                 return
             target.mkdir(parents=True)
         if not stat.S_ISDIR(os.stat(target).st_mode):
@@ -199,11 +199,12 @@ class RestoreRun:
     # --- the script --------------------------------------------------------------------------
     def run(self) -> RestoreSummary:
         options = self.options
-        prepare_target(options.target, options.dry_run)
+        prepare_target(options.target, options.dry_run, create=False)
         if options.as_of is not None:
             self.summary.as_of = options.as_of.isoformat().replace("+00:00", "Z")
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
             remote = self._remote(Path(workdir) / "remote-index.sqlite")
+            prepare_target(options.target, options.dry_run, create=True)
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
@@ -211,6 +212,12 @@ class RestoreRun:
                 self._march(remote)
             finally:
                 downloader.close()
+        if self.summary.files_listed == 0:
+            where = f"s3://{options.bucket}/{options.prefix}"
+            if options.as_of:
+                where += f" as of {self.summary.as_of}"
+            log.warning("nothing to restore: no object under %s%s", where,
+                        " matches the filters" if options.includes or options.excludes else "")
         return self.summary
 
     def _remote(self, index_path: Path) -> Iterator[RemoteObject]:

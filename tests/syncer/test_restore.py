@@ -395,3 +395,4 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, args):
     result = run(*[a.format(tmp=tmp_path, bucket=BUCKET) for a in args])
     assert result.code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()  # nothing is created before S3 answered
