@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark of `s3backup sync` and the tools users would pick instead.
+"""Side-by-side benchmark of `s3backup sync` and `s3backup restore` and the tools users would pick instead.
 
     python3 bench/run.py --scale quick     # a few minutes
     python3 bench/run.py --scale full      # the published pass (BENCHMARKS.md), under an hour
@@ -102,6 +102,35 @@ def tree_stats(root: Path) -> tuple[int, int]:
             count += 1
             total += os.stat(os.path.join(dirpath, name)).st_size
     return count, total
+
+
+def tree_digest(root: Path) -> str:
+    """One MD5 over every file's relative path and content, in a fixed order: two trees agree byte for byte."""
+    digest = hashlib.md5()
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(dirpath) / name
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            with open(path, "rb") as handle:
+                while chunk := handle.read(8 * MiB):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def restore_runs(runner: Runner, tools: Tools, server: Server, scenario: str, prefix: str, source: Path,
+                 data: Path) -> None:
+    """Each tool downloads the same prefix (uploaded by s3backup) into an empty folder; the folder must
+    then hold exactly the source's files, byte for byte. The folder is removed after each run."""
+    want = tree_digest(source)
+    for variant in tools.restore_variants:
+        target = data / f"restore-{variant.slug}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        result = runner.run(scenario, server, variant, target, prefix)
+        result.verified = "yes" if tree_digest(target) == want else "NO: the restored files differ from the source"
+        print(f"    restored tree matches the source: {result.verified}", flush=True)
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def nested_path(root: Path, index: int, per_dir: int) -> Path:
@@ -277,6 +306,13 @@ class Tools:
             Variant("s3cmd", "default", self.s3cmd, concurrency_flag=False),
         ]
 
+        self.restore_variants = [
+            Variant("s3backup", "restore", self.s3backup_restore),
+            Variant("rclone", "copy", self.rclone_restore),
+            Variant("aws s3 sync", "to a folder", self.aws_restore),
+            Variant("s5cmd", "cp", self.s5cmd_restore),
+        ]
+
     def env(self, server: Server) -> dict[str, str]:
         s3 = server.s3
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "S3_"))}
@@ -342,6 +378,23 @@ class Tools:
         if delete:
             argv.append("--delete-removed")
         return [*argv, src.rstrip("/") + "/", f"s3://{BUCKET}/{prefix}"]
+
+    # Restore builders: the same signature, with `src` the folder to restore into (s3backup's own state excluded).
+    def s3backup_restore(self, v, endpoint, env, target, prefix, delete, c8):
+        return [self.paths["s3backup"], "restore", f"s3://{BUCKET}/{prefix}", target, "--endpoint-url", endpoint,
+                "--path-style", "-q"]
+
+    def rclone_restore(self, v, endpoint, env, target, prefix, delete, c8):
+        env["RCLONE_CONFIG_BENCH_ENDPOINT"] = endpoint
+        return [self.paths["rclone"], "copy", f"bench:{BUCKET}/{prefix}", target, "--exclude", ".s3backup/**"]
+
+    def aws_restore(self, v, endpoint, env, target, prefix, delete, c8):
+        return [self.paths["aws"], "s3", "sync", f"s3://{BUCKET}/{prefix}", target, "--endpoint-url", endpoint,
+                "--no-progress", "--only-show-errors", "--exclude", ".s3backup/*"]
+
+    def s5cmd_restore(self, v, endpoint, env, target, prefix, delete, c8):
+        return [self.paths["s5cmd"], "--endpoint-url", endpoint, "--log", "error", "cp", "--exclude", ".s3backup/*",
+                f"s3://{BUCKET}/{prefix}*", target.rstrip("/") + "/"]
 
     def s3cmd_config_for(self, endpoint: str) -> str:
         return self._s3cmd_configs[endpoint]
@@ -486,6 +539,7 @@ def scenario_small(runner: Runner, tools: Tools, data: Path, sizes: Sizes, rng: 
         expect = tree_stats(src)
         for variant in tools.variants:
             runner.run("3", server, variant, src, f"s1/{variant.slug}/", delete=True, expect=expect)
+        restore_runs(runner, tools, server, "R1", "s1/s3backup/", src, data)
         ingest = ingest_small(runner, tools, server, src)
     finally:
         server.stop()
@@ -512,7 +566,7 @@ def scenario_large(runner: Runner, tools: Tools, data: Path, sizes: Sizes, notes
     write_random_file(memory_path, sizes.memory_file)
     server_need = sizes.large_files * sizes.large_size + 2 * sizes.memory_file
     free = shutil.disk_usage(runner.workdir).free
-    sparse = free > server_need + sizes.sparse_size + 5 * GiB
+    sparse = free > server_need + 2 * sizes.sparse_size + 5 * GiB  # restores write it whole, one at a time
     if sparse:
         make_sparse_file(large / "sparse.bin", sizes.sparse_size)
     else:
@@ -536,6 +590,9 @@ def scenario_large(runner: Runner, tools: Tools, data: Path, sizes: Sizes, notes
                 runner.results.append(dataclasses.replace(default, scenario="5c8", note="its default: same run"))
             elif first.concurrency_flag:
                 runner.run("5c8", server, first, memory, f"s5/{first.slug}-c8/", c8=True, expect=expect_memory)
+            if tool == "s3backup":
+                restore_runs(runner, tools, server, "R2", f"s2/{first.slug}/", large, data)
+                restore_runs(runner, tools, server, "R5", f"s5/{first.slug}/", memory, data)
             if tool == "s5cmd":
                 limits.update(ingest_large(runner, tools, server, first, memory, sizes))
         finally:
@@ -693,6 +750,16 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
             ratio = mine.wall / peer.wall
             lines.append(f"| {name}: at least as fast as the best peer | {mine.wall:.1f} s vs {peer.label} "
                          f"{peer.wall:.1f} s ({ratio:.2f}×) | {'yes' if ratio <= 1 else '**no**'} |")
+    for scenario, name in (("R1", "R1. restore many small files"), ("R2", "R2. restore large files")):
+        mine, peer = ours(scenario), best_peer(scenario)
+        if mine and peer:
+            ratio = mine.wall / peer.wall
+            lines.append(f"| {name}: at or under the best peer's time, verifying every byte | {mine.wall:.1f} s vs "
+                         f"{peer.label} {peer.wall:.1f} s ({ratio:.2f}×) | {'yes' if ratio <= 1 else '**no**'} |")
+    mine = ours("R5")
+    if mine:
+        lines.append(f"| R5. restore: peak RSS under 200 MB for one big object | {mine.peak_rss / 1e6:,.0f} MB "
+                     f"| {'yes' if mine.peak_rss < 200e6 else '**no**'} |")
     mine = ours("4")
     if mine and "s3backup" in startup and data_bytes:
         extra = max(0, mine.rchar - startup["s3backup"].rchar)
@@ -788,6 +855,10 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
          f"(s3backup `--concurrency 8`{info.get('ours_c8_note', '')}, rclone `--s3-upload-concurrency 8`, "
          "aws `max_concurrent_requests = 8`, "
          "s5cmd `--concurrency 8`; s3cmd has no such setting)", ("sent",), None),
+        (("R1",), f"## R1. Restore many small files: {info.get('small_count', 0):,} files into an empty folder",
+         ("read",), None),
+        (("R2",), f"## R2. Restore large files: {info.get('large_desc', '')} into an empty folder", ("read",), None),
+        (("R5",), f"## R5. Restore memory: one {human(sizes.memory_file)} object, default settings", ("read",), None),
         (("6 seed", "6 own", "6"), f"## 6. Scale: a no-change run over {info.get('scale_count', 0):,} files",
          ("read",), info.get("scale_count")),
     ]

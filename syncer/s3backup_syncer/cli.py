@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
-from .errors import RunError
+from .errors import ConfigError, RunError
+from .filters import Filters
 from .report import Progress, Summary, human_bytes
 
 log = logging.getLogger("s3backup")
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-v", "--verbose", action="count", default=0, help="log every file (-vv: debug)")
     output.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
+    add_restore_parser(commands)
+    add_verify_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="back up a directory to a throwaway local S3 (SeaweedFS), twice",
         description="Starts a local SeaweedFS S3 on loopback, syncs DIR (a generated sample if omitted) "
@@ -86,6 +90,125 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("directory", nargs="?", metavar="DIR")
     return parser
+
+
+def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
+    s3 = parser.add_argument_group("S3 endpoint (credentials come from the standard AWS chain)")
+    s3.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
+    s3.add_argument("--region", metavar="NAME")
+    s3.add_argument("--path-style", action="store_true", help="path-style addressing (most S3-compatible stores)")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_argument_group("output")
+    output.add_argument("--summary-json", metavar="PATH", help="write the run's summary as JSON ('-' for stdout)")
+    output.add_argument("-v", "--verbose", action="count", default=0, help="log every file (-vv: debug)")
+    output.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def add_restore_parser(commands) -> None:
+    restore = commands.add_parser(
+        "restore",
+        help="bring the files under s3://BUCKET/PREFIX back into TARGET_DIR, checked",
+        description="Download every object under s3://BUCKET[/PREFIX] into TARGET_DIR (created if missing). "
+        "Each file is written under a temporary name, checked against the object's ETag, given its mtime "
+        "and mode, and only then renamed. Files already there and identical are skipped, so an interrupted "
+        "restore resumes; a different file is left alone and reported unless --overwrite is given.",
+    )
+    restore.add_argument("source", metavar="s3://BUCKET[/PREFIX]")
+    restore.add_argument("target", metavar="TARGET_DIR")
+    _add_s3_arguments(restore)
+    what = restore.add_argument_group("what to restore")
+    what.add_argument("--as-of", metavar="TIME",
+                      help="restore the prefix as it was at TIME: RFC 3339 (2026-11-01T00:00:00Z) or a duration "
+                      "ago (3d); needs a versioned bucket")
+    what.add_argument("--overwrite", action="store_true", help="replace existing files that differ")
+    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
+    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    restore.add_argument("--concurrency", type=int, default=8, metavar="N",
+                         help="parallel files, and parallel ranges of large files (default 8)")
+    restore.add_argument("--dry-run", action="store_true", help="print what would be restored; change nothing")
+    _add_output_arguments(restore)
+
+
+def add_verify_parser(commands) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="check that s3://BUCKET/PREFIX holds every file under SOURCE_DIR unchanged, without downloading",
+        description="Compare SOURCE_DIR with s3://BUCKET[/PREFIX] by size and ETag (local ETags from the hash "
+        "cache where still valid). Prints one line per difference: 'missing KEY', 'differs KEY', 'extra KEY', "
+        "and with --sample 'corrupt KEY'. Exits 0 when the remote holds every local file unchanged, 1 otherwise.",
+    )
+    verify.add_argument("source", metavar="SOURCE_DIR")
+    verify.add_argument("destination", metavar="s3://BUCKET[/PREFIX]")
+    _add_s3_arguments(verify)
+    what = verify.add_argument_group("what to check")
+    what.add_argument("--sample", metavar="PERCENT",
+                      help="also download this share of the objects (e.g. 5 or 5%%) and check their content")
+    what.add_argument("--seed", type=int, metavar="N", help="pick the same sample again (default: random)")
+    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
+    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    what.add_argument("--no-hash-cache", dest="hash_cache", action="store_false",
+                      help="re-read every local file instead of trusting the hash cache")
+    verify.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel checks (default 8)")
+    _add_output_arguments(verify)
+
+
+def _parse_percent(text: str) -> float:
+    try:
+        return float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise ConfigError(f"invalid --sample {text!r}: a percentage, e.g. 5 or 0.5%") from None
+
+
+def restore_options_from_args(args: argparse.Namespace):
+    from datetime import UTC, datetime
+
+    from .restore import RestoreOptions
+    from .restore_plan import parse_as_of
+
+    bucket, prefix = parse_s3_url(args.source)
+    Filters(tuple(args.include), tuple(args.exclude))
+    return RestoreOptions(
+        bucket=bucket,
+        prefix=prefix,
+        target=Path(args.target),
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        path_style=args.path_style,
+        as_of=parse_as_of(args.as_of, datetime.now(UTC)) if args.as_of else None,
+        overwrite=args.overwrite,
+        includes=tuple(args.include),
+        excludes=tuple(args.exclude),
+        concurrency=args.concurrency,
+        dry_run=args.dry_run,
+        connect_timeout=parse_timeout("S3BACKUP_CONNECT_TIMEOUT", os.environ.get("S3BACKUP_CONNECT_TIMEOUT"), 10),
+        read_timeout=parse_timeout("S3BACKUP_READ_TIMEOUT", os.environ.get("S3BACKUP_READ_TIMEOUT"), 60),
+    )
+
+
+def verify_options_from_args(args: argparse.Namespace):
+    from .verify import VerifyOptions
+
+    bucket, prefix = parse_s3_url(args.destination)
+    if args.seed is not None and args.sample is None:
+        raise ConfigError("--seed needs --sample")
+    return VerifyOptions(
+        source=Path(args.source),
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        path_style=args.path_style,
+        includes=tuple(args.include),
+        excludes=tuple(args.exclude),
+        sample_percent=_parse_percent(args.sample) if args.sample is not None else None,
+        seed=args.seed,
+        hash_cache=args.hash_cache,
+        concurrency=args.concurrency,
+        connect_timeout=parse_timeout("S3BACKUP_CONNECT_TIMEOUT", os.environ.get("S3BACKUP_CONNECT_TIMEOUT"), 10),
+        read_timeout=parse_timeout("S3BACKUP_READ_TIMEOUT", os.environ.get("S3BACKUP_READ_TIMEOUT"), 60),
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> SyncOptions:
@@ -201,6 +324,46 @@ def run_sync_command(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
+def run_other_command(args: argparse.Namespace) -> int:
+    """`restore` and `verify`: the same shape as sync, with their own options, summary and progress."""
+    setup_logging(args.verbose, args.quiet)
+    if args.command == "restore":
+        from .restore import RestoreProgress, RestoreSummary, describe_restore, run_restore
+
+        summary = RestoreSummary(dry_run=args.dry_run)
+        progress, describe_run = RestoreProgress, describe_restore
+
+        def work() -> None:
+            run_restore(restore_options_from_args(args), summary=summary)
+    else:
+        from .verify import VerifyProgress, VerifySummary, describe_verify, run_verify
+
+        summary = VerifySummary()
+        progress, describe_run = VerifyProgress, describe_verify
+
+        def work() -> None:
+            run_verify(verify_options_from_args(args), summary=summary)
+    try:
+        with progress(summary, enabled=not args.quiet):
+            work()
+    except RunError as exc:
+        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
+        summary.duration_seconds = round(time.time() - summary.started_at, 3)
+        print(f"s3backup: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
+        print("s3backup: interrupted", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line and a summary; -vv shows the traceback
+        log.debug("internal error", exc_info=True)
+        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
+        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
+    else:
+        if not args.quiet:
+            print(describe_run(summary), file=sys.stderr, flush=True)
+    write_summary(summary, args.summary_json)  # type: ignore[arg-type]
+    return summary.exit_code
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread its own heap arena, and freed request buffers linger in each: with
     8 upload threads that is ~20 MiB of RSS on top of the buffer pool. Two arenas are plenty."""
@@ -220,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.directory)
     try:
+        if args.command in ("restore", "verify"):
+            return run_other_command(args)
         return run_sync_command(args)
     except BrokenPipeError:
         return 1

@@ -60,6 +60,8 @@ class DirectPut:
     Thread-safe. `put()` returns the answer's headers, or None: then the caller uses `client.put_object`.
     """
 
+    event = _EVENT  # the botocore request the route is learnt from
+
     def __init__(self, client):
         self._client = client
         self._lock = threading.Lock()
@@ -69,7 +71,7 @@ class DirectPut:
         self._http = _botocore_session_of(client) if ENABLED else None
         self._off = self._http is None
         if not self._off:
-            client.meta.events.register(_EVENT, self._learn)
+            client.meta.events.register(self.event, self._learn)
 
     @property
     def ready(self) -> bool:
@@ -77,7 +79,7 @@ class DirectPut:
 
     def close(self) -> None:
         if self._http is not None:
-            self._client.meta.events.unregister(_EVENT, self._learn)
+            self._client.meta.events.unregister(self.event, self._learn)
 
     def send(self, full_key: str, body, args: dict, via_botocore: Callable[[], dict]) -> dict:
         """PutObject: directly when the route is known and `body` is a bytearray, else `via_botocore()`

@@ -15,6 +15,7 @@ rates or on chosen requests:
 | `truncate`       | the server did the request; the response stops early, with a clean close  |
 | `slow`           | the server did the request; the response comes `stall_seconds` late       |
 | `corrupt-request`| one byte of the request body flipped on the way (bodiless requests: none) |
+| `corrupt-response`| the server did the request; one byte of a 200 answer's body flipped      |
 
 `rewrite` may change every forwarded answer's headers and body, and `rewrite_request` every request
 once its body is read (together: a server that answers otherwise, such as one that encrypts).
@@ -39,9 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 
-FAULTS = ("500", "500-after", "503", "403", "reset-request", "reset-response", "truncate", "slow", "corrupt-request")
+FAULTS = ("500", "500-after", "503", "403", "reset-request", "reset-response", "truncate", "slow", "corrupt-request",
+          "corrupt-response")
 #: Faults that happen after the server has done the request.
-AFTER_FORWARD = {"500-after", "reset-response", "truncate", "slow"}
+AFTER_FORWARD = {"500-after", "reset-response", "truncate", "slow", "corrupt-response"}
 #: Every fault injected by any proxy in this process, by kind (for the suite's figures).
 TALLY: Counter[str] = Counter()
 _TALLY_LOCK = threading.Lock()
@@ -276,6 +278,10 @@ class FaultProxy:
                 if fault == "500-after":
                     sock.sendall(_error_response(fault, request))
                     continue
+                if fault == "corrupt-response" and status in (200, 206) and body:
+                    flipped = bytearray(body)
+                    flipped[self._random.randrange(len(flipped))] ^= 0x01
+                    body = bytes(flipped)
                 raw_head, raw_body = self._response_bytes(request, status, reason, response_headers, body)
                 if fault in ("reset-response", "truncate"):
                     raw = raw_head + raw_body

@@ -1,0 +1,58 @@
+"""GetObject for restore without botocore's per-request machinery: DirectPut's route, the other way.
+
+On a restore of many small files, botocore's work around each request (event hooks, validation,
+serialisation, parsing) was most of the client's CPU. The route is learnt exactly as for DirectPut
+(from a GetObject that botocore made and that succeeded), requests are signed by botocore's own
+signer and sent through the client's own HTTP session, and the body is streamed, never preloaded.
+Any answer but 200/206 makes the caller repeat the request through botocore, whose retries and
+error mapping decide every failure; an answer that says the shortcut itself is wrong (a redirect,
+a 4xx other than a failed precondition or a missing key) switches it off for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from botocore.awsrequest import AWSRequest
+from botocore.utils import percent_encode
+
+from .direct_put import _TRANSIENT, DirectPut
+
+log = logging.getLogger(__name__)
+
+_META = "x-amz-meta-"
+_EXPECTED_MISSES = {304, 404, 412}  # the object changed or went: botocore reports it, the shortcut stays on
+
+
+class DirectGet(DirectPut):
+    """`get()` returns (user metadata, Content-Range, a raw body with `read(n)` and `close()`), or None."""
+
+    event = "before-sign.s3.GetObject"
+
+    def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], str, object] | None:
+        route = self._route
+        if route is None or self._off:
+            return None
+        headers = dict(headers)
+        if route.user_agent:
+            headers["User-Agent"] = route.user_agent
+        request = AWSRequest(method="GET", url=route.url_prefix + percent_encode(full_key, safe="/~"),
+                             headers=headers)
+        request.context["client_config"] = self._client.meta.config
+        try:
+            route.signer.get_auth_instance(route.signing_name, route.region, "s3v4").add_auth(request)
+            prepared = request.prepare()
+            prepared.stream_output = True
+            response = self._http.send(prepared)
+        except Exception as exc:  # connection trouble and the like: botocore retries it
+            log.debug("direct GetObject of %s: %s; handing it to botocore", full_key, exc)
+            return None
+        if response.status_code in (200, 206):
+            metadata = {name.lower()[len(_META):]: value for name, value in response.headers.items()
+                        if name.lower().startswith(_META)}
+            return metadata, response.headers.get("Content-Range", ""), response.raw
+        response.raw.close()
+        if response.status_code not in _TRANSIENT and response.status_code not in _EXPECTED_MISSES:
+            self._off = True
+            log.debug("direct GetObject off: HTTP %d for %s", response.status_code, full_key)
+        return None

@@ -1,0 +1,288 @@
+"""Downloads with bounded memory and checked content: one object into one temporary file.
+
+Memory bound: every request streams its body in READ_CHUNK (1 MiB) pieces straight into the
+file, so at most (file workers + range workers) x 1 MiB of object data is in memory: 16 MiB with
+the default concurrency of 8, whatever the objects' sizes. Objects of RANGE_THRESHOLD or more
+are fetched in ranges, in parallel, one range per part of the part size that most likely made
+the object, so the per-range MD5s give the multipart ETag without a second read. Every request
+names the exact object (its version, or `If-Match` on its ETag), so ranges of two different
+writes of a key are never mixed.
+
+Sparse files: the file is sized first (a hole), and blocks of zeros are not written, so runs of
+zeros stay holes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import botocore.exceptions
+import urllib3.exceptions
+
+from .config import MiB
+from .direct_get import DirectGet
+from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
+
+READ_CHUNK = 1 * MiB
+RANGE_THRESHOLD = 16 * MiB
+SMALLEST_RANGE = 8 * MiB  # ranges for objects whose ETag says nothing of their parts
+HOLE_BLOCK = 64 * 1024  # zero runs of at least this (aligned) stay holes
+RANGE_ATTEMPTS = 4  # a body cut short is taken up where it stopped, this many times
+_ZEROS = bytes(HOLE_BLOCK)
+_STREAM_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+
+
+class DownloadFailed(Exception):
+    """This object could not be restored; the run goes on with the others."""
+
+
+class ContentMismatch(DownloadFailed):
+    """The bytes received are not those the object's ETag promises."""
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Exactly one stored object: a key and its version (or, without one, its ETag)."""
+
+    bucket: str
+    key: str  # full key, prefix included
+    size: int
+    etag: str  # without quotes
+    version_id: str | None = None
+
+    def request(self) -> dict:
+        args = {"Bucket": self.bucket, "Key": self.key}
+        if self.version_id:
+            args["VersionId"] = self.version_id
+        else:
+            args["IfMatch"] = f'"{self.etag}"'
+        return args
+
+
+@dataclass
+class Downloaded:
+    metadata: dict[str, str]
+    verified: bool  # False when the ETag says nothing checkable (e.g. SSE-KMS): size only
+
+
+def write_sparse(fd: int, offset: int, data: bytes | memoryview) -> None:
+    """pwrite `data` at `offset`, leaving aligned blocks of zeros unwritten (holes in a sized file)."""
+    view = memoryview(data)
+    position, end = 0, len(view)
+    run_start = 0  # start of the pending non-zero run
+    while position < end:
+        block_end = min(end, position + HOLE_BLOCK - (offset + position) % HOLE_BLOCK)
+        block = view[position:block_end]
+        if len(block) == HOLE_BLOCK and block == _ZEROS:
+            if run_start < position:
+                _pwrite_all(fd, view[run_start:position], offset + run_start)
+            run_start = block_end
+        position = block_end
+    if run_start < end:
+        _pwrite_all(fd, view[run_start:end], offset + run_start)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _close_quietly(body) -> None:
+    """Drop a body read halfway, so its connection is not reused mid-answer."""
+    with contextlib.suppress(Exception):  # already broken: nothing to give back
+        body.close()
+
+
+def hash_file(fd: int, size: int, part_sizes: tuple[int, ...]) -> dict[int, str]:
+    """The ETags of the first `size` bytes of an open file, for several part sizes, in one read."""
+    hasher = EtagHasher(part_sizes)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(READ_CHUNK, size - offset), offset)
+        if not chunk:
+            raise DownloadFailed("the temporary file is shorter than the object")
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.etags()
+
+
+class Downloader:
+    """Fetches objects into temporary files and checks them against their ETags."""
+
+    def __init__(self, client, concurrency: int, on_bytes: Callable[[int], None] = lambda n: None):
+        self.client = client
+        self.on_bytes = on_bytes
+        self.range_pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3backup-range")
+        self.direct = DirectGet(client)
+
+    def close(self) -> None:
+        self.range_pool.shutdown(wait=True)
+        self.direct.close()
+
+    def fetch(self, ref: ObjectRef, path: str, etag_keys: tuple[int, ...]) -> Downloaded:
+        """Write the object to `path` (created or truncated) and check it. Raises DownloadFailed."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # read back by `_check`
+        try:
+            os.ftruncate(fd, ref.size)  # one hole; written blocks fill it
+            if ref.size < RANGE_THRESHOLD:
+                metadata, etags = self._fetch_whole(ref, fd, etag_keys)
+            else:
+                metadata, etags = self._fetch_ranges(ref, fd, etag_keys)
+            verified = self._check(ref, fd, etag_keys, etags)
+        finally:
+            os.close(fd)
+        return Downloaded(metadata, verified)
+
+    # --- one stream ----------------------------------------------------------------------------
+    def _fetch_whole(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[dict, dict[int, str]]:
+        hasher = EtagHasher(etag_keys[:1])  # the likeliest part size; `_check` reads the file for the others
+        metadata: dict = {}
+
+        def consume(offset: int, chunk: bytes) -> None:
+            write_sparse(fd, offset, chunk)
+            hasher.update(chunk)
+
+        if ref.size == 0:  # no range of an empty object exists
+            response = self.client.get_object(**ref.request())
+            metadata = response.get("Metadata", {})
+            if response["Body"].read(1):
+                raise ContentMismatch("the object is no longer empty")
+        else:
+            metadata = self._stream_range(ref, 0, ref.size, consume)
+        return metadata, hasher.etags()
+
+    # --- ranges in parallel --------------------------------------------------------------------
+    def _fetch_ranges(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[dict, dict[int, str]]:
+        multipart = [key for key in etag_keys if key]
+        range_size = multipart[0] if multipart else SMALLEST_RANGE
+        starts = range(0, ref.size, range_size)
+
+        def fetch_range(start: int) -> tuple[dict, bytes]:
+            digest = hashlib.md5()
+
+            def consume(offset: int, chunk: bytes) -> None:
+                write_sparse(fd, offset, chunk)
+                digest.update(chunk)
+
+            metadata = self._stream_range(ref, start, min(start + range_size, ref.size), consume)
+            return metadata, digest.digest()
+
+        futures = [self.range_pool.submit(fetch_range, start) for start in starts]
+        wait(futures)  # every range is done with the file before anything closes it
+        results = [future.result() for future in futures]
+        etags: dict[int, str] = {}
+        if multipart:
+            etags[range_size] = multipart_etag_from_digests(b"".join(digest for _, digest in results))
+        return results[0][0], etags
+
+    def _stream_range(self, ref: ObjectRef, start: int, end: int, consume: Callable[[int, bytes], None]) -> dict:
+        """Bytes [start, end) through `consume(offset, chunk)`, in order; a cut body resumes where it stopped."""
+        position, metadata = start, {}
+        for attempt in range(1, RANGE_ATTEMPTS + 1):
+            body = None
+            try:
+                answer_metadata, content_range, body = self._get(ref, f"bytes={position}-{end - 1}")
+                total = content_range.rpartition("/")[2]
+                if total and total != "*" and int(total) != ref.size:
+                    raise ContentMismatch(f"the object is {total} bytes, not the {ref.size} listed")
+                metadata = metadata or answer_metadata
+                while position < end:
+                    chunk = body.read(min(READ_CHUNK, end - position))
+                    if not chunk:
+                        raise DownloadFailed("the answer ended early")
+                    consume(position, chunk)
+                    position += len(chunk)
+                    self.on_bytes(len(chunk))
+                return metadata
+            except (ContentMismatch, botocore.exceptions.ClientError):
+                raise
+            except (DownloadFailed, *_STREAM_ERRORS) as exc:
+                if body is not None:
+                    _close_quietly(body)
+                if attempt == RANGE_ATTEMPTS:
+                    raise DownloadFailed(f"download cut short {attempt} times: {exc}") from None
+        return metadata
+
+    def _get(self, ref: ObjectRef, byte_range: str) -> tuple[dict, str, object]:
+        """(user metadata, Content-Range, body): directly once the route is known, else through botocore."""
+        if not ref.version_id:
+            answer = self.direct.get(ref.key, {"Range": byte_range, "If-Match": f'"{ref.etag}"'})
+            if answer is not None:
+                return answer
+        learning = not self.direct.ready and not ref.version_id
+        if learning:
+            self.direct.expect(ref.key)
+        succeeded = False
+        try:
+            response = self.client.get_object(**ref.request(), Range=byte_range)
+            succeeded = True
+        finally:
+            if learning:
+                self.direct.learnt(ref.key, succeeded)
+        return response.get("Metadata", {}), response.get("ContentRange", ""), response["Body"]
+
+    # --- the check -----------------------------------------------------------------------------
+    def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str]) -> bool:
+        """Whether the file's ETag is the object's, for the part sizes that could have made it.
+
+        Raises ContentMismatch when none does. Part sizes not hashed on the way are hashed from
+        the file; a multipart object that matches none of the likely part sizes is asked for the
+        size of its first part (HEAD with partNumber=1), as a last resort.
+        """
+        if not etag_keys:
+            return False
+        wanted = ref.etag
+        if wanted in etags.values():
+            return True
+        missing = tuple(key for key in etag_keys if key not in etags)
+        if missing:
+            etags.update(hash_file(fd, ref.size, missing))
+            if wanted in etags.values():
+                return True
+        _, parts = parse_etag(wanted)
+        if parts > 1:
+            part_size = self._first_part_size(ref)
+            if part_size and part_size not in etags and wanted in hash_file(fd, ref.size, (part_size,)).values():
+                return True
+        raise ContentMismatch("the content received does not match the object's ETag")
+
+    def _first_part_size(self, ref: ObjectRef) -> int | None:
+        try:
+            head = self.client.head_object(**ref.request(), PartNumber=1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return None
+        size = head.get("ContentLength")
+        return size if isinstance(size, int) and 0 < size < ref.size else None
+
+    # --- scrub: a content check that keeps nothing -----------------------------------------------
+    def content_matches(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> bool | None:
+        """Download the object and tell whether its bytes give its ETag (None: the ETag is no checksum).
+
+        A server that returns bytes other than those it stored fails this while its listing looks fine.
+        """
+        if not etag_keys:
+            return None
+        etags = self._hash_stream(ref, etag_keys)
+        if ref.etag in etags.values():
+            return True
+        if parse_etag(ref.etag)[1] > 1:
+            part_size = self._first_part_size(ref)
+            if part_size and part_size not in etags:
+                return ref.etag in self._hash_stream(ref, (part_size,)).values()
+        return False
+
+    def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> dict[int, str]:
+        hasher = EtagHasher(etag_keys)
+        if ref.size == 0:
+            hasher.update(self.client.get_object(**ref.request())["Body"].read())
+        else:
+            self._stream_range(ref, 0, ref.size, lambda offset, chunk: hasher.update(chunk))
+        if hasher.bytes != ref.size:
+            return {}
+        return hasher.etags()

@@ -1,0 +1,456 @@
+"""One restore run, as a script: sync in reverse. List, walk the target, march, download, place.
+
+    list (remote.py, or versions.py for --as-of) ─┐
+                                                   ├─ merge_join (plan.py) + decide_restore (restore_plan.py, pure)
+    walk the target (scan.py) ─────────────────────┘      └─ workers: hash a present file / download (download.py)
+
+Each file is written under a temporary name in its own directory, checked against the object's
+ETag, given its mtime and mode, and only then renamed to its final name: nothing half-written or
+unchecked ever carries a final name. A file that is already there and identical is skipped, so
+an interrupted restore resumes; one that differs is replaced only with `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import botocore.exceptions
+
+from .attributes_state import ATTRIBUTES_OBJECT, RecordedAttributes, open_recorded_attributes
+from .download import Downloader, DownloadFailed, ObjectRef
+from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
+from .etag import EtagHasher, etag_key
+from .filters import Filters
+from .plan import etag_verdict, merge_join
+from .remote import RemoteListing, RemoteObject, describe_client_error, is_configuration_problem, make_s3_client
+from .report import MAX_ERRORS_IN_SUMMARY, Progress, human_bytes
+from .restore_plan import (
+    TEMP_PREFIX,
+    RestoreAction,
+    RestoreDecision,
+    after_check,
+    decide_restore,
+    file_attributes,
+    temp_name,
+)
+from .scan import LocalFile, ScanProblem, walk
+from .versions import RemoteVersion, bucket_is_versioned, versions_as_of
+
+log = logging.getLogger("s3backup")
+
+FILE_ATTEMPTS = 3
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    target: Path
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    as_of: datetime | None = None
+    overwrite: bool = False
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    concurrency: int = 8
+    dry_run: bool = False
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 256:
+            raise ConfigError(f"invalid --concurrency {self.concurrency}: use 1 to 256")
+
+
+@dataclass
+class RestoreSummary:
+    """Counters of one restore. Written as JSON by `--summary-json`."""
+
+    command: str = "restore"
+    result: str = "running"  # "success" | "partial" (some files failed or conflict) | "error"
+    error: str = ""
+    dry_run: bool = False
+    as_of: str = ""  # the point in time restored, RFC 3339, when --as-of was given
+    started_at: float = field(default_factory=time.time)
+    duration_seconds: float = 0.0
+    files_listed: int = 0  # objects in scope under the prefix
+    bytes_listed: int = 0
+    files_restored: int = 0  # written (new or replaced) this run
+    bytes_restored: int = 0
+    bytes_downloaded: int = 0  # received, retries included
+    files_unchanged: int = 0  # already there, identical
+    bytes_unchanged: int = 0
+    files_conflicting: int = 0  # already there, different, and no --overwrite
+    files_failed: int = 0
+    bytes_failed: int = 0
+    files_excluded: int = 0
+    files_unverified: int = 0  # ETag not checkable (e.g. SSE-KMS): only the size was checked
+    bytes_hashed: int = 0  # local bytes read to compare present files
+    errors: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def fail(self, key: str, message: str, size: int = 0, counter: str = "files_failed") -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+            if counter == "files_failed":
+                self.bytes_failed += size
+            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
+                self.errors.append(f"{key}: {message}"[:300])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+
+class RestoreProgress(Progress):
+    def line(self) -> str:
+        s = self.summary
+        elapsed = max(time.time() - s.started_at, 1e-6)
+        return (
+            f"listed {s.files_listed} ({human_bytes(s.bytes_listed)}) · restored {s.files_restored} "
+            f"({human_bytes(s.bytes_downloaded)}, {human_bytes(s.bytes_downloaded / elapsed)}/s) · "
+            f"unchanged {s.files_unchanged} · conflicting {s.files_conflicting} · failed {s.files_failed}"
+        )
+
+
+def describe_restore(s: RestoreSummary) -> str:
+    verb = "would restore" if s.dry_run else "restored"
+    return (
+        f"{s.files_listed} objects ({human_bytes(s.bytes_listed)}) listed: {verb} {s.files_restored} "
+        f"({human_bytes(s.bytes_restored)}), {s.files_unchanged} unchanged, {s.files_conflicting} "
+        f"conflicting, {s.files_failed} failed; {s.duration_seconds:.1f}s"
+    )
+
+
+def state_version_as_of(client, bucket: str, prefix: str, as_of: datetime) -> str | None:
+    """The version id of the attributes state object that was current at `as_of` (None: there was none)."""
+    key = (prefix.rstrip("/") + "/" if prefix else "") + ATTRIBUTES_OBJECT
+    best = None
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            if version["Key"] == key and version["LastModified"] <= as_of and (
+                    best is None or version["LastModified"] >= best["LastModified"]):
+                best = version
+    return best.get("VersionId") if best and "ETag" in best else None
+
+
+def make_client(options: RestoreOptions):
+    return make_s3_client(
+        endpoint_url=options.endpoint_url,
+        region=options.region,
+        path_style=options.path_style,
+        max_pool_connections=max(10, options.concurrency * 2 + 2),
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+    )
+
+
+def prepare_target(target: Path, dry_run: bool, create: bool) -> None:
+    """The target is a directory we can write, created if missing (once S3 answered); else the user's to fix."""
+    try:
+        if not target.exists() and not target.is_symlink():
+            if dry_run or not create:
+                return
+            target.mkdir(parents=True)
+        if not stat.S_ISDIR(os.stat(target).st_mode):
+            raise ConfigError(f"target {str(target)!r} is not a directory")
+        if not dry_run and not os.access(target, os.W_OK | os.X_OK):
+            raise ConfigError(f"target directory {str(target)!r} is not writable")
+    except OSError as exc:
+        raise ConfigError(f"target directory {str(target)!r} cannot be used: {exc.strerror}") from None
+
+
+class RestoreRun:
+    def __init__(self, options: RestoreOptions, client=None, summary: RestoreSummary | None = None):
+        self.options = options
+        self.summary = summary or RestoreSummary(dry_run=options.dry_run)
+        self.client = client or make_client(options)
+        self.filters = Filters(tuple(options.includes), tuple(options.excludes))
+        self._made_dirs: set[str] = set()
+        self._dirs_lock = threading.Lock()
+
+    # --- the script --------------------------------------------------------------------------
+    def run(self) -> RestoreSummary:
+        options = self.options
+        prepare_target(options.target, options.dry_run, create=False)
+        if options.as_of is not None:
+            self.summary.as_of = options.as_of.isoformat().replace("+00:00", "Z")
+        with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir, contextlib.ExitStack() as stack:
+            remote = self._remote(Path(workdir) / "remote-index.sqlite")  # bad bucket or access: fails here
+            self.recorded = self._recorded_attributes(stack)
+            prepare_target(options.target, options.dry_run, create=True)
+            downloader = self._downloader = Downloader(
+                self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
+            )
+            try:
+                self._march(remote)
+            finally:
+                downloader.close()
+        if self.summary.files_listed == 0:
+            where = f"s3://{options.bucket}/{options.prefix}"
+            if options.as_of:
+                where += f" as of {self.summary.as_of}"
+            log.warning("nothing to restore: no object under %s%s", where,
+                        " matches the filters" if options.includes or options.excludes else "")
+        return self.summary
+
+    def _recorded_attributes(self, stack: contextlib.ExitStack) -> Callable[[str, str], RecordedAttributes | None]:
+        """Attributes recorded in s3backup's state (as of --as-of): they win over the objects' metadata."""
+        options = self.options
+        try:
+            version = None
+            if options.as_of is not None:
+                version = state_version_as_of(self.client, options.bucket, options.prefix, options.as_of)
+            return stack.enter_context(
+                open_recorded_attributes(self.client, options.bucket, options.prefix, version)).lookup
+        except Exception as exc:  # a damaged or unreadable state: the objects' metadata still holds mtimes
+            log.warning("s3backup's recorded attributes cannot be read (%s); mtimes and modes come from the "
+                        "objects' metadata", type(exc).__name__)
+            return lambda key, etag: None
+
+    def _remote(self, index_path: Path) -> Iterator[RemoteObject]:
+        """The objects to restore, in key order: the current ones, or those current at --as-of."""
+        options = self.options
+        try:
+            if options.as_of is not None:
+                if not bucket_is_versioned(self.client, options.bucket):
+                    raise ConfigError(f"--as-of needs a versioned bucket; {options.bucket!r} keeps no old versions")
+                remote = versions_as_of(self.client, options.bucket, options.prefix, options.as_of, index_path)
+                first = next(remote, None)  # errors surface before any work
+                return iter(()) if first is None else _chain(first, remote)
+            listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
+            first_page = listing.first_page()
+            return listing.in_key_order(first_page, index_path)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            message = describe_client_error(exc, options.bucket)
+            if is_configuration_problem(exc):
+                raise RemoteAccessError(message) from None
+            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+
+    def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
+        options = self.options
+        in_flight = threading.BoundedSemaphore(options.concurrency * 4)
+        with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
+            for local, remote in merge_join(self._local_files(), remote_objects):
+                if remote is None:
+                    continue  # a local file with no object: restore never deletes
+                if remote.key.endswith("/") and remote.size == 0:
+                    continue  # a folder marker some tools write: folders come with their files
+                if not self.filters.in_scope(remote.key):
+                    self.summary.add(files_excluded=1)
+                    continue
+                self.summary.add(files_listed=1, bytes_listed=remote.size)
+                decision = decide_restore(local, remote, overwrite=options.overwrite)
+                if decision.action is RestoreAction.REFUSE:
+                    self._fail(remote, decision.reason)
+                    continue
+                if decision.action is RestoreAction.SKIP:
+                    self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
+                    continue
+                if decision.action is RestoreAction.CONFLICT:
+                    self._conflict(remote)
+                    continue
+                in_flight.acquire()
+                future = workers.submit(self._process, decision)
+                future.add_done_callback(lambda _: in_flight.release())
+
+    def _local_files(self) -> Iterator[LocalFile]:
+        """The target's files in key order, without restore's own temporary files."""
+        if not self.options.target.is_dir():
+            return  # --dry-run into a directory that does not exist yet
+        for item in walk(str(self.options.target), self.filters):
+            if isinstance(item, ScanProblem):
+                log.warning("%s: %s", item.key, item.message)
+                continue
+            if item.key.rpartition("/")[2].startswith(TEMP_PREFIX):
+                continue
+            yield item
+
+    # --- per-file work (worker threads) ---------------------------------------------------------
+    def _process(self, decision: RestoreDecision) -> None:
+        remote = decision.remote
+        try:
+            if decision.action is RestoreAction.CHECK:
+                decision = self._check(decision)
+                if decision.action is RestoreAction.SKIP:
+                    self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
+                    return
+                if decision.action is RestoreAction.CONFLICT:
+                    self._conflict(remote)
+                    return
+            self._restore_with_retries(decision)
+        except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
+            log.debug("unexpected failure on %s", remote.key, exc_info=True)
+            self._fail(remote, f"{type(exc).__name__}: {exc}")
+
+    def _check(self, decision: RestoreDecision) -> RestoreDecision:
+        """Hash the present file for the part sizes that could explain the ETag, then decide."""
+        local, remote = decision.local, decision.remote
+        assert local is not None
+        hasher = EtagHasher(decision.etag_keys)
+        try:
+            with open(local.path, "rb") as handle:
+                while chunk := handle.read(READ_CHUNK):
+                    hasher.update(chunk)
+        except OSError as exc:
+            log.warning("%s: cannot read the present file (%s): it counts as different", remote.key, exc.strerror)
+            return after_check(False, local, remote, overwrite=self.options.overwrite)
+        self.summary.add(bytes_hashed=hasher.bytes)
+        identical = hasher.bytes == local.size and bool(
+            etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None))
+        )
+        return after_check(identical, local, remote, overwrite=self.options.overwrite)
+
+    def _restore_with_retries(self, decision: RestoreDecision) -> None:
+        remote = decision.remote
+        if self.options.dry_run:
+            print(f"would {decision.action.value}: {remote.key} ({remote.size} bytes)", flush=True)
+            self.summary.add(files_restored=1, bytes_restored=remote.size)
+            return
+        for attempt in range(1, FILE_ATTEMPTS + 1):
+            try:
+                self._restore(decision)
+                return
+            except FileExistsError:
+                self._conflict(remote)
+                return
+            except OSError as exc:
+                log.debug("cannot write %s", remote.key, exc_info=True)
+                self._fail(remote, f"cannot write: {exc.strerror or exc}")
+                return
+            except (DownloadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                message = self._describe(exc)
+                if attempt == FILE_ATTEMPTS or _gone_or_changed(exc):
+                    self._fail(remote, message)
+                    return
+                log.warning("%s: %s; trying again (%d/%d)", remote.key, message, attempt + 1, FILE_ATTEMPTS)
+                time.sleep(attempt)
+
+    def _restore(self, decision: RestoreDecision) -> None:
+        """Download to a temporary name beside the final one, check, set attributes, rename."""
+        options, remote = self.options, decision.remote
+        final = os.path.join(str(options.target), *remote.key.split("/"))
+        directory = os.path.dirname(final)
+        self._make_dirs(directory)
+        temp = os.path.join(directory, temp_name(os.path.basename(final)))
+        version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
+        ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag, version_id)
+        try:
+            fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)))
+            if not fetched.verified:
+                log.warning("%s: its ETag is not a checksum of its content (SSE-KMS?): only the size was checked",
+                            remote.key)
+                self.summary.add(files_unverified=1)
+            mtime_ns, mode = file_attributes(fetched.metadata, remote.last_modified,
+                                             self.recorded(remote.key, remote.etag))
+            if mode is not None:
+                os.chmod(temp, mode)
+            os.utime(temp, ns=(mtime_ns, mtime_ns))
+            _place(temp, final, replace=decision.action is RestoreAction.REPLACE)
+        except BaseException:
+            _remove_quietly(temp)
+            raise
+        self.summary.add(files_restored=1, bytes_restored=remote.size)
+        log.info("restored %s (%d bytes)", remote.key, remote.size)
+
+    def _make_dirs(self, directory: str) -> None:
+        with self._dirs_lock:
+            if directory in self._made_dirs:
+                return
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise NotADirectoryError(0, "a file stands where its folder should be") from None
+        with self._dirs_lock:
+            self._made_dirs.add(directory)
+
+    def _describe(self, exc: Exception) -> str:
+        if isinstance(exc, DownloadFailed):
+            return str(exc)
+        if _gone_or_changed(exc):
+            return "the object changed or was deleted since it was listed: run the restore again"
+        return describe_client_error(exc, self.options.bucket)
+
+    def _conflict(self, remote: RemoteObject) -> None:
+        message = "a different file is already there: left alone (use --overwrite to replace it)"
+        log.error("%s: %s", remote.key, message)
+        self.summary.fail(remote.key, message, counter="files_conflicting")
+
+    def _fail(self, remote: RemoteObject, message: str) -> None:
+        log.error("%s: %s", remote.key, message)
+        self.summary.fail(remote.key, message, remote.size)
+
+
+def _gone_or_changed(exc: Exception) -> bool:
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in ("PreconditionFailed", "NoSuchKey", "NoSuchVersion", "412", "404")
+
+
+def _place(temp: str, final: str, *, replace: bool) -> None:
+    """Give the checked file its final name: atomically, and never over a file unless asked."""
+    if replace:
+        os.replace(temp, final)
+        return
+    try:
+        os.link(temp, final)  # fails if `final` exists, however it got there
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: a plain rename, after a look
+        if os.path.lexists(final):
+            raise FileExistsError(final) from None
+        os.replace(temp, final)
+        return
+    os.unlink(temp)
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _chain(first: RemoteObject, rest: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
+    yield first
+    yield from rest
+
+
+def run_restore(options: RestoreOptions, client=None, summary: RestoreSummary | None = None) -> RestoreSummary:
+    """Run one restore. Raises `UserError` for bad input; per-file failures are in the summary."""
+    run = RestoreRun(options, client, summary)
+    summary = run.summary
+    started = time.monotonic()
+    try:
+        run.run()
+    finally:
+        summary.duration_seconds = round(time.monotonic() - started, 3)
+    trouble = summary.files_failed or summary.files_conflicting
+    summary.result = "partial" if trouble else "success"
+    summary.exit_code = 1 if trouble else 0
+    return summary
+

@@ -1,0 +1,291 @@
+"""One verify run: does the bucket hold every local file unchanged? Downloads nothing unless asked.
+
+    walk (scan.py) ─┐
+                    ├─ merge_join (plan.py) + decide_verify (restore_plan.py, pure) ─ workers: hash / scrub
+    list (remote.py)┘
+
+Each difference is one line on stdout: `missing KEY` (a local file with no object), `differs KEY`
+(another size, or another ETag than the local file's, taken from the hash cache where that is
+still valid), `extra KEY` (an object with no local file), and with `--sample` `corrupt KEY` (the
+bytes downloaded do not give the object's ETag).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import botocore.exceptions
+
+from .download import Downloader, DownloadFailed, ObjectRef
+from .engine import check_source
+from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
+from .etag import EtagHasher, etag_key
+from .filters import Filters
+from .hashcache import HashCache, load_remote_cache
+from .plan import etag_verdict, merge_join
+from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, is_configuration_problem
+from .report import MAX_ERRORS_IN_SUMMARY, Progress, human_bytes
+from .restore import make_client
+from .restore_plan import Finding, decide_verify, in_sample
+from .scan import LocalFile, ScanProblem, walk
+
+log = logging.getLogger("s3backup")
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    source: Path
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    includes: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    sample_percent: float | None = None  # download and check this share of the objects
+    seed: int | None = None  # None: a random sample
+    hash_cache: bool = True
+    concurrency: int = 8
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 256:
+            raise ConfigError(f"invalid --concurrency {self.concurrency}: use 1 to 256")
+        if self.sample_percent is not None and not 0 < self.sample_percent <= 100:
+            raise ConfigError(f"invalid --sample {self.sample_percent:g}: a percentage above 0, at most 100")
+
+
+@dataclass
+class VerifySummary:
+    """Counters of one verify run. Written as JSON by `--summary-json`."""
+
+    command: str = "verify"
+    result: str = "running"  # "success" | "partial" (differences found) | "error"
+    error: str = ""
+    started_at: float = field(default_factory=time.time)
+    duration_seconds: float = 0.0
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+    remote_objects: int = 0  # in scope
+    files_same: int = 0
+    missing: int = 0
+    differs: int = 0
+    extra: int = 0
+    corrupt: int = 0
+    files_failed: int = 0  # local files that could not be read, objects that could not be fetched
+    files_excluded: int = 0
+    sample_percent: float = 0.0
+    seed: int | None = None
+    sampled: int = 0  # objects downloaded and checked
+    sampled_unverifiable: int = 0  # sampled objects whose ETag is no checksum (SSE-KMS)
+    bytes_downloaded: int = 0
+    bytes_hashed: int = 0  # local bytes read because the hash cache did not know them
+    errors: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
+                self.errors.append(text[:300])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @property
+    def differences(self) -> int:
+        return self.missing + self.differs + self.extra + self.corrupt
+
+
+class VerifyProgress(Progress):
+    def line(self) -> str:
+        s = self.summary
+        return (
+            f"scanned {s.files_scanned} ({human_bytes(s.bytes_scanned)}) · same {s.files_same} · "
+            f"differences {s.differences} · sampled {s.sampled} ({human_bytes(s.bytes_downloaded)})"
+        )
+
+
+def describe_verify(s: VerifySummary) -> str:
+    text = (
+        f"{s.files_scanned} files ({human_bytes(s.bytes_scanned)}), {s.remote_objects} objects: {s.files_same} same, "
+        f"{s.missing} missing, {s.differs} differ, {s.extra} extra"
+    )
+    if s.sample_percent:
+        text += f"; {s.sampled} sampled ({s.sample_percent:g}%, --seed {s.seed}), {s.corrupt} corrupt"
+    if s.files_failed:
+        text += f"; {s.files_failed} could not be checked"
+    return text + f"; {s.duration_seconds:.1f}s"
+
+
+def _printable(key: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
+
+
+class VerifyRun:
+    def __init__(self, options: VerifyOptions, client=None, summary: VerifySummary | None = None, out=None):
+        self.options = options
+        self.summary = summary or VerifySummary()
+        self.client = client or make_client(options)  # type: ignore[arg-type]
+        self.filters = Filters(tuple(options.includes), tuple(options.excludes))
+        self.out = out or sys.stdout
+        self._out_lock = threading.Lock()
+        self.cache: HashCache | None = None
+        self.seed = options.seed if options.seed is not None else secrets.randbelow(10**9)
+        if options.sample_percent:
+            self.summary.sample_percent, self.summary.seed = options.sample_percent, self.seed
+
+    def run(self) -> VerifySummary:
+        options = self.options
+        check_source(options.source)
+        listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
+        try:
+            first_page = listing.first_page()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            message = describe_client_error(exc, options.bucket)
+            if is_configuration_problem(exc):
+                raise RemoteAccessError(message) from None
+            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+        with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
+            if options.hash_cache:
+                self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
+                if warning:
+                    log.warning(warning)
+            self._downloader = Downloader(self.client, 1, on_bytes=lambda n: self.summary.add(bytes_downloaded=n))
+            try:
+                self._march(listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite"))
+            finally:
+                self._downloader.close()
+        return self.summary
+
+    def _march(self, remote_objects) -> None:
+        options = self.options
+        in_flight = threading.BoundedSemaphore(options.concurrency * 4)
+        with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-verify") as workers:
+            for local, remote in merge_join(self._local_files(), remote_objects):
+                if remote is not None:
+                    if not self.filters.in_scope(remote.key) or (remote.key.endswith("/") and remote.size == 0):
+                        if local is None:
+                            self.summary.add(files_excluded=1)
+                            continue
+                        remote = None  # out of scope remotely: the local file counts as missing
+                    else:
+                        self.summary.add(remote_objects=1)
+                cached = None
+                if self.cache is not None and local is not None and remote is not None and remote.size == local.size:
+                    cached = self.cache.lookup(local)
+                finding, etag_keys = decide_verify(local, remote, cached)
+                sample = remote is not None and bool(options.sample_percent) and in_sample(
+                    remote.key, options.sample_percent or 0, self.seed)
+                if finding is Finding.SAME:
+                    self.summary.add(files_same=1)
+                elif finding is not Finding.CHECK:
+                    self._report(finding, (local or remote).key)  # type: ignore[union-attr]
+                if finding is Finding.CHECK or sample:
+                    in_flight.acquire()
+                    future = workers.submit(self._process, local, remote, finding, etag_keys, sample)
+                    future.add_done_callback(lambda _: in_flight.release())
+
+    def _local_files(self):
+        for item in walk(str(self.options.source), self.filters,
+                         on_excluded=lambda size: self.summary.add(files_excluded=1)):
+            if isinstance(item, ScanProblem):
+                log.error("%s: %s", item.key, item.message)
+                self.summary.add(files_failed=1)
+                self.summary.note(f"{item.key}: {item.message}")
+                continue
+            if item.key.startswith(STATE_DIR):
+                continue
+            self.summary.add(files_scanned=1, bytes_scanned=item.size)
+            yield item
+
+    def _report(self, finding: Finding, key: str) -> None:
+        self.summary.add(**{finding.value: 1})
+        with self._out_lock:
+            print(f"{finding.value} {_printable(key)}", file=self.out, flush=True)
+
+    # --- worker threads ------------------------------------------------------------------------
+    def _process(self, local: LocalFile | None, remote: RemoteObject | None, finding: Finding,
+                 etag_keys: tuple[int, ...], sample: bool) -> None:
+        try:
+            if finding is Finding.CHECK:
+                assert local is not None and remote is not None
+                if self._local_matches(local, remote, etag_keys):
+                    self.summary.add(files_same=1)
+                else:
+                    self._report(Finding.DIFFERS, local.key)
+            if sample:
+                assert remote is not None
+                self._scrub(remote)
+        except OSError as exc:
+            key = (local or remote).key  # type: ignore[union-attr]
+            self._failed(key, f"cannot read: {exc.strerror or exc}")
+        except Exception as exc:  # a bug or an unforeseen failure: this file is unchecked, the run goes on
+            key = (local or remote).key  # type: ignore[union-attr]
+            log.debug("unexpected failure on %s", key, exc_info=True)
+            self._failed(key, f"{type(exc).__name__}: {exc}")
+
+    def _local_matches(self, local: LocalFile, remote: RemoteObject, etag_keys: tuple[int, ...]) -> bool:
+        hasher = EtagHasher(etag_keys)
+        with open(local.path, "rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                hasher.update(chunk)
+            if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
+                raise OSError(0, "the file changed while it was read")
+        self.summary.add(bytes_hashed=hasher.bytes)
+        return bool(etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None)))
+
+    def _scrub(self, remote: RemoteObject) -> None:
+        options = self.options
+        ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag)
+        try:
+            verdict = self._downloader.content_matches(ref, tuple(etag_key(remote.size, remote.etag, None)))
+        except (DownloadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            message = str(exc) if isinstance(exc, DownloadFailed) else describe_client_error(exc, options.bucket)
+            self._failed(remote.key, f"cannot download for the content check: {message}")
+            return
+        self.summary.add(sampled=1)
+        if verdict is None:
+            self.summary.add(sampled_unverifiable=1)
+        elif not verdict:
+            self._report(Finding.CORRUPT, remote.key)
+
+    def _failed(self, key: str, message: str) -> None:
+        log.error("%s: %s", key, message)
+        self.summary.add(files_failed=1)
+        self.summary.note(f"{key}: {message}")
+
+
+def run_verify(options: VerifyOptions, client=None, summary: VerifySummary | None = None, out=None) -> VerifySummary:
+    """Run one verify. Raises `UserError` for bad input; differences are in the summary and on `out`."""
+    run = VerifyRun(options, client, summary, out)
+    summary = run.summary
+    started = time.monotonic()
+    try:
+        run.run()
+    finally:
+        summary.duration_seconds = round(time.monotonic() - started, 3)
+    trouble = summary.differences or summary.files_failed
+    summary.result = "partial" if trouble else "success"
+    summary.exit_code = 1 if trouble else 0
+    return summary

@@ -1,0 +1,416 @@
+"""Restore and verify end to end against a real SeaweedFS: what lands on disk, and what is reported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from s3backup_syncer.local_s3 import LocalS3
+from s3backup_syncer.restore_plan import TEMP_PREFIX
+
+from tests.conftest import BUCKET
+from tests.support.bucket import CliResult
+from tests.support.fault_proxy import FaultProxy, Request
+
+MiB = 1024 * 1024
+SYNCER = [sys.executable, "-m", "s3backup_syncer.cli"]
+
+
+def cli(args: list[str], env: dict[str, str], tmp_path: Path, timeout: float = 180) -> CliResult:
+    """`s3backup ARGS` in a subprocess, with its JSON summary read back."""
+    summary_path = tmp_path / f"summary-{os.urandom(4).hex()}.json"
+    process = subprocess.run([*SYNCER, *args, "--summary-json", str(summary_path)], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=timeout)
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() and summary_path.stat().st_size else {}
+    return CliResult(process.returncode, summary, process.stdout, process.stderr)
+
+
+def write(path: Path, data: bytes, mtime_ns: int | None = None, mode: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if mode is not None:
+        path.chmod(mode)
+    if mtime_ns is not None:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def tree(root: Path) -> dict[str, tuple[int, str, int, int]]:
+    """key -> (size, md5, mtime_ns, permission bits) of every regular file under `root`."""
+    found = {}
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            st = path.stat()
+            found[path.relative_to(root).as_posix()] = (
+                st.st_size, hashlib.md5(path.read_bytes()).hexdigest(), st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+    return found
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    root = tmp_path / "src"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def run(s3, tmp_path):
+    def go(*args: str, endpoint: str | None = None) -> CliResult:
+        env = {**s3.env(), **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
+        return cli([*args, "--path-style"], env, tmp_path)
+
+    return go
+
+
+def sample_tree(src: Path) -> dict[str, bytes]:
+    rng = random.Random(7)
+    files = {
+        "plain.txt": b"hello\n",
+        "empty": b"",
+        "a-b": b"dash", "a.b": b"dot", "a/b": b"slash",
+        "spaces and ü ñ 日本/é +%#?&=.bin": rng.randbytes(3000),
+        "multi/part.bin": rng.randbytes(12 * MiB + 5),  # 3 parts of 5 MiB with --part-size 5MiB
+    }
+    for number, (key, data) in enumerate(files.items()):
+        write(src / key, data, mtime_ns=1_600_000_000_123_456_789 + number * 1_000_000_007,
+              mode=0o640 if number % 2 else 0o755)
+    sparse = src / "disk" / "sparse.img"  # 24 MiB: 1 MiB of data, 20 MiB hole, 3 MiB of data
+    sparse.parent.mkdir()
+    with open(sparse, "wb") as handle:
+        handle.write(rng.randbytes(MiB))
+        handle.seek(21 * MiB)
+        handle.write(rng.randbytes(3 * MiB))
+    os.utime(sparse, ns=(1_650_000_000_000_000_001, 1_650_000_000_000_000_001))
+    return files
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+def test_round_trip_restores_content_mtimes_modes_and_holes(run, src, tmp_path, s3_url):
+    sample_tree(src)
+    assert run("sync", str(src), s3_url, "--part-size", "5MiB").code == 0
+    target = tmp_path / "restored" / "deep"  # created, parents too
+
+    result = run("restore", s3_url, str(target))
+
+    assert result.code == 0, result.stderr
+    assert tree(target) == tree(src)
+    sparse = target / "disk" / "sparse.img"
+    assert sparse.stat().st_blocks * 512 <= 6 * MiB, "the 20 MiB run of zeros came back as a hole"
+    assert result.summary["files_restored"] == len(tree(src))
+    assert result.summary["files_unverified"] == 0
+    assert not temp_files(target)
+
+    again = run("restore", s3_url, str(target))
+    assert (again.code, again.summary["files_restored"], again.summary["files_unchanged"]) == (0, 0, len(tree(src)))
+
+
+def test_a_touch_recorded_in_the_state_comes_back_without_a_rewrite(run, src, tmp_path, s3_url, s3_client, prefix):
+    """A touch/chmod is recorded in s3backup's state, not by rewriting the object; restore applies it."""
+    path = write(src / "dump.sql", b"same content", mtime_ns=1_600_000_000_000_000_000, mode=0o600)
+    assert run("sync", str(src), s3_url).code == 0
+    before = s3_client.head_object(Bucket=BUCKET, Key=f"{prefix}/dump.sql")
+    os.utime(path, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    path.chmod(0o640)
+    assert run("sync", str(src), s3_url).code == 0
+    after = s3_client.head_object(Bucket=BUCKET, Key=f"{prefix}/dump.sql")
+    assert after["LastModified"] == before["LastModified"] and after["Metadata"] == before["Metadata"]
+
+    result = run("restore", s3_url, str(tmp_path / "back"))
+
+    assert result.code == 0, result.stderr
+    st = (tmp_path / "back" / "dump.sql").stat()
+    assert (st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (1_700_000_000_123_456_789, 0o640)
+
+
+def test_state_folder_is_never_restored_and_filters_apply(run, src, tmp_path, s3_url):
+    write(src / "keep" / "a.sql", b"a")
+    write(src / "keep" / "b.tmp", b"b")
+    write(src / "other" / "c.sql", b"c")
+    assert run("sync", str(src), s3_url).code == 0  # writes the hash cache under .s3backup/
+    target = tmp_path / "t"
+
+    result = run("restore", s3_url, str(target), "--include", "*.sql", "--exclude", "other")
+
+    assert result.code == 0, result.stderr
+    assert sorted(tree(target)) == ["keep/a.sql"]
+    assert not (target / ".s3backup").exists()
+
+
+def test_objects_written_by_aws_cli_and_rclone_restore(s3, s3_client, tmp_path, prefix, run, s3_url):
+    rng = random.Random(3)
+    by_aws = write(tmp_path / "up" / "aws.bin", rng.randbytes(9 * MiB + 1))  # multipart, 8 MiB parts
+    by_rclone = write(tmp_path / "up" / "rclone.bin", rng.randbytes(11 * MiB + 3),  # multipart, 5 MiB chunks
+                      mtime_ns=1_500_000_000_250_000_000)
+    env = {**os.environ, **s3.env()}
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "aws"), "s3", "cp", str(by_aws), f"{s3_url}/aws.bin",
+                    "--endpoint-url", s3.endpoint_url], env=env, check=True, capture_output=True)
+    rclone_env = {**env, "RCLONE_CONFIG_T_TYPE": "s3", "RCLONE_CONFIG_T_PROVIDER": "SeaweedFS",
+                  "RCLONE_CONFIG_T_ENDPOINT": s3.endpoint_url, "RCLONE_CONFIG_T_ENV_AUTH": "true"}
+    subprocess.run([str(bin_dir / "rclone"), "copyto", str(by_rclone), f"t:{BUCKET}/{prefix}/rclone.bin",
+                    "--s3-upload-cutoff", "5M", "--s3-chunk-size", "5M"], env=rclone_env, check=True,
+                   capture_output=True)
+    for key, parts in (("aws.bin", 2), ("rclone.bin", 3)):
+        assert s3_client.head_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["ETag"].endswith(f'-{parts}"'), key
+    target = tmp_path / "t"
+
+    result = run("restore", s3_url, str(target))
+
+    assert result.code == 0, result.stderr
+    assert (target / "aws.bin").read_bytes() == by_aws.read_bytes()
+    assert (target / "rclone.bin").read_bytes() == by_rclone.read_bytes()
+    assert (target / "rclone.bin").stat().st_mtime_ns == 1_500_000_000_250_000_000  # rclone's mtime metadata
+    assert result.summary["files_unverified"] == 0
+
+
+# --- present files ---------------------------------------------------------------------------------
+
+def test_a_different_file_is_left_alone_unless_overwrite(run, src, tmp_path, s3_url):
+    write(src / "same-size", b"remote!")
+    write(src / "other-size", b"remote")
+    write(src / "identical", b"same")
+    assert run("sync", str(src), s3_url).code == 0
+    target = tmp_path / "t"
+    write(target / "same-size", b"local!!")
+    write(target / "other-size", b"local, longer")
+    write(target / "identical", b"same")
+    write(target / "only-local", b"kept")
+
+    dry = run("restore", s3_url, str(target), "--overwrite", "--dry-run")
+    refused = run("restore", s3_url, str(target))
+
+    assert dry.code == 0 and "would replace: same-size" in dry.stdout
+    assert refused.code == 1
+    assert refused.summary["files_conflicting"] == 2 and refused.summary["files_unchanged"] == 1
+    assert "--overwrite" in refused.stderr
+    assert (target / "same-size").read_bytes() == b"local!!"
+    assert (target / "other-size").read_bytes() == b"local, longer"
+
+    replaced = run("restore", s3_url, str(target), "--overwrite")
+
+    assert replaced.code == 0, replaced.stderr
+    assert (target / "same-size").read_bytes() == b"remote!"
+    assert (target / "other-size").read_bytes() == b"remote"
+    assert (target / "only-local").read_bytes() == b"kept"  # restore never deletes
+
+
+# --- interruption and faults -----------------------------------------------------------------------
+
+class KillAt:
+    """SIGKILLs the restore when its N-th GetObject reaches the proxy."""
+
+    def __init__(self, nth: int):
+        self.nth, self.seen, self.process, self.killed = nth, 0, None, False
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Request) -> None:
+        if request.operation != "GetObject" or self.process is None:
+            return
+        with self.lock:
+            self.seen += 1
+            if self.seen == self.nth:
+                self.process.kill()
+                self.killed = True
+
+
+def test_a_killed_restore_leaves_only_checked_files_and_resumes(s3, run, src, tmp_path, s3_url):
+    rng = random.Random(11)
+    for number in range(12):
+        write(src / f"f{number:02}.bin", rng.randbytes(rng.randrange(1, 300_000)))
+    write(src / "big.bin", rng.randbytes(40 * MiB))  # ranged
+    assert run("sync", str(src), s3_url).code == 0
+    target = tmp_path / "t"
+    killer = KillAt(nth=9)
+    with FaultProxy(s3.endpoint_url, on_request=killer, delay_seconds=0.05) as proxy:
+        env = {**os.environ, **s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        killer.process = subprocess.Popen([*SYNCER, "restore", s3_url, str(target), "--path-style",
+                                           "--concurrency", "2"], env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+        assert killer.process.wait(timeout=120) == -9 and killer.killed
+
+    expected = tree(src)
+    partial = tree(target)
+    assert 0 < len(partial) < len(expected)
+    for key, (size, md5, mtime_ns, mode) in partial.items():
+        if not key.rpartition("/")[2].startswith(TEMP_PREFIX):
+            assert (size, md5, mtime_ns, mode) == expected[key], f"{key} carries its final name unchecked"
+
+    resumed = run("restore", s3_url, str(target))
+
+    assert resumed.code == 0, resumed.stderr
+    assert tree(target) == expected
+    assert resumed.summary["files_unchanged"] >= 1
+    assert not temp_files(target)
+
+
+def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, src, tmp_path, s3_url, prefix):
+    rng = random.Random(5)
+    for number in range(20):
+        write(src / "d" / f"{number:02}.bin", rng.randbytes(rng.randrange(1, 200_000)))
+    write(src / "big.bin", rng.randbytes(33 * MiB))
+    assert run("sync", str(src), s3_url).code == 0
+    target = tmp_path / "t"
+
+    def getting(key: str):
+        return lambda r: r.operation == "GetObject" and r.path.endswith(f"/{prefix}/{key}")
+
+    rates = {"truncate": 0.05, "reset-response": 0.05, "500": 0.05, "503": 0.05}  # retried, each request
+    with FaultProxy(s3.endpoint_url, rates=rates, seed=2,
+                    scope=lambda request: request.operation == "GetObject") as proxy:
+        proxy.inject("corrupt-response", match=getting("d/03.bin"), times=3)  # every attempt: never placed
+        proxy.inject("corrupt-response", match=getting("big.bin"), times=2)  # a range: the file is tried again
+        proxy.inject("truncate", match=getting("d/05.bin"), times=1)  # taken up where it stopped
+        faulty = run("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
+        rules_left = [rule.times for rule in proxy.rules]
+
+    assert rules_left == [0, 0, 0]
+    expected = tree(src)
+    restored = tree(target)
+    assert "d/03.bin" not in restored
+    assert "big.bin" in restored and "d/05.bin" in restored, faulty.summary["errors"]
+    for key, entry in restored.items():
+        assert entry == expected[key], f"{key} carries its final name with the wrong content"
+    assert faulty.code == 1 and faulty.summary["files_failed"] >= 1
+    assert any(error.startswith("d/03.bin: ") for error in faulty.summary["errors"])
+
+    clean = run("restore", s3_url, str(target))
+
+    assert clean.code == 0, clean.stderr
+    assert tree(target) == expected
+    assert not temp_files(target)
+
+
+# --- point in time ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def versioned(s3: LocalS3) -> str:
+    name = "s3backup-versioned"
+    s3.create_bucket(name)
+    s3.client().put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def test_as_of_restores_the_prefix_as_it_was(run, src, tmp_path, versioned, prefix):
+    url = f"s3://{versioned}/{prefix}"
+    write(src / "changed", b"first version")
+    write(src / "deleted", b"gone later")
+    write(src / "steady", b"never changes")
+    assert run("sync", str(src), url).code == 0
+    time.sleep(1.5)  # versions are dated to the second
+    moment = time.time()
+    time.sleep(1.5)
+    write(src / "changed", b"second version, longer")
+    (src / "deleted").unlink()
+    write(src / "new", b"born later")
+    assert run("sync", str(src), url, "--recycle-after", "0s").code == 0
+    then = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+    past = run("restore", url, str(tmp_path / "past"), "--as-of", then)
+    now = run("restore", url, str(tmp_path / "now"))
+
+    assert past.code == 0, past.stderr
+    assert {k: (tmp_path / "past" / k).read_bytes() for k in tree(tmp_path / "past")} == {
+        "changed": b"first version", "deleted": b"gone later", "steady": b"never changes"}
+    assert past.summary["as_of"] == then
+    assert now.code == 0
+    assert sorted(tree(tmp_path / "now")) == ["changed", "new", "steady"]
+
+
+def test_as_of_on_an_unversioned_bucket_is_a_one_line_error(run, tmp_path, s3_url):
+    result = run("restore", s3_url, str(tmp_path / "t"), "--as-of", "1d")
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and "versioned bucket" in result.stderr
+
+
+# --- verify ----------------------------------------------------------------------------------------
+
+def test_verify_reports_each_difference(run, src, s3_client, s3_url, prefix):
+    write(src / "fine", b"unchanged")
+    write(src / "overwritten", b"original")
+    write(src / "deleted", b"will be deleted remotely")
+    write(src / "big", random.Random(1).randbytes(9 * MiB))  # multipart, ETag from the hash cache
+    assert run("sync", str(src), s3_url).code == 0
+    clean = run("verify", str(src), s3_url)
+    assert (clean.code, clean.stdout, clean.summary["files_same"]) == (0, "", 4), clean.stderr
+    assert clean.summary["bytes_hashed"] == 0  # every local ETag came from the hash cache
+
+    s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/overwritten", Body=b"ORIGINAL")  # same size
+    s3_client.delete_object(Bucket=BUCKET, Key=f"{prefix}/deleted")
+    s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/extra", Body=b"nobody's")
+    result = run("verify", str(src), s3_url)
+
+    assert result.code == 1
+    assert sorted(result.stdout.splitlines()) == ["differs overwritten", "extra extra", "missing deleted"]
+    assert (result.summary["differs"], result.summary["missing"], result.summary["extra"]) == (1, 1, 1)
+
+
+def test_verify_without_hash_cache_hashes_and_agrees(run, src, s3_url):
+    write(src / "a", b"a" * 1000)
+    write(src / "b", random.Random(2).randbytes(9 * MiB))
+    assert run("sync", str(src), s3_url, "--no-hash-cache").code == 0
+    result = run("verify", str(src), s3_url)
+    assert (result.code, result.stdout) == (0, "")
+    assert result.summary["bytes_hashed"] == 1000 + 9 * MiB
+
+
+def test_scrub_catches_a_server_returning_other_bytes_under_the_same_etag(s3, run, src, s3_url, prefix):
+    for number in range(6):
+        write(src / f"f{number}", random.Random(number).randbytes(50_000))
+    assert run("sync", str(src), s3_url).code == 0
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.inject("corrupt-response", match=lambda r: r.operation == "GetObject" and r.path.endswith(
+            f"/{prefix}/f3"), times=10)
+        listing_only = run("verify", str(src), s3_url, endpoint=proxy.endpoint_url)
+        scrub = run("verify", str(src), s3_url, "--sample", "100", endpoint=proxy.endpoint_url)
+
+    assert (listing_only.code, listing_only.stdout) == (0, "")  # the listing cannot tell
+    assert scrub.code == 1
+    assert scrub.stdout.splitlines() == ["corrupt f3"]
+    assert scrub.summary["sampled"] == 6 and scrub.summary["corrupt"] == 1
+
+
+def test_a_sample_is_reproducible_with_a_seed(run, src, s3_url):
+    for number in range(40):
+        write(src / f"f{number:02}", b"x" * number)
+    assert run("sync", str(src), s3_url).code == 0
+    first = run("verify", str(src), s3_url, "--sample", "25%", "--seed", "42", "-v")
+    second = run("verify", str(src), s3_url, "--sample", "25%", "--seed", "42", "-v")
+    assert first.code == second.code == 0
+    assert 0 < first.summary["sampled"] < 40
+    assert first.summary["sampled"] == second.summary["sampled"] and first.summary["seed"] == 42
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    ["restore", "s3://Bad_Bucket/x", "{tmp}/t"],
+    ["restore", "s3://{bucket}/p", "{tmp}/a-file"],
+    ["restore", "s3://{bucket}/p", "{tmp}/t", "--as-of", "yesterday"],
+    ["restore", "s3://{bucket}/p", "{tmp}/t", "--concurrency", "0"],
+    ["restore", "s3://no-such-bucket-here/p", "{tmp}/t"],
+    ["verify", "{tmp}/missing", "s3://{bucket}/p"],
+    ["verify", "{tmp}", "s3://{bucket}/p", "--sample", "0"],
+    ["verify", "{tmp}", "s3://{bucket}/p", "--seed", "3"],
+    ["verify", "{tmp}", "s3://{bucket}/p", "--include", "/"],
+])
+def test_bad_input_is_one_line_and_exit_2(run, tmp_path, args):
+    (tmp_path / "a-file").write_text("x")
+    result = run(*[a.format(tmp=tmp_path, bucket=BUCKET) for a in args])
+    assert result.code == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()  # nothing is created before S3 answered
