@@ -22,6 +22,8 @@ from kubernetes.client import Configuration
 from s3backup_operator.config import OperatorConfig
 from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
+from s3backup_operator.policy import NOT_ALLOWED
+from s3backup_operator.policy import check as check_policy
 from s3backup_operator.pushgateway import delete_group, redact_url
 from s3backup_operator.render import (
     BACKUP_LABEL,
@@ -92,6 +94,24 @@ class Reconciler:
             self._api.close()
             self._api = None
 
+    def admit(self, backup: dict[str, Any]) -> BackupSpec:
+        """The parsed spec, if the admin's policy allows it in its namespace; else InvalidSpec("NotAllowed")."""
+        spec = parse(backup)
+        check_policy(spec, self.config.policy)
+        return spec
+
+    def remove_refused_cronjob(self, backup: dict[str, Any]) -> bool:
+        """Delete this S3Backup's CronJob (if it controls one): a refused spec keeps no schedule running, also
+        when the admin withdrew an allowance after the CronJob was made. Running Jobs finish."""
+        meta = backup["metadata"]
+        name = cronjob_name(meta["name"])
+        live = self.api.get_cronjob(meta["namespace"], name)
+        owners = [ref for ref in ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+                  if ref.get("controller")]
+        if live is None or not owners or owners[0].get("uid") != meta.get("uid"):
+            return False
+        return self.api.delete_cronjob(meta["namespace"], name)
+
     def check_credentials(self, spec: BackupSpec) -> None:
         """The credentials Secret must exist with both keys. Only key names are looked at, never values."""
         credentials = spec.destination.credentials
@@ -152,13 +172,23 @@ class Reconciler:
                 patch.status["observedGeneration"] = generation
 
         try:
-            spec = parse(body)
+            spec = self.admit(body)
             self.check_credentials(spec)
             action, _ = self.apply_cronjob(spec, body, logger)
         except InvalidSpec as problem:
             self.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
             kept = " The existing CronJob is left as it was." if ours else ""
+            if problem.reason == NOT_ALLOWED:
+                try:
+                    removed = self.remove_refused_cronjob(body)
+                except ApiError as error:
+                    raise kopf.TemporaryError(f"deleting CronJob {name!r} of a refused spec: {error}",
+                                              delay=self.config.retry_delay) from None
+                kept = f" CronJob {name} deleted." if removed else ""
+                if removed:
+                    logger.warning(f"CronJob {name} deleted: {problem.message}")
+                patch.status["cronJobName"] = None
             set_ready(False, problem.reason, problem.message + kept)
             if problem.reason in RETRIED_REASONS:
                 # Something outside the spec may fix it: look again later (a backoff, never a crash loop).
@@ -186,7 +216,7 @@ class Reconciler:
         """
         if (body.get("status") or {}).get("lastRunNowRequest") == request:
             return
-        spec = parse(body)
+        spec = self.admit(body)
         job = render_run_now_job(spec, self.config, request)
         try:
             jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
@@ -241,7 +271,7 @@ class Reconciler:
         backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
-                action, _ = self.apply_cronjob(parse(backup), backup, logger)
+                action, _ = self.apply_cronjob(self.admit(backup), backup, logger)
                 logger.info(f"CronJob {meta['name']} was deleted: {action} again")
             except (InvalidSpec, ApiError) as problem:
                 logger.warning(f"CronJob {meta['name']} was deleted and not recreated: {problem}")

@@ -52,10 +52,16 @@ def test_cronjob_for_the_full_example(config):
         "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [2000],
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    assert pod["priorityClassName"] == "backup"
     assert pod["volumes"] == [
         {"name": "source", "persistentVolumeClaim": {"claimName": "media"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "ca-bundle", "configMap": {"name": "corporate-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
     ]
+    template = spec["jobTemplate"]["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "media"
+    assert template["metadata"]["labels"]["s3backup.dev/backup"] == "media"
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     [container] = pod["containers"]
     assert container["image"] == TEST_IMAGE
     assert container["command"] == ["s3backup"]
@@ -69,7 +75,12 @@ def test_cronjob_for_the_full_example(config):
     assert container["volumeMounts"] == [
         {"name": "source", "mountPath": "/data", "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "ca-bundle", "mountPath": "/etc/s3backup/ca", "readOnly": True},
     ]
+    plain_env = {env["name"]: env["value"] for env in container["env"] if "value" in env}
+    assert plain_env == {"AWS_CA_BUNDLE": "/etc/s3backup/ca/ca.crt", "HTTPS_PROXY": "http://proxy.example.com:3128",
+                         "NO_PROXY": ".svc,.cluster.local,10.0.0.0/8", "TMPDIR": "/tmp", "HOME": "/tmp",
+                         "TZ": "Europe/Berlin"}
     assert container["args"] == [
         "sync", "/data/uploads", "s3://media-backups/prod/uploads",
         "--endpoint-url=https://s3.example.com", "--region=eu-central-1", "--path-style",
