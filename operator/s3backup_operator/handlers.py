@@ -20,6 +20,7 @@ import kopf
 from kubernetes.client import Configuration
 
 from s3backup_operator.config import OperatorConfig
+from s3backup_operator.events import run_event
 from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.policy import NOT_ALLOWED
@@ -41,6 +42,7 @@ from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, 
 from s3backup_operator.status import (
     job_finished,
     last_run,
+    now_iso,
     pod_blocked,
     ready_condition,
     set_condition,
@@ -248,6 +250,13 @@ class Reconciler:
             return
         status_patch = status_patch_for_run(backup.get("status") or {}, run)
         if status_patch:
+            # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
+            # failed status patch (retried with the next event) cannot lose it; its own failure is logged only.
+            try:
+                self.api.create_event(run_event(backup, run, now_iso()))
+            except ApiError as error:
+                self.metrics.reconcile_errors.labels(reason="EventFailed").inc()
+                logger.warning(f"S3Backup {backup_name}: no Event for run {run['jobName']}: {error}")
             self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
