@@ -38,7 +38,7 @@ from s3backup_operator.render import (
     render_cronjob,
     render_run_now_job,
 )
-from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, parse, pushgateway_of
+from s3backup_operator.spec import BackupSpec, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
     last_run,
@@ -341,10 +341,15 @@ class Reconciler:
             self.metrics.forget(meta["namespace"], meta["name"])
             return
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        interval = monitored_interval(body, self.config.default_pushgateway_url)
+        interval = schedule_interval(body)
+        run = status.get("lastRun") or {}
         self.metrics.observe(meta["namespace"], meta["name"], BackupState(
             ready=ready.get("status", "Unknown"), reason=ready.get("reason", ""),
-            last_result=(status.get("lastRun") or {}).get("result", ""),
+            last_result=run.get("result", ""),
+            last_run_timestamp=_unix_seconds(run.get("completionTime")),
+            last_run_files={outcome: int(run.get(key) or 0) for outcome, key in (
+                ("uploaded", "filesUploaded"), ("recycled", "filesRecycled"), ("failed", "filesFailed"))}
+            if run else None,
             last_success_timestamp=_unix_seconds(status.get("lastSuccessfulTime")),
             created_timestamp=_unix_seconds(meta.get("creationTimestamp")),
             expected_interval_seconds=None if interval is None else float(interval),

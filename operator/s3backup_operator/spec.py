@@ -529,15 +529,10 @@ def pushgateway_of(backup: Mapping[str, Any], default: str) -> str:
     return str(url or default).rstrip("/")
 
 
-def monitored_interval(backup: Mapping[str, Any], default_pushgateway: str) -> int | None:
-    """The expected interval (seconds) the backup's runs push, or None when they push nothing (no
-    Pushgateway) or the schedule is invalid: then no alert can expect a pushed run.
-
-    Only the schedule and the Pushgateway matter here: a last good CronJob may still run under a spec that
-    became invalid elsewhere.
-    """
-    if not pushgateway_of(backup, default_pushgateway):
-        return None
+def schedule_interval(backup: Mapping[str, Any]) -> int | None:
+    """The schedule's longest gap (seconds), or None when the schedule is invalid: the operator exports it
+    for the staleness alerts. Only the schedule matters: a last good CronJob may still run under a spec
+    that became invalid elsewhere."""
     try:
         return parse_schedule(backup)[1]
     except InvalidSpec:
