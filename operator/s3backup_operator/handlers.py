@@ -20,8 +20,11 @@ import kopf
 from kubernetes.client import Configuration
 
 from s3backup_operator.config import OperatorConfig
+from s3backup_operator.events import run_event
 from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
+from s3backup_operator.policy import NOT_ALLOWED
+from s3backup_operator.policy import check as check_policy
 from s3backup_operator.pushgateway import delete_group, redact_url
 from s3backup_operator.render import (
     BACKUP_LABEL,
@@ -35,10 +38,11 @@ from s3backup_operator.render import (
     render_cronjob,
     render_run_now_job,
 )
-from s3backup_operator.spec import BackupSpec, InvalidSpec, monitored_interval, parse, pushgateway_of
+from s3backup_operator.spec import BackupSpec, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
     last_run,
+    now_iso,
     pod_blocked,
     ready_condition,
     set_condition,
@@ -91,6 +95,24 @@ class Reconciler:
         if self._api is not None:
             self._api.close()
             self._api = None
+
+    def admit(self, backup: dict[str, Any]) -> BackupSpec:
+        """The parsed spec, if the admin's policy allows it in its namespace; else InvalidSpec("NotAllowed")."""
+        spec = parse(backup)
+        check_policy(spec, self.config.policy)
+        return spec
+
+    def remove_refused_cronjob(self, backup: dict[str, Any]) -> bool:
+        """Delete this S3Backup's CronJob (if it controls one): a refused spec keeps no schedule running, also
+        when the admin withdrew an allowance after the CronJob was made. Running Jobs finish."""
+        meta = backup["metadata"]
+        name = cronjob_name(meta["name"])
+        live = self.api.get_cronjob(meta["namespace"], name)
+        owners = [ref for ref in ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+                  if ref.get("controller")]
+        if live is None or not owners or owners[0].get("uid") != meta.get("uid"):
+            return False
+        return self.api.delete_cronjob(meta["namespace"], name)
 
     def check_credentials(self, spec: BackupSpec) -> None:
         """The credentials Secret must exist with both keys. Only key names are looked at, never values."""
@@ -152,13 +174,23 @@ class Reconciler:
                 patch.status["observedGeneration"] = generation
 
         try:
-            spec = parse(body)
+            spec = self.admit(body)
             self.check_credentials(spec)
             action, _ = self.apply_cronjob(spec, body, logger)
         except InvalidSpec as problem:
             self.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
             kept = " The existing CronJob is left as it was." if ours else ""
+            if problem.reason == NOT_ALLOWED:
+                try:
+                    removed = self.remove_refused_cronjob(body)
+                except ApiError as error:
+                    raise kopf.TemporaryError(f"deleting CronJob {name!r} of a refused spec: {error}",
+                                              delay=self.config.retry_delay) from None
+                kept = f" CronJob {name} deleted." if removed else ""
+                if removed:
+                    logger.warning(f"CronJob {name} deleted: {problem.message}")
+                patch.status["cronJobName"] = None
             set_ready(False, problem.reason, problem.message + kept)
             if problem.reason in RETRIED_REASONS:
                 # Something outside the spec may fix it: look again later (a backoff, never a crash loop).
@@ -186,7 +218,7 @@ class Reconciler:
         """
         if (body.get("status") or {}).get("lastRunNowRequest") == request:
             return
-        spec = parse(body)
+        spec = self.admit(body)
         job = render_run_now_job(spec, self.config, request)
         try:
             jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
@@ -218,6 +250,13 @@ class Reconciler:
             return
         status_patch = status_patch_for_run(backup.get("status") or {}, run)
         if status_patch:
+            # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
+            # failed status patch (retried with the next event) cannot lose it; its own failure is logged only.
+            try:
+                self.api.create_event(run_event(backup, run, now_iso()))
+            except ApiError as error:
+                self.metrics.reconcile_errors.labels(reason="EventFailed").inc()
+                logger.warning(f"S3Backup {backup_name}: no Event for run {run['jobName']}: {error}")
             self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
@@ -241,7 +280,7 @@ class Reconciler:
         backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
-                action, _ = self.apply_cronjob(parse(backup), backup, logger)
+                action, _ = self.apply_cronjob(self.admit(backup), backup, logger)
                 logger.info(f"CronJob {meta['name']} was deleted: {action} again")
             except (InvalidSpec, ApiError) as problem:
                 logger.warning(f"CronJob {meta['name']} was deleted and not recreated: {problem}")
@@ -302,10 +341,15 @@ class Reconciler:
             self.metrics.forget(meta["namespace"], meta["name"])
             return
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-        interval = monitored_interval(body, self.config.default_pushgateway_url)
+        interval = schedule_interval(body)
+        run = status.get("lastRun") or {}
         self.metrics.observe(meta["namespace"], meta["name"], BackupState(
             ready=ready.get("status", "Unknown"), reason=ready.get("reason", ""),
-            last_result=(status.get("lastRun") or {}).get("result", ""),
+            last_result=run.get("result", ""),
+            last_run_timestamp=_unix_seconds(run.get("completionTime")),
+            last_run_files={outcome: int(run.get(key) or 0) for outcome, key in (
+                ("uploaded", "filesUploaded"), ("recycled", "filesRecycled"), ("failed", "filesFailed"))}
+            if run else None,
             last_success_timestamp=_unix_seconds(status.get("lastSuccessfulTime")),
             created_timestamp=_unix_seconds(meta.get("creationTimestamp")),
             expected_interval_seconds=None if interval is None else float(interval),

@@ -169,6 +169,17 @@ class KubeApi:
             raise
         return True
 
+    def create_event(self, manifest: dict[str, Any]) -> bool:
+        """Create the Event; False if one of that name exists (this run was already reported)."""
+        try:
+            self._call(self.core.create_namespaced_event, manifest["metadata"]["namespace"], manifest,
+                       field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
     def list_jobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         items = self._call(self.batch.list_namespaced_job, namespace, label_selector=_selector(labels))
         return [item for item in items.get("items") or [] if _matches(item, labels)]

@@ -56,7 +56,9 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
         description="Kubernetes operator: one CronJob per S3Backup resource, running `s3backup sync`.",
         epilog="Environment: S3BACKUP_IMAGE, S3BACKUP_IMAGE_PULL_POLICY, S3BACKUP_PUSHGATEWAY_URL, "
                "S3BACKUP_NAMESPACES (comma-separated), S3BACKUP_LOG_FORMAT, S3BACKUP_RETRY_DELAY, "
-               "S3BACKUP_RESYNC_INTERVAL, S3BACKUP_CHECK_SECRETS, S3BACKUP_IMAGE_PULL_SECRETS (comma-separated).",
+               "S3BACKUP_RESYNC_INTERVAL, S3BACKUP_CHECK_SECRETS, S3BACKUP_IMAGE_PULL_SECRETS (comma-separated), "
+               "S3BACKUP_ALLOW_HOST_PATH, S3BACKUP_ALLOW_SERVICE_ACCOUNT_NAME, S3BACKUP_ALLOW_UNRESTRICTED_VOLUMES "
+               "('*' for every namespace, or comma-separated namespaces; empty: refused everywhere).",
     )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (the default)")

@@ -19,19 +19,21 @@ class BackupState:
     reason: str = ""
     last_result: str = ""
     last_success_timestamp: float | None = None
+    last_run_timestamp: float | None = None  # status.lastRun.completionTime
+    last_run_files: dict[str, int] | None = None  # outcome ("uploaded", "recycled", "failed") -> files
     created_timestamp: float | None = None  # metadata.creationTimestamp
-    # The schedule's longest gap, only for backups whose runs push metrics (else no alert can compare).
-    expected_interval_seconds: float | None = None
+    expected_interval_seconds: float | None = None  # the schedule's longest gap (None: invalid schedule)
 
 
 class OperatorMetrics(Collector):
-    """Backups by namespace and condition, reconcile errors, and per backup: its last result (from status),
-    when it was created and how often it should run.
+    """Backups by namespace and condition, reconcile errors, and per backup (labels `namespace`, `backup`,
+    as in the Pushgateway's grouping key): its last run's end, result and file counts, its last success
+    (all from its status), when it was created and how often it should run.
 
-    The last two exist for the "never ran" alert: a backup that never pushed a run is invisible on the
-    Pushgateway, so the alert compares the operator's list of backups with what the Pushgateway holds.
-    Scrape this endpoint with honor_labels (the chart's ServiceMonitor sets honorLabels: true) so that
-    `namespace` stays the backup's namespace, as on the Pushgateway.
+    With these the shipped alerts work from a ServiceMonitor alone: they take the newest of what the runs
+    pushed and what the operator saw (`max by (namespace, backup)`), so the Pushgateway is optional.
+    Creation time and interval serve the "never ran" alert. Scrape with honor_labels (the chart's
+    ServiceMonitor sets honorLabels: true) so that `namespace` stays the backup's namespace.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -71,6 +73,16 @@ class OperatorMetrics(Collector):
             "1 for the result of each backup's last finished run (status.lastRun.result), 0 for the others.",
             labels=["namespace", "backup", "result"],
         )
+        last_run = GaugeMetricFamily(
+            "s3backup_operator_backup_last_run_timestamp_seconds",
+            "status.lastRun.completionTime of each backup (the end of its last finished run), as Unix seconds.",
+            labels=["namespace", "backup"],
+        )
+        files = GaugeMetricFamily(
+            "s3backup_operator_backup_last_run_files",
+            "Files of each backup's last finished run (status.lastRun), by outcome.",
+            labels=["namespace", "backup", "outcome"],
+        )
         success = GaugeMetricFamily(
             "s3backup_operator_backup_last_success_timestamp_seconds",
             "status.lastSuccessfulTime of each backup, as Unix seconds.",
@@ -83,14 +95,17 @@ class OperatorMetrics(Collector):
         )
         interval = GaugeMetricFamily(
             "s3backup_operator_backup_expected_interval_seconds",
-            "Longest gap between two scheduled runs of each backup whose runs push metrics to a Pushgateway "
-            "(absent without a Pushgateway or with an invalid schedule).",
+            "Longest gap between two scheduled runs of each backup (absent with an invalid schedule).",
             labels=["namespace", "backup"],
         )
         for (namespace, name), state in sorted(backups.items()):
             if state.last_result:
                 for result in RESULTS:
                     last.add_metric([namespace, name, result], 1.0 if state.last_result == result else 0.0)
+            if state.last_run_timestamp is not None:
+                last_run.add_metric([namespace, name], state.last_run_timestamp)
+            for outcome, count in sorted((state.last_run_files or {}).items()):
+                files.add_metric([namespace, name, outcome], float(count))
             if state.last_success_timestamp is not None:
                 success.add_metric([namespace, name], state.last_success_timestamp)
             if state.created_timestamp is not None:
@@ -98,6 +113,8 @@ class OperatorMetrics(Collector):
             if state.expected_interval_seconds is not None:
                 interval.add_metric([namespace, name], state.expected_interval_seconds)
         yield last
+        yield last_run
+        yield files
         yield success
         yield created
         yield interval

@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.spec import SOURCE_MOUNT, BackupSpec, Credentials, PodSecurity
+from s3backup_operator.spec import SOURCE_MOUNT, BackupSpec, CABundle, Credentials, PodSecurity
 
 GROUP = "s3backup.dev"
 VERSION = "v1alpha1"
@@ -28,6 +28,8 @@ CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{BACKUP_LABEL}"
 CONTAINER_NAME = "s3backup"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_NOW_TTL_SECONDS = 86400
+CA_BUNDLE_DIR = "/etc/s3backup/ca"
+CA_BUNDLE_FILE = "ca.crt"
 
 
 def _short_hash(text: str, length: int = 8) -> str:
@@ -113,6 +115,14 @@ def _credentials_env(credentials: Credentials | None) -> list[dict[str, Any]]:
     ]
 
 
+def _ca_bundle_volume(bundle: CABundle) -> dict[str, Any]:
+    """Only the one key, as ca.crt: a ConfigMap or Secret volume (both allowed by `restricted`)."""
+    items = [{"key": bundle.key, "path": CA_BUNDLE_FILE}]
+    if bundle.kind == "secret":
+        return {"name": "ca-bundle", "secret": {"secretName": bundle.name, "items": items}}
+    return {"name": "ca-bundle", "configMap": {"name": bundle.name, "items": items}}
+
+
 def pod_security_context(security: PodSecurity) -> dict[str, Any]:
     """Non-root, seccomp RuntimeDefault: with the container's context, the `restricted` Pod Security Standard.
 
@@ -159,8 +169,12 @@ def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         "args": syncer_args(spec, config),
         "env": [
             *_credentials_env(spec.destination.credentials),
+            *([{"name": "AWS_CA_BUNDLE", "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"}]  # boto3 honours it
+              if spec.destination.ca_bundle else []),
+            *({"name": name, "value": value} for name, value in job.proxy.env().items()),
             {"name": "TMPDIR", "value": "/tmp"},
             {"name": "HOME", "value": "/tmp"},
+            *copy.deepcopy([dict(item) for item in job.env]),  # spec.parse refused any of the names above
         ],
         "volumeMounts": [
             {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True},
@@ -170,6 +184,10 @@ def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
+    volumes = [{"name": "source", **copy.deepcopy(dict(spec.source.volume))}, tmp_volume]
+    if spec.destination.ca_bundle:
+        volumes.append(_ca_bundle_volume(spec.destination.ca_bundle))
+        container["volumeMounts"].append({"name": "ca-bundle", "mountPath": CA_BUNDLE_DIR, "readOnly": True})
     if job.resources:
         container["resources"] = copy.deepcopy(dict(job.resources))
     pod_spec: dict[str, Any] = {
@@ -177,10 +195,12 @@ def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         "automountServiceAccountToken": False,  # the job needs no Kubernetes API access
         "securityContext": pod_security_context(job.security),
         "containers": [container],
-        "volumes": [{"name": "source", **copy.deepcopy(dict(spec.source.volume))}, tmp_volume],
+        "volumes": volumes,
     }
     if job.service_account_name:
         pod_spec["serviceAccountName"] = job.service_account_name
+    if job.priority_class_name:
+        pod_spec["priorityClassName"] = job.priority_class_name
     if job.node_selector:
         pod_spec["nodeSelector"] = dict(job.node_selector)
     if job.tolerations:
@@ -191,7 +211,15 @@ def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         pod_spec["imagePullSecrets"] = copy.deepcopy([dict(item) for item in job.image_pull_secrets])
     elif config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
-    return {"metadata": {"labels": labels(spec.name)}, "spec": pod_spec}
+    metadata: dict[str, Any] = {"labels": pod_labels(spec)}
+    if job.pod_annotations:
+        metadata["annotations"] = dict(job.pod_annotations)
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def pod_labels(spec: BackupSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The user's spec.job.podLabels, then the operator's own (spec.parse refused any that would clash)."""
+    return {**(spec.job.pod_labels or {}), **labels(spec.name), **(extra or {})}
 
 
 def _job_spec(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -230,7 +258,7 @@ def render_run_now_job(spec: BackupSpec, config: OperatorConfig, request: str) -
     job_labels = {**labels(spec.name), TRIGGER_LABEL: "run-now"}
     job_spec = _job_spec(spec, config)
     job_spec["ttlSecondsAfterFinished"] = RUN_NOW_TTL_SECONDS
-    job_spec["template"]["metadata"]["labels"] = dict(job_labels)
+    job_spec["template"]["metadata"]["labels"] = pod_labels(spec, {TRIGGER_LABEL: "run-now"})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,16 @@ class Source:
 
 
 @dataclass(frozen=True)
+class CABundle:
+    """spec.destination.caBundle: one key of a ConfigMap or Secret, the PEM bundle that S3 endpoints behind
+    a corporate TLS proxy or a private CA are checked against (mounted read-only; AWS_CA_BUNDLE)."""
+
+    kind: str  # "configMap" | "secret"
+    name: str
+    key: str = "ca.crt"
+
+
+@dataclass(frozen=True)
 class Destination:
     bucket: str
     prefix: str = ""
@@ -95,6 +106,7 @@ class Destination:
     sse: str = ""
     sse_kms_key_id: str = ""
     credentials: Credentials | None = None  # None: the standard AWS chain (IRSA, pod identity, ...)
+    ca_bundle: CABundle | None = None
 
     @property
     def url(self) -> str:
@@ -126,6 +138,19 @@ class PodSecurity:
 
 
 @dataclass(frozen=True)
+class Proxy:
+    """spec.job.proxy: HTTPS_PROXY, HTTP_PROXY and NO_PROXY of the backup pod ("" = not set)."""
+
+    https_proxy: str = ""
+    http_proxy: str = ""
+    no_proxy: str = ""
+
+    def env(self) -> dict[str, str]:
+        values = {"HTTPS_PROXY": self.https_proxy, "HTTP_PROXY": self.http_proxy, "NO_PROXY": self.no_proxy}
+        return {name: value for name, value in values.items() if value}
+
+
+@dataclass(frozen=True)
 class JobSettings:
     """spec.job: where and how the backup pod runs. Kubernetes structures are passed through as they are."""
 
@@ -142,6 +167,11 @@ class JobSettings:
     starting_deadline_seconds: int = 3600
     successful_jobs_history_limit: int = 3
     failed_jobs_history_limit: int = 3
+    proxy: Proxy = Proxy()
+    env: tuple[Mapping[str, Any], ...] = ()  # core/v1 EnvVars, after the operator's own
+    pod_labels: Mapping[str, str] | None = None
+    pod_annotations: Mapping[str, str] | None = None
+    priority_class_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,6 +322,7 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
                 access_key_key=ref.get("accessKeyIDKey") or DEFAULT_ACCESS_KEY_KEY,
                 secret_key_key=ref.get("secretAccessKeyKey") or DEFAULT_SECRET_KEY_KEY,
             ) if ref else None,
+            ca_bundle=_ca_bundle(destination.get("caBundle")),
         ),
         compare=str(spec["compare"]),
         recycle=Recycle(after=str(spec["recycle"].get("after") or ""),
@@ -323,9 +354,88 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             successful_jobs_history_limit=_integer(job["successfulJobsHistoryLimit"],
                                                    "spec.job.successfulJobsHistoryLimit"),
             failed_jobs_history_limit=_integer(job["failedJobsHistoryLimit"], "spec.job.failedJobsHistoryLimit"),
+            proxy=Proxy(https_proxy=str((job.get("proxy") or {}).get("httpsProxy") or ""),
+                        http_proxy=str((job.get("proxy") or {}).get("httpProxy") or ""),
+                        no_proxy=str((job.get("proxy") or {}).get("noProxy") or "")),
+            env=tuple(copy.deepcopy(dict(item)) for item in job.get("env") or ()),
+            pod_labels={str(k): str(v) for k, v in job["podLabels"].items()} if job.get("podLabels") else None,
+            pod_annotations={str(k): str(v) for k, v in job["podAnnotations"].items()}
+            if job.get("podAnnotations") else None,
+            priority_class_name=str(job.get("priorityClassName") or ""),
         ),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
     )
+
+
+def _ca_bundle(raw: Any) -> CABundle | None:
+    """spec.destination.caBundle: exactly one of configMapKeyRef / secretKeyRef (a CEL rule says so too)."""
+    if not raw:
+        return None
+    refs = {kind: raw.get(f"{kind}KeyRef") for kind in ("configMap", "secret") if raw.get(f"{kind}KeyRef")}
+    if len(refs) != 1:
+        raise InvalidSpec("InvalidSpec", "spec.destination.caBundle: set exactly one of configMapKeyRef, secretKeyRef")
+    [(kind, ref)] = refs.items()
+    return CABundle(kind=kind, name=str(ref["name"]), key=str(ref.get("key") or "ca.crt"))
+
+
+#: Environment the operator sets itself, or that would change where and as whom the syncer connects:
+#: spec.job.env must not override it (credentials, endpoint, CA bundle and proxies have their own fields).
+RESERVED_ENV = frozenset({"HOME", "TMPDIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY",
+                          "https_proxy", "http_proxy", "no_proxy", "all_proxy", "REQUESTS_CA_BUNDLE",
+                          "SSL_CERT_FILE", "SSL_CERT_DIR", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"})
+RESERVED_ENV_PREFIXES = ("AWS_", "S3BACKUP_")
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+#: Labels the operator sets and selects on, and the Job controller's own.
+RESERVED_LABEL_PREFIXES = ("s3backup.dev/", "app.kubernetes.io/", "batch.kubernetes.io/")
+RESERVED_LABELS = frozenset({"job-name", "controller-uid"})
+#: Annotations that would loosen the pod's pinned security settings, and the operator's own.
+RESERVED_ANNOTATION_PREFIXES = ("s3backup.dev/", "container.apparmor.security.beta.kubernetes.io/",
+                                "seccomp.security.alpha.kubernetes.io/")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
+
+
+def _check_key(key: str, field: str) -> None:
+    """A qualified name ([prefix/]name), as Kubernetes checks label and annotation keys."""
+    prefix, _, name = key.rpartition("/")
+    if (not _LABEL_NAME.fullmatch(name) or len(name) > 63
+            or (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)))):
+        raise InvalidSpec("InvalidSpec", f"{field}: invalid key {key!r}"[:300])
+
+
+def _check_pod_settings(job: JobSettings) -> None:
+    seen: set[str] = set()
+    for item in job.env:
+        name = str(item.get("name") or "")
+        if not _ENV_NAME.fullmatch(name):
+            raise InvalidSpec("InvalidSpec", f"spec.job.env: invalid name {name!r}"[:300])
+        if name in RESERVED_ENV or name.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise InvalidSpec("ReservedEnv", f"spec.job.env: {name} is set by the operator or would override "
+                                             "the backup's credentials or connection; use the spec's own fields")
+        if name in seen:
+            raise InvalidSpec("InvalidSpec", f"spec.job.env: {name} appears twice")
+        seen.add(name)
+    for key, value in (job.pod_labels or {}).items():
+        _check_key(key, "spec.job.podLabels")
+        if key in RESERVED_LABELS or key.startswith(RESERVED_LABEL_PREFIXES):
+            raise InvalidSpec("InvalidSpec", f"spec.job.podLabels: {key} is the operator's or the Job's own label")
+        if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
+            raise InvalidSpec("InvalidSpec", f"spec.job.podLabels: invalid value of {key}"[:300])
+    for key in job.pod_annotations or {}:
+        _check_key(key, "spec.job.podAnnotations")
+        if key.startswith(RESERVED_ANNOTATION_PREFIXES):
+            raise InvalidSpec("InvalidSpec", f"spec.job.podAnnotations: {key} is not allowed (it is the "
+                                             "operator's own, or would loosen the pod's security settings)")
+    name = job.priority_class_name
+    if name and (len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name)):
+        raise InvalidSpec("InvalidSpec", f"spec.job.priorityClassName: invalid name {name!r}"[:300])
+    if name.startswith("system-"):
+        raise InvalidSpec("NotAllowed", f"spec.job.priorityClassName: {name} is reserved for the cluster's "
+                                        "critical pods")
+    for field, value in (("httpsProxy", job.proxy.https_proxy), ("httpProxy", job.proxy.http_proxy),
+                         ("noProxy", job.proxy.no_proxy)):
+        if any(char in value for char in "\0\r\n"):
+            raise InvalidSpec("InvalidSpec", f"spec.job.proxy.{field}: must be one line")
 
 
 def _check_endpoint(url: str) -> None:
@@ -357,6 +467,9 @@ def check(spec: BackupSpec) -> None:
     source, destination, recycle, transfer = spec.source, spec.destination, spec.recycle, spec.transfer
     if destination.sse_kms_key_id and destination.sse != "aws:kms":
         raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
+    if spec.job.security.run_as_user == 0:  # the pod says runAsNonRoot; the kubelet would refuse it
+        raise InvalidSpec("InvalidSpec", "spec.job.podSecurityContext.runAsUser: the backup never runs as root")
+    _check_pod_settings(spec.job)
     if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
     option_values = {
@@ -416,15 +529,10 @@ def pushgateway_of(backup: Mapping[str, Any], default: str) -> str:
     return str(url or default).rstrip("/")
 
 
-def monitored_interval(backup: Mapping[str, Any], default_pushgateway: str) -> int | None:
-    """The expected interval (seconds) the backup's runs push, or None when they push nothing (no
-    Pushgateway) or the schedule is invalid: then no alert can expect a pushed run.
-
-    Only the schedule and the Pushgateway matter here: a last good CronJob may still run under a spec that
-    became invalid elsewhere.
-    """
-    if not pushgateway_of(backup, default_pushgateway):
-        return None
+def schedule_interval(backup: Mapping[str, Any]) -> int | None:
+    """The schedule's longest gap (seconds), or None when the schedule is invalid: the operator exports it
+    for the staleness alerts. Only the schedule matters: a last good CronJob may still run under a spec
+    that became invalid elsewhere."""
     try:
         return parse_schedule(backup)[1]
     except InvalidSpec:

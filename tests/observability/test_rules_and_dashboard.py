@@ -40,7 +40,9 @@ def test_promtool_unit_tests_pass():
 
 def test_promtool_unit_tests_catch_a_broken_rule(tmp_path):
     """The unit tests can fail: a rule that fires too late is caught."""
-    (tmp_path / RULES.name).write_text(RULES.read_text().replace("> 2 * s3backup", "> 3 * s3backup"))
+    broken = RULES.read_text().replace("> 2 * max by", "> 3 * max by")
+    assert broken != RULES.read_text()
+    (tmp_path / RULES.name).write_text(broken)
     (tmp_path / RULE_TESTS.name).write_text(RULE_TESTS.read_text())
     result = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr
@@ -70,12 +72,13 @@ def operator_metric_names() -> set[str]:
     metrics = OperatorMetrics()
     metrics.observe("ns", "db", BackupState(ready="True", reason="CronJobReady", last_result="Succeeded",
                                             last_success_timestamp=1.0, created_timestamp=1.0,
+                                            last_run_timestamp=1.0, last_run_files={"failed": 0},
                                             expected_interval_seconds=3600.0))
     return {metric.name for metric in metrics.registry.collect() if metric.samples}
 
 
 def test_rules_and_dashboard_use_only_metrics_that_exist():
-    """The panels read what runs push; the rules may also read the operator's own /metrics."""
+    """Rules and panels read what runs push and what the operator's own /metrics serves."""
     pushed, served = pushed_metric_names(), operator_metric_names()
     assert "s3backup_last_success_timestamp_seconds" in pushed
     assert "s3backup_operator_backup_created_timestamp_seconds" in served
@@ -83,7 +86,30 @@ def test_rules_and_dashboard_use_only_metrics_that_exist():
     used_by_panels = _names_in(" ".join(t["expr"] for p in dashboard_panels(dashboard()) for t in p["targets"]))
     assert used_by_rules and used_by_panels
     assert used_by_rules <= pushed | served, used_by_rules - pushed - served
-    assert used_by_panels <= pushed, used_by_panels - pushed
+    assert used_by_panels <= pushed | served, used_by_panels - pushed - served
+
+
+#: Alerts that must work from either source alone: the Pushgateway (CLI backups, or no ServiceMonitor) or
+#: the operator's /metrics (kube-prometheus-stack without a Pushgateway).
+EITHER_SOURCE = ("S3BackupFailed", "S3BackupNoRecentSuccess", "S3BackupNotRunning", "S3BackupFilesFailing")
+
+
+def test_run_alerts_and_main_panels_read_both_sources():
+    """Each run alert and the success/result/files panels name a pushed and an operator metric for each
+    thing they read, taken together with `max by (namespace, backup)`: either source alone is enough."""
+    pushed, served = pushed_metric_names(), operator_metric_names() - {"s3backup_operator_backups"}
+    rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
+    panels = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard_panels(dashboard())}
+    checked = [*(rules[name] for name in EITHER_SOURCE),
+               *(panels[title] for title in ("Time since last success", "Overdue (age / expected interval)",
+                                             "Result history", "Files by outcome"))]
+    for expr in checked:
+        names = _names_in(expr)
+        assert names & pushed and names & served, expr
+        for selector in re.findall(r'__name__=~"([^"]+)"', expr):
+            alternatives = set(selector.split("|"))
+            assert alternatives & pushed and alternatives & served and alternatives <= pushed | served, selector
+        assert "max by (namespace, backup" in expr, expr
 
 
 def test_metric_names_have_the_prefix_and_base_units():

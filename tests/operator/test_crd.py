@@ -177,6 +177,17 @@ INVALID = {
     "endpoint host with an underscore": _set("spec.destination.endpoint", "http://s3_x:9000"),
     "region ending with -": _set("spec.destination.region", "eu-"),
     "region of digits": _set("spec.destination.region", "123"),
+    # Pod settings
+    "CA bundle ref without name": _set("spec.destination.caBundle", {"configMapKeyRef": {"key": "ca.crt"}}),
+    "CA bundle key with a slash": _set("spec.destination.caBundle", {"secretKeyRef": {"name": "ca", "key": "a/b"}}),
+    "proxy with a space": _set("spec.job.proxy", {"httpsProxy": "http://proxy :3128"}),
+    "proxy over two lines": _set("spec.job.proxy", {"noProxy": ".svc\n.local"}),
+    "env without name": _set("spec.job.env", [{"value": "x"}]),
+    "env name with a space": _set("spec.job.env", [{"name": "MY VAR", "value": "x"}]),
+    "env value not a string": _set("spec.job.env", [{"name": "N", "value": 5}]),
+    "pod label value too long": _set("spec.job.podLabels", {"team": "x" * 64}),
+    "pod annotation not a string": _set("spec.job.podAnnotations", {"sidecar.istio.io/inject": False}),
+    "priority class with capitals": _set("spec.job.priorityClassName", "High"),
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from s3backup_operator.config import OperatorConfig
 from s3backup_operator.render import cronjob_name, render_cronjob, render_run_now_job, run_now_job_name
-from s3backup_operator.spec import InvalidSpec, monitored_interval, parse
+from s3backup_operator.spec import InvalidSpec, parse, schedule_interval
 from s3backup_syncer import cli
 from s3backup_syncer.config import RecycleCap
 from s3backup_syncer.filters import Filters
@@ -52,10 +52,16 @@ def test_cronjob_for_the_full_example(config):
         "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [2000],
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    assert pod["priorityClassName"] == "backup"
     assert pod["volumes"] == [
         {"name": "source", "persistentVolumeClaim": {"claimName": "media"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "ca-bundle", "configMap": {"name": "corporate-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
     ]
+    template = spec["jobTemplate"]["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "media"
+    assert template["metadata"]["labels"]["s3backup.dev/backup"] == "media"
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     [container] = pod["containers"]
     assert container["image"] == TEST_IMAGE
     assert container["command"] == ["s3backup"]
@@ -69,7 +75,12 @@ def test_cronjob_for_the_full_example(config):
     assert container["volumeMounts"] == [
         {"name": "source", "mountPath": "/data", "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "ca-bundle", "mountPath": "/etc/s3backup/ca", "readOnly": True},
     ]
+    plain_env = {env["name"]: env["value"] for env in container["env"] if "value" in env}
+    assert plain_env == {"AWS_CA_BUNDLE": "/etc/s3backup/ca/ca.crt", "HTTPS_PROXY": "http://proxy.example.com:3128",
+                         "NO_PROXY": ".svc,.cluster.local,10.0.0.0/8", "TMPDIR": "/tmp", "HOME": "/tmp",
+                         "TZ": "Europe/Berlin"}
     assert container["args"] == [
         "sync", "/data/uploads", "s3://media-backups/prod/uploads",
         "--endpoint-url=https://s3.example.com", "--region=eu-central-1", "--path-style",
@@ -346,19 +357,16 @@ def test_run_now_job_uses_the_same_pod_template(config):
     assert job["spec"]["ttlSecondsAfterFinished"] > 0
 
 
-def test_monitored_interval_is_the_pushed_one_and_only_when_runs_push():
-    """What the operator exports for S3BackupNeverRan: the --expected-interval its jobs push, else None."""
+def test_the_exported_interval_is_the_pushed_one_with_or_without_a_pushgateway():
+    """What the operator exports for the staleness alerts: the --expected-interval its jobs push (if they
+    push at all: the alerts work from the operator's /metrics alone), None for an invalid schedule."""
     pushing = OperatorConfig(image=TEST_IMAGE, default_pushgateway_url="http://pgw:9091")
-    silent = OperatorConfig(image=TEST_IMAGE)
     backup = make_backup(schedule="H 2 * * *")
     args = _pod(render_cronjob(parse(backup), pushing))["containers"][0]["args"]
     assert option(args, "--expected-interval") == "1d"
-    assert monitored_interval(backup, pushing.default_pushgateway_url) == 86400
-    assert monitored_interval(backup, silent.default_pushgateway_url) is None  # its runs push nowhere
-    own_gateway = make_backup(schedule="*/15 * * * *", metrics={"pushgatewayURL": "http://pgw:9091"})
-    assert monitored_interval(own_gateway, silent.default_pushgateway_url) == 900
-    invalid = make_backup(schedule="61 * * * *")
-    assert monitored_interval(invalid, pushing.default_pushgateway_url) is None  # invalid: no runs at all
+    assert schedule_interval(backup) == 86400
+    assert schedule_interval(make_backup(schedule="*/15 * * * *")) == 900
+    assert schedule_interval(make_backup(schedule="61 * * * *")) is None  # invalid: no runs at all
 
 
 def test_fs_group_is_set_only_when_asked(config):

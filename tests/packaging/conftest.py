@@ -35,10 +35,12 @@ ALL_FEATURES: dict[str, Any] = {
         "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     },
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+    "policy": {"allowHostPath": ["team-a"], "allowServiceAccountName": True, "allowUnrestrictedVolumes": False},
 }
 # The same, cluster-wide (RBAC and peering differ).
 ALL_FEATURES_CLUSTER_WIDE = {**ALL_FEATURES, "watchNamespaces": []}
-STANDALONE = {"leaderElection": {"enabled": False, "peeringName": "s3backup-operator"}}
+STANDALONE = {"leaderElection": {"enabled": False, "peeringName": "s3backup-operator"},
+              "rbac": {"aggregateRoles": False}}
 # Two replicas with kopf peering, no access to Secrets, pull secrets for the backup Jobs, the operator's
 # image pinned by digest (the Jobs use it too), and the alerts without the ServiceMonitor.
 HA: dict[str, Any] = {
@@ -68,6 +70,9 @@ INVALID_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "replicas-without-peering": ({**STANDALONE, "replicas": 2}, "replicas > 1 needs leaderElection.enabled=true"),
     # The names go comma-separated into S3BACKUP_IMAGE_PULL_SECRETS.
     "pull-secret-name": ({"backupImage": {"pullSecrets": [{"name": "a,b"}]}}, "pullSecrets"),
+    # An allowance is true, false or a list of namespaces (never a string the operator would misread).
+    "policy-string": ({"policy": {"allowHostPath": "team-a"}}, "allowHostPath"),
+    "policy-glob": ({"policy": {"allowServiceAccountName": ["team-*"]}}, "allowServiceAccountName"),
 }
 
 

@@ -369,6 +369,50 @@ def test_rbac_never_grants_more_than_the_operator_needs(rendered):
     assert not [d for d in standalone if d["kind"].endswith("KopfPeering")]
 
 
+@pytest.mark.parametrize(("case", "host_path", "service_account"), [
+    ("default", set(), set()),
+    ("all-features", {"team-a"}, {"team-a", "team-b", "anywhere"}),
+])
+def test_policy_values_reach_the_operator(rendered, case, host_path, service_account):
+    """policy.*: nothing beyond the restricted standard unless the values allow it, where they allow it."""
+    env = {e["name"]: e["value"] for e in operator_container(rendered[case]["docs"])["env"] if "value" in e}
+    policy = OperatorConfig.from_env(env).policy
+    for namespace in ("team-a", "team-b", "anywhere"):
+        assert policy.host_path.allows(namespace) is (namespace in host_path), namespace
+        assert policy.service_account_name.allows(namespace) is (namespace in service_account), namespace
+        assert not policy.unrestricted_volumes.allows(namespace)
+
+
+def _aggregated(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"
+            and d["metadata"]["name"] in ("s3backup-edit", "s3backup-view")}
+
+
+def test_aggregated_roles_give_the_built_in_roles_s3backup_rights(rendered):
+    roles = _aggregated(rendered["default"]["docs"])
+    assert set(roles) == {"s3backup-edit", "s3backup-view"}
+    edit, view = roles["s3backup-edit"], roles["s3backup-view"]
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        aggregate + "admin": "true", aggregate + "edit": "true"}
+    assert {k: v for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        aggregate + "view": "true"}
+
+    def verbs(role: dict[str, Any], resource: str) -> set[str]:
+        return {verb for rule in role["rules"] if "s3backup.dev" in rule["apiGroups"] and resource in rule["resources"]
+                for verb in rule["verbs"]}
+
+    assert {"create", "update", "patch", "delete"} <= verbs(edit, "s3backups")
+    assert verbs(edit, "s3backups/status") == verbs(view, "s3backups") == verbs(view, "s3backups/status") == {
+        "get", "list", "watch"}  # the status is the operator's; viewers read only
+    for role in (edit, view):
+        assert all(rule["apiGroups"] == ["s3backup.dev"] for rule in role["rules"]), role["metadata"]["name"]
+    # Aggregation only: the chart binds them to nobody.
+    bound = {d["roleRef"]["name"] for d in rendered["default"]["docs"] if d["kind"].endswith("Binding")}
+    assert not bound & set(roles)
+    assert not _aggregated(rendered["standalone"]["docs"])  # rbac.aggregateRoles=false (e.g. a second install)
+
+
 # --- NOTES.txt: the first S3Backup it shows is valid -----------------------------------------------
 
 def test_notes_show_a_valid_first_backup_and_how_to_see_and_trigger_it(rendered):

@@ -88,3 +88,14 @@ highest acts), but without it every replica would act on every S3Backup. */}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true (the ServiceMonitor scrapes that Service)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+A policy allowance as the operator reads it: true -> "*", false -> "", a list -> "a,b".
+*/}}
+{{- define "s3backup.allowance" -}}
+{{- if kindIs "bool" . -}}
+{{- if . }}*{{ end -}}
+{{- else -}}
+{{- join "," . -}}
+{{- end -}}
+{{- end }}
