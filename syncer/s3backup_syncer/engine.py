@@ -73,7 +73,7 @@ class SyncRun:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
         )
-        self.filters = Filters(tuple(options.includes), tuple(options.excludes))
+        self.filters = Filters(tuple(options.includes), tuple(options.excludes), options.include_lost_found)
         self.cache: HashCache | None = None
         self._batch_delete = True  # DeleteObjects, until the server refuses it
         self.recycle_due = 0  # remote-only objects old enough to recycle (listed in a file, not in memory)

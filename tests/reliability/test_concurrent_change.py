@@ -10,6 +10,7 @@ next run skip the file. After a run with changes under its feet:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -129,8 +130,13 @@ def test_in_place_rewrite_with_mtime_restored_during_upload(s3, src, s3_url, pre
     with open(path, "r+b") as handle:
         handle.write(new)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
+    # The change is seen (ctime moved): that file fails, the run is partial, and it says why.
+    summary = json.loads(stdout.splitlines()[-1])
+    assert process.returncode == 1 and summary["result"] == "partial", (process.returncode, stderr)
+    assert summary["files_failed"] == 1 and summary["files_uploaded"] == 0, summary
+    assert summary["errors"] == ["vm.img: file changed while it was uploaded; it will be retried next run"], summary
     check_nothing_recorded_wrongly(direct, prefix, src, {"vm.img": [contents["vm.img"], new]})
     final = run_syncer(src, s3_url, s3.endpoint_url, "--part-size", "5MiB")
     assert final.returncode == 0, final.stderr
