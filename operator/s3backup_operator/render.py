@@ -267,7 +267,7 @@ def destination_url(destination: dict[str, Any]) -> str:
 
 
 def syncer_args(backup: dict[str, Any], config: OperatorConfig) -> list[str]:
-    """The `s3backup sync ...` arguments (see CONTRACT.md, "Syncer CLI").
+    """The `s3backup sync ...` arguments (README.md: "The CLI", and "What the job runs").
 
     Every option with a value is one `--option=value` argument: argparse would take a separate value
     starting with "-" (an exclude `-wal`, say) for an option of its own.

@@ -1,4 +1,4 @@
-"""Object metadata: `s3backup-mtime` is the source file's mtime (CONTRACT.md), also after a change that
+"""Object metadata: `s3backup-mtime` is the source file's mtime (README.md, "Object metadata"), also after a change that
 touches the mtime only (`touch`, a rewrite with the same bytes), which a restore would otherwise undo."""
 
 from __future__ import annotations
