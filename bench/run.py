@@ -745,7 +745,10 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "bytes read (`rchar` from `/proc/<pid>/io`, which the kernel folds into the parent when a child is reaped; "
         "it counts files and sockets, so a no-change run's LIST answers are in it too).",
         "- *vs best peer*: wall time divided by the fastest peer's in the same table (below 1.00× means faster than "
-        "every peer). *check*: the bucket was listed afterwards and held exactly the source's files and bytes.",
+        "every peer). *check*: the prefix was listed afterwards, and its number of objects and their total size "
+        "equalled the source's number of files and total bytes (s3backup's state folder left out). Keys and "
+        "contents are not compared here; that the bucket holds the source's keys byte for byte is what the test "
+        "suite checks (see README.md, \"Reliability\").",
         "- Tools run one after another in the same process and against the same server. The machine has "
         f"{m['nproc']} cores shared by the tool, the proxy, SeaweedFS, and (on the development machine) other "
         "work, so absolute times are noisy; ratios within one table are the fairer reading. The proxy costs CPU "

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     body = (f"Measured on {when} at commit {at} by `.venv/bin/python scripts/reliability_figures.py "
             f"--soak-rounds {args.soak_rounds}`, on {machine}. Every figure comes from real runs against "
-            f"SeaweedFS; every test ends by downloading the bucket and comparing it with the source."
+            f"SeaweedFS; the scenarios end by downloading the bucket and comparing it with the source."
             + (f" {args.note}" if args.note else "") + "\n\n" + table(passes) + "\n")
     args.out.write_text("# Reliability figures\n\nWritten by `scripts/reliability_figures.py`; do not edit by hand. "
                         "See README.md, \"Reliability\", for what the suite injects and checks.\n\n" + body)
