@@ -43,6 +43,7 @@ class Pass:
     failed: int = 0
     skipped: int = 0
     figures: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # "test id: first line of the failure"
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
 
 
@@ -64,6 +65,10 @@ def run_pass(title: str, args: list[str], env: dict[str, str], shown: str) -> Pa
             result.tests = int(suite.get("tests", 0))
             result.failed = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
             result.skipped = int(suite.get("skipped", 0))
+            for case in suite.iter("testcase"):
+                for problem in [*case.findall("failure"), *case.findall("error")]:
+                    lines = (problem.get("message") or problem.text or "").strip().splitlines()
+                    result.failures.append(f"`{case.get('classname')}.{case.get('name')}`: {(lines or ['?'])[0][:300]}")
         else:
             result.failed = 1  # pytest never got as far as writing its report
         if figures.exists():
@@ -107,6 +112,8 @@ def table(passes: list[Pass]) -> str:
         row("wall time", lambda p: minutes(p.seconds)),
         row("load average (1 min) at start / end", lambda p: f"{p.load[0]:.1f} / {p.load[1]:.1f}"),
     ]
+    for p in passes:
+        lines += ["", f"Failed in the {p.title}:", *(f"- {failure}" for failure in p.failures)] if p.failures else []
     return "\n".join(lines)
 
 
