@@ -1,42 +1,24 @@
-"""Delete a backup's metrics group from the Pushgateway when its S3Backup goes away."""
+"""Delete a backup's metrics group from the Pushgateway when its S3Backup goes away.
+
+The URL handling (credentials sent as basic auth, `redact_url`) is the syncer's, in `s3backup_syncer.metrics`:
+both push to the same gateway under the same grouping key.
+"""
 
 from __future__ import annotations
 
-import base64
+import asyncio
 
-import aiohttp
+from prometheus_client import delete_from_gateway
+from s3backup_syncer.metrics import JOB, gateway_target, redact_url
 
-JOB = "s3backup"
-
-
-def _segment(label: str, value: str) -> str:
-    # The Pushgateway's URL form for a value that may hold "/" (or be empty): label@base64/<base64url>.
-    if not value or "/" in value:
-        encoded = base64.urlsafe_b64encode(value.encode()).decode() or "="
-        return f"/{label}@base64/{encoded}"
-    return f"/{label}/{value}"
-
-
-def group_url(gateway_url: str, namespace: str, backup: str) -> str:
-    """The grouping key the syncer pushes under the operator: job="s3backup", namespace, backup."""
-    return f"{gateway_url.rstrip('/')}/metrics/job/{JOB}" + _segment("namespace", namespace) + _segment(
-        "backup", backup)
+__all__ = ["delete_group", "redact_url"]
 
 
 async def delete_group(gateway_url: str, namespace: str, backup: str, timeout: float = 10) -> None:
-    """DELETE the group (the Pushgateway answers 202 whether or not it existed). Raises on failure."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
-            session.delete(group_url(gateway_url, namespace, backup)) as response:
-        if response.status >= 300:
-            raise RuntimeError(f"Pushgateway answered HTTP {response.status} to the group deletion")
+    """Delete the group the syncer pushes under the operator: job="s3backup", namespace, backup.
 
-
-def redact_url(url: str) -> str:
-    """The URL without user:password, for logs and status."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}://{authority}{slash}{path}"
+    The Pushgateway answers 202 whether or not the group existed. Raises on failure (urllib's errors).
+    """
+    url, handler, _password = gateway_target(gateway_url)
+    await asyncio.to_thread(delete_from_gateway, url, job=JOB, grouping_key={"namespace": namespace, "backup": backup},
+                            timeout=timeout, handler=handler)

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
     what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
     what.add_argument("--follow-symlinks", action="store_true")
+    what.add_argument("--include-lost-found", action="store_true",
+                      help="back up lost+found at the source root too (skipped by default)")
     what.add_argument("--no-hash-cache", dest="hash_cache", action="store_false",
                       help="do not keep file checksums under PREFIX/.s3backup/ (unchanged files get re-read)")
     recycle = sync.add_argument_group("recycling remote copies of deleted files")
@@ -234,6 +236,7 @@ def options_from_args(args: argparse.Namespace) -> SyncOptions:
         dry_run=args.dry_run,
         hash_cache=args.hash_cache,
         follow_symlinks=args.follow_symlinks,
+        include_lost_found=args.include_lost_found,
         connect_timeout=parse_timeout("S3BACKUP_CONNECT_TIMEOUT", os.environ.get("S3BACKUP_CONNECT_TIMEOUT"), 10),
         read_timeout=parse_timeout("S3BACKUP_READ_TIMEOUT", os.environ.get("S3BACKUP_READ_TIMEOUT"), 60),
     )

@@ -130,6 +130,7 @@ class SyncOptions:
     dry_run: bool = False
     hash_cache: bool = True
     follow_symlinks: bool = False
+    include_lost_found: bool = False  # lost+found at the source root (see filters.py)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
 

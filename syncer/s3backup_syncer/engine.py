@@ -84,7 +84,7 @@ class SyncRun:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
         )
-        self.filters = Filters(tuple(options.includes), tuple(options.excludes))
+        self.filters = Filters(tuple(options.includes), tuple(options.excludes), options.include_lost_found)
         self.cache: HashCache | None = None
         self.attributes: AttributeState | None = None
         self.recycle_refused = False  # a guard stopped due deletions: the run must not look green

@@ -120,7 +120,7 @@ def push_run_metrics(
         return None
     password = ""
     try:
-        url, handler, password = _gateway(gateway_url)
+        url, handler, password = gateway_target(gateway_url)
         registry = run_metrics_registry(summary, expected_interval_seconds)
         pushadd_to_gateway(url, job=JOB, registry=registry, grouping_key=grouping, timeout=timeout, handler=handler)
     except Exception as exc:  # a metrics problem must never fail the backup
@@ -147,8 +147,12 @@ def _with_scheme(url: str) -> str:
     return url if re.match(r"(?i)https?://", url) else f"http://{url}"
 
 
-def _gateway(gateway_url: str) -> tuple[str, Callable, str]:
-    """The URL without credentials, a request handler that sends them as basic auth, and the password."""
+def gateway_target(gateway_url: str) -> tuple[str, Callable, str]:
+    """The URL without credentials, a request handler that sends them as basic auth, and the password.
+
+    For prometheus_client's `*_to_gateway` and `delete_from_gateway` (the operator deletes groups too):
+    urllib would not take `user:password@` from the URL.
+    """
     parts = urlsplit(_with_scheme(gateway_url))
     userinfo, at, host = parts.netloc.rpartition("@")
     url = urlunsplit((parts.scheme, host, parts.path, "", ""))

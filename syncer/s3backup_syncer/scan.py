@@ -8,12 +8,15 @@ entries of the directories on the current path.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .filters import Filters
+from .filters import LOST_FOUND, Filters
+
+log = logging.getLogger(__name__)
 
 #: S3's limit on a key's length, in UTF-8 bytes.
 MAX_KEY_BYTES = 1024
@@ -106,6 +109,8 @@ def _walk_dir(
             continue
         if is_dir:
             if not filters.wants_directory(key):
+                if key == LOST_FOUND and not filters.include_lost_found:
+                    log.info("skipped %s/ at the source root (fsck's folder; --include-lost-found backs it up)", key)
                 continue
             if entry.is_symlink():
                 if not follow:

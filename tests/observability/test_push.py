@@ -233,6 +233,26 @@ def test_wrong_credentials_give_a_warning_without_them(auth_gateway):
         assert secret not in warning
 
 
+def test_the_operators_deletion_sends_the_urls_credentials_and_encodes_slashes(auth_gateway):
+    """The operator deletes through prometheus_client with the syncer's URL handling: basic auth from the
+    URL, and a backup name with `/` in the grouping key (base64), as the syncer pushed it."""
+    from s3backup_operator.pushgateway import delete_group
+
+    url = auth_gateway.url.replace("http://", f"http://{USER}:{PASSWORD_IN_URL}@")
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    gone, keep = backup_name() + "/x", backup_name()
+    for backup in (gone, keep):
+        assert push_run_metrics(url, {"namespace": "ns", "backup": backup}, summary(), 60) is None
+    assert gateway_series(auth_gateway.url, authorization=basic, namespace="ns", backup=gone) != {}
+
+    asyncio.run(delete_group(url, "ns", gone))
+
+    assert gateway_series(auth_gateway.url, authorization=basic, namespace="ns", backup=gone) == {}
+    assert gateway_series(auth_gateway.url, authorization=basic, namespace="ns", backup=keep) != {}
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        asyncio.run(delete_group(auth_gateway.url, "ns", keep))  # without credentials: refused, and raised
+
+
 def test_concurrent_pushes_of_different_backups_do_not_mix(pushgateway):
     names = [backup_name() for _ in range(4)]
     results: list[str | None] = []

@@ -4,7 +4,8 @@ The operator under test (kopf, via KopfRunner) runs in another thread and talks 
 a kube-apiserver. The test itself plays "the cluster": it posts Jobs and Pods as the CronJob and Job
 controllers would, with plain HTTP requests (`Cluster`).
 
-Where the emulator is not a kube-apiserver (the tests assume these, see readme-operator.md):
+Where the emulator is not a kube-apiserver (the tests assume these; see README.md, "How it is tested, and what
+the tests cannot show"):
 - no garbage collection: deleting an owner leaves its dependents (the tests check ownerReferences instead);
 - no defaults: neither the CRD's schema defaults nor the built-in ones (the operator must not rely on them);
 - GET /api/v1/namespaces cannot be parsed by kmock 0.8: `ApiServerLikeEmulator` serves a fixed list itself

@@ -30,6 +30,12 @@ META_MTIME = "s3backup-mtime"
 #: any capability, root is held to the permission bits like any user, wherever the checkout lives.
 NO_CAPABILITIES = ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all")
 
+#: The operator's default user: a real non-root uid, for what root's own permission bits would let through
+#: (a root-owned mode-0700 directory is readable by root even without capabilities).
+NON_ROOT_UID = 65532
+AS_NON_ROOT = ("setpriv", f"--reuid={NON_ROOT_UID}", f"--regid={NON_ROOT_UID}", "--clear-groups",
+               "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all")
+
 #: Figures for the README's reliability section, summed over the session (see conftest.py).
 FIGURES: Counter[str] = Counter()
 
@@ -74,20 +80,24 @@ def sync_args(src: Path, url: str, endpoint: str, *extra: str) -> list[str]:
 
 
 def run_syncer(src: Path, url: str, endpoint: str, *extra: str, env: dict | None = None, timeout: float = 120,
-               unprivileged: bool = False, wrapper: tuple[str, ...] = (), process: bool = False) -> Run:
+               unprivileged: bool = False, non_root: bool = False, wrapper: tuple[str, ...] = (),
+               process: bool = False) -> Run:
     """Run `s3backup sync SRC URL --endpoint-url ENDPOINT --path-style --summary-json - -q EXTRA...`.
 
     In this process through `cli.main` (the CLI's own code path, ~1 s faster than a new interpreter on
     a loaded machine), or as a subprocess when asked (`process=True`), or when the run needs one:
-    `unprivileged` runs it without any capability (see NO_CAPABILITIES), `wrapper` under e.g. `faketime`.
+    `unprivileged` runs it without any capability (see NO_CAPABILITIES), `non_root` as uid 65532 (see
+    AS_NON_ROOT), `wrapper` under e.g. `faketime`.
     """
     FIGURES["syncer runs"] += 1
-    if not (process or unprivileged or wrapper):
+    if not (process or unprivileged or non_root or wrapper):
         return _run_in_process(sync_args(src, url, endpoint, *extra)[1:], env or {})
     command = [*wrapper, *sync_args(src, url, endpoint, *extra)]
     env = {**os.environ, **(env or {})}
     if unprivileged:
         command = [*NO_CAPABILITIES, *command]
+    elif non_root:
+        command = [*AS_NON_ROOT, *command]
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
     return _finish(result.returncode, result.stdout, result.stderr)

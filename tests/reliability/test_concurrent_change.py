@@ -10,13 +10,16 @@ next run skip the file. After a run with changes under its feet:
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import subprocess
 import threading
 import time
 
 import pytest
+from s3backup_syncer.hashcache import RACY_WINDOW_NS
 
 from tests.conftest import BUCKET
 from tests.reliability.helpers import (
@@ -129,8 +132,13 @@ def test_in_place_rewrite_with_mtime_restored_during_upload(s3, src, s3_url, pre
     with open(path, "r+b") as handle:
         handle.write(new)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    _, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
+    # The change is seen (ctime moved): that file fails, the run is partial, and it says why.
+    summary = json.loads(stdout.splitlines()[-1])
+    assert process.returncode == 1 and summary["result"] == "partial", (process.returncode, stderr)
+    assert summary["files_failed"] == 1 and summary["files_uploaded"] == 0, summary
+    assert summary["errors"] == ["vm.img: file changed while it was uploaded; it will be retried next run"], summary
     check_nothing_recorded_wrongly(direct, prefix, src, {"vm.img": [contents["vm.img"], new]})
     final = run_syncer(src, s3_url, s3.endpoint_url, "--part-size", "5MiB")
     assert final.returncode == 0, final.stderr
@@ -148,6 +156,26 @@ def test_change_between_hashing_and_the_cache(kind, s3, src, s3_url, prefix, dir
     run = run_syncer(src, s3_url, s3.endpoint_url, "--recycle-after", "0s", "--max-recycle", "100%")
     assert run.returncode == 0, run.stderr
     assert run.summary["files_recycled"] == (1 if new is None else 0)
+    assert_bucket_matches(direct, prefix, src)
+
+
+def test_a_cache_entry_is_not_trusted_when_the_file_is_newer_than_its_hash(s3, src, s3_url, prefix, direct):
+    """The racy-entry rule end to end (its cases are in tests/syncer/test_hashcache.py). Under faketime
+    14 minutes behind, every file's ctime is after the moment the syncer hashed it, as a write just after
+    the hash would be on a filesystem with coarse timestamps: the next run must read the file again."""
+    if not shutil.which("faketime"):
+        pytest.fail("faketime is missing: scripts/bootstrap.sh installs it (Debian package faketime)")
+    write_tree(src, {"data.bin": 3000}, seed=13)
+    time.sleep(RACY_WINDOW_NS / 1e9 + 0.1)  # by the real clock, the file is old enough to be trusted
+    behind = ("faketime", "-f", "-14m")
+    for _ in range(2):
+        run = run_syncer(src, s3_url, s3.endpoint_url, wrapper=behind)
+        assert run.returncode == 0, run.stderr
+    assert run.summary["files_unchanged"] == 1 and run.summary["bytes_hashed"] == 3000, run.summary
+    trusted = run_syncer(src, s3_url, s3.endpoint_url)  # the real clock again: this run's entry is trusted
+    assert trusted.returncode == 0 and trusted.summary["bytes_hashed"] == 3000, trusted.summary
+    again = run_syncer(src, s3_url, s3.endpoint_url)
+    assert again.returncode == 0 and again.summary["bytes_hashed"] == 0, again.summary
     assert_bucket_matches(direct, prefix, src)
 
 

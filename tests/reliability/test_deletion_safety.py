@@ -197,5 +197,9 @@ def test_no_date_header_does_not_fall_back_to_a_skewed_client_clock(faketime, s3
     (synced / "top.txt").unlink()
     proxy = proxy_factory(strip_date=True)
     run = run_syncer(synced, s3_url, proxy.endpoint_url, "--recycle-after", "10m", wrapper=AHEAD)
-    assert run.summary["files_recycled"] == 0, run.summary
-    assert "top.txt" in remote_objects(direct, prefix)
+    # The run itself works (exit 1, not 2: a refused deletion, not an error), and says why it deleted nothing.
+    assert run.returncode == 1 and run.summary["result"] == "partial", run.stderr
+    assert run.summary["files_failed"] == 0 and run.summary["errors"] == [], run.summary
+    assert run.summary["files_recycled"] == 0 and "no Date header" in run.summary["recycle_blocked"], run.summary
+    assert run.summary["files_scanned"] == len(TREE) - 1 and run.summary["files_unchanged"] == len(TREE) - 1
+    assert sorted(remote_objects(direct, prefix)) == sorted(TREE)
