@@ -18,7 +18,13 @@ from s3backup_operator.policy import check_job, check_volume
 from s3backup_operator.render import GROUP, MANAGED_BY, VERSION
 from s3backup_operator.restore_render import RESTORE_LABEL, RESTORE_PLURAL, render_restore_job, restore_job_name
 from s3backup_operator.restore_spec import RestoreSpec, backup_ref, parse_restore
-from s3backup_operator.restore_status import FINISHED_PHASES, restore_message, restore_progress, restore_status_patch
+from s3backup_operator.restore_status import (
+    FINISHED_PHASES,
+    ready_message,
+    restore_message,
+    restore_progress,
+    restore_status_patch,
+)
 from s3backup_operator.spec import InvalidSpec
 from s3backup_operator.status import job_finished, now_iso, ready_condition
 
@@ -104,8 +110,7 @@ class RestoreReconciler:
         patch.status["jobName"] = name
         if spec.as_of:
             patch.status["asOf"] = spec.as_of
-        source = f"S3Backup {spec.backup_name}" if spec.backup_name else spec.source.url
-        set_ready(True, "JobCreated", f"Job {name} restores {source} into PVC {spec.target.claim_name}")
+        set_ready(True, "JobCreated", ready_message(body, name))
 
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """The restore Job changed: phase, times and (once over) counts to the status, and one Event."""
@@ -123,7 +128,7 @@ class RestoreReconciler:
             return
         pods = api.list_pods(meta["namespace"], {"job-name": meta["name"]}) if job_finished(job) else []
         progress = restore_progress(job, pods)
-        status_patch = restore_status_patch(current, progress)
+        status_patch = restore_status_patch(current, progress, ready_message(restore, meta["name"]))
         if not status_patch:
             return
         if progress["phase"] in FINISHED_PHASES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from s3backup_operator.spec import destination_url
 from s3backup_operator.status import job_finished, last_attempt, parse_summary, set_condition, summary_count
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
@@ -59,24 +60,41 @@ def restore_progress(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[st
     return fields
 
 
-def restore_status_patch(current: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+def ready_message(restore: dict[str, Any], job_name: str) -> str:
+    """The Ready condition's message once the Job is made (the same from the reconcile and the Job's events)."""
+    spec = restore.get("spec") or {}
+    ref = (spec.get("backupRef") or {}).get("name")
+    source = spec.get("source") or {}
+    what = f"S3Backup {ref}" if ref else destination_url(str(source.get("bucket") or ""),
+                                                          str(source.get("prefix") or ""))
+    claim = ((spec.get("target") or {}).get("persistentVolumeClaim") or {}).get("claimName", "")
+    return f"Job {job_name} restores {what} into PVC {claim}"
+
+
+def restore_status_patch(current: dict[str, Any], progress: dict[str, Any], ready: str) -> dict[str, Any]:
     """The status patch that moves `current` to `progress`, or {} if there is nothing new.
 
     A finished phase is final: replayed or late events of the Job never move it back, nor change its counts.
+    The conditions list is written whole, by the reconcile and by this patch alike: both say Ready=True
+    JobCreated (with the message `ready`) once the Job exists, so that whichever writes last, neither undoes
+    the other.
     """
     if current.get("phase") in FINISHED_PHASES:
         return {}
     changed = {key: value for key, value in progress.items() if current.get(key) != value}
     if not changed:
         return {}
+    conditions = current.get("conditions") or []
+    old_ready = next((c for c in conditions if c.get("type") == "Ready"), {})
+    if old_ready.get("status") != "True":
+        conditions = set_condition(conditions, "Ready", True, "JobCreated", ready, old_ready.get("observedGeneration"))
     phase = progress.get("phase")
     if phase in FINISHED_PHASES:
         reason = progress.get("result", phase)
-        message = restore_message(progress)
-        changed["conditions"] = set_condition(current.get("conditions"), RESTORED, phase == SUCCEEDED, reason,
-                                              message)
+        changed["conditions"] = set_condition(conditions, RESTORED, phase == SUCCEEDED, reason,
+                                              restore_message(progress))
     elif current.get("phase") != phase:
-        changed["conditions"] = set_condition(current.get("conditions"), RESTORED, False, phase,
+        changed["conditions"] = set_condition(conditions, RESTORED, False, phase,
                                               f"Job {progress['jobName']} is {phase.lower()}")
     return changed
 

@@ -247,16 +247,17 @@ def test_partial_and_failed():
 
 def test_status_patch_moves_forward_only():
     running = restore_progress(job({"active": 1, "startTime": "2026-11-27T12:00:05Z"}), [])
-    first = restore_status_patch({}, running)
-    assert first["phase"] == "Running" and first["conditions"][0]["type"] == "Restored"
-    assert restore_status_patch({**first}, running) == {}
+    first = restore_status_patch({}, running, "r")
+    kinds = {c["type"]: (c["status"], c["reason"]) for c in first["conditions"]}
+    assert first["phase"] == "Running" and kinds == {"Ready": ("True", "JobCreated"), "Restored": ("False", "Running")}
+    assert restore_status_patch({**first}, running, "r") == {}
     done = restore_progress(job({"completionTime": "2026-11-27T12:05:00Z",
                                  "conditions": [{"type": "Complete", "status": "True"}]}), [pod(SUMMARY)])
-    final = restore_status_patch(first, done)
+    final = restore_status_patch(first, done, "r")
     [restored] = [c for c in final["conditions"] if c["type"] == "Restored"]
     assert (restored["status"], restored["reason"]) == ("True", "Succeeded")
     # Finished is final: a replayed Job event (say, of an earlier state) changes nothing.
-    assert restore_status_patch({**first, **final}, running) == {}
+    assert restore_status_patch({**first, **final}, running, "r") == {}
 
 
 def test_event_per_outcome():
