@@ -26,12 +26,13 @@ from s3backup_operator.restore_status import (
     restore_status_patch,
 )
 from s3backup_operator.spec import InvalidSpec
-from s3backup_operator.status import job_finished, now_iso, ready_condition
+from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_condition, set_condition
 
 if TYPE_CHECKING:
     from s3backup_operator.handlers import Reconciler
 
 #: Reasons that something outside the spec may fix: looked at again after the retry delay.
+RUN_BLOCKED = "RunBlocked"
 RETRIED_REASONS = ("CredentialsSecretNotFound", "CredentialsSecretIncomplete", "BackupNotFound", "JobConflict")
 
 
@@ -144,6 +145,35 @@ class RestoreReconciler:
             logger.info(f"S3Restore {restore_name}: {restore_message(progress)}")
 
 
+    def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
+        """A restore pod that cannot start (unschedulable, e.g. a ReadWriteOnce claim in use on another node; a
+        missing Secret; the image) -> RunBlocked=True on its S3Restore, and False again once it starts."""
+        meta = pod["metadata"]
+        restore_name = (meta.get("labels") or {}).get(RESTORE_LABEL)
+        if not restore_name:
+            return
+        restore = self.base.api.get_restore(meta["namespace"], restore_name)
+        if restore is None or restore["metadata"].get("deletionTimestamp"):
+            return
+        status = restore.get("status") or {}
+        conditions = status.get("conditions") or []
+        current = next((c for c in conditions if c.get("type") == RUN_BLOCKED), {})
+        blocked = None if event_type == "DELETED" or status.get("phase") in FINISHED_PHASES else pod_blocked(pod)
+        prefix = f"pod {meta['name']}: "
+        if blocked is not None:
+            reason, message = blocked
+            if current.get("status") == "True" and current.get("message") == prefix + message:
+                return
+            new = set_condition(conditions, RUN_BLOCKED, True, reason, prefix + message)
+            logger.warning(f"S3Restore {restore_name}: blocked: {reason}: {message}")
+        elif current.get("status") == "True" and str(current.get("message", "")).startswith(prefix):
+            new = set_condition(conditions, RUN_BLOCKED, False, "PodGone" if event_type == "DELETED" else "PodStarted",
+                                f"pod {meta['name']} is no longer blocked")
+        else:
+            return
+        self.base.api.patch_restore_status(meta["namespace"], restore_name, {"conditions": new})
+
+
 def register_restores(registry: kopf.OperatorRegistry, base: Reconciler) -> RestoreReconciler:
     """The S3Restore handlers, into the registry of the S3Backup ones (same login, settings and metrics)."""
     reconciler = RestoreReconciler(base)
@@ -165,5 +195,13 @@ def register_restores(registry: kopf.OperatorRegistry, base: Reconciler) -> Rest
         except ApiError as error:  # best effort: the next event of the Job tries again
             base.metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
             logger.warning(f"status not updated from Job {body['metadata']['name']}: {error}")
+
+    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry, id="restore-pod")
+    def pod_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        try:
+            reconciler.pod_changed(event.get("type") or "", dict(body), logger)
+        except ApiError as error:  # best effort: the next event of the pod tries again
+            base.metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
+            logger.warning(f"status not updated from Pod {body['metadata']['name']}: {error}")
 
     return reconciler

@@ -235,3 +235,30 @@ def test_a_foreign_job_is_not_taken_over(cluster, config, run_operator):
         wait_ready(cluster, "False", "JobConflict")
         assert cluster.get(f"{JOBS}/{JOB_NAME}")["spec"] == foreign["spec"]
         assert "jobName" not in restore_status(cluster)
+
+
+def test_a_pod_that_cannot_be_scheduled_is_reported(cluster, config, run_operator):
+    """A ReadWriteOnce claim in use on another node: the restore pod waits; RunBlocked says why."""
+    cluster.create(BACKUPS, make_backup(destination={"bucket": "abc"}))
+    with run_operator(config):
+        cluster.create(RESTORES, make_restore())
+        [job] = wait_for(lambda: restore_jobs(cluster), what="the restore Job")
+        template = job["spec"]["template"]
+        pod_name = f"{JOB_NAME}-q8w7e"
+        cluster.create(PODS, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": NS,
+                         "labels": {**template["metadata"]["labels"], "job-name": JOB_NAME}},
+            "spec": template["spec"],
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 node(s) had volume node affinity conflict."}]},
+        })
+        blocked = wait_for(lambda: (lambda c: c if c.get("status") == "True" else None)(
+            condition(cluster, "RunBlocked")), what="RunBlocked=True")
+        assert blocked["reason"] == "Unschedulable" and blocked["message"].startswith(f"pod {pod_name}: 0/3 nodes")
+        assert condition(cluster)["status"] == "True"  # the resource itself is fine
+        cluster.patch(f"{PODS}/{pod_name}/status", {"status": {"phase": "Running", "conditions": [
+            {"type": "PodScheduled", "status": "True"}]}})
+        wait_for(lambda: (condition(cluster, "RunBlocked").get("status"), condition(cluster, "RunBlocked").get(
+            "reason")) == ("False", "PodStarted"), what="RunBlocked=False")
