@@ -119,7 +119,8 @@ class Reconciler:
         """The credentials Secret must exist with both keys. Only key names are looked at, never values."""
         self.check_secret(spec.namespace, spec.destination.credentials)
 
-    def check_secret(self, namespace: str, credentials: Credentials | None) -> None:
+    def check_secret(self, namespace: str, credentials: Credentials | None,
+                     field: str = "spec.destination.credentialsSecretRef") -> None:
         """check_credentials for any resource's credentialsSecretRef (S3Backup, S3Restore)."""
         if credentials is None or not self.config.check_secrets:
             return
@@ -131,8 +132,8 @@ class Reconciler:
             raise
         if keys is None:
             raise InvalidSpec("CredentialsSecretNotFound",
-                              f"Secret {credentials.secret_name!r} (spec.destination.credentialsSecretRef) not "
-                              f"found in namespace {namespace!r}")
+                              f"Secret {credentials.secret_name!r} ({field}) not found in namespace "
+                              f"{namespace!r}")
         missing = [key for key in (credentials.access_key_key, credentials.secret_key_key) if key not in keys]
         if missing:
             raise InvalidSpec("CredentialsSecretIncomplete",

@@ -57,7 +57,8 @@ class RestoreReconciler:
         spec = parse_restore(restore, backup)
         check_volume(spec.target.volume, "spec.target", spec.namespace, policy)
         check_job(spec.job, spec.namespace, policy)
-        self.base.check_secret(spec.namespace, spec.source.credentials)
+        where = f"S3Backup {ref}: spec.destination" if ref else "spec.source"
+        self.base.check_secret(spec.namespace, spec.source.credentials, f"{where}.credentialsSecretRef")
         return spec
 
     def make_job(self, spec: RestoreSpec, restore: dict[str, Any], logger: logging.Logger) -> str:

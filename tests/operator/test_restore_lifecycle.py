@@ -162,6 +162,10 @@ def test_partial_restore_is_a_warning(cluster, config, run_operator):
         assert (event["type"], event["reason"]) == ("Warning", "RestorePartial")
         assert "set spec.overwrite to replace them" in event["message"] and "db.sql: exists and differs" in event[
             "message"]
+        # Deleting it waits for nothing (no finalizer): the Job goes with it through the garbage collector.
+        assert not cluster.get(f"{RESTORES}/get-it-back")["metadata"].get("finalizers")
+        cluster.delete(f"{RESTORES}/get-it-back")
+        wait_for(lambda: cluster.get(f"{RESTORES}/get-it-back") is None, what="the S3Restore gone")
 
 
 def test_explicit_source_without_a_summary_fails(cluster, config, run_operator):
@@ -218,7 +222,9 @@ def test_missing_secret_then_created(cluster, config, run_operator):
     cluster.create(BACKUPS, make_backup())
     with run_operator(config):
         cluster.create(RESTORES, make_restore())
-        wait_ready(cluster, "False", "CredentialsSecretNotFound")
+        ready = wait_ready(cluster, "False", "CredentialsSecretNotFound")
+        assert ready["message"] == ("Secret 's3-credentials' (S3Backup db-dumps: spec.destination.credentialsSecretRef)"
+                                    " not found in namespace 'backups'")
         assert restore_jobs(cluster) == []
         create_secret(cluster)
         wait_ready(cluster, "True", "JobCreated")
