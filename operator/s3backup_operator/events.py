@@ -1,4 +1,4 @@
-"""One Kubernetes Event per finished run, on its S3Backup (pure): `kubectl describe` shows the history.
+"""One Kubernetes Event per finished run, on its S3Backup or S3Restore (pure): `kubectl describe` shows the history.
 
 The Event's name derives from the run (Job name and completion time), so posting it again, after an
 operator restart or by a second replica, is a 409 "already exists", never a second Event. Its text holds
@@ -55,6 +55,36 @@ def run_event(backup: dict[str, Any], run: dict[str, Any], now: str) -> dict[str
         "reportingComponent": REPORTING_COMPONENT,
         "reportingInstance": REPORTING_COMPONENT,
         "action": "BackupRun",
+        "firstTimestamp": when,
+        "lastTimestamp": when,
+        "count": 1,
+    }
+
+
+#: S3Restore status.result -> (Event type, reason)
+RESTORE_KINDS = {"Succeeded": ("Normal", "RestoreSucceeded"), "Partial": ("Warning", "RestorePartial"),
+                 "Failed": ("Warning", "RestoreFailed")}
+
+
+def restore_event(restore: dict[str, Any], progress: dict[str, Any], message: str, now: str) -> dict[str, Any]:
+    """The core/v1 Event for a finished restore (`progress`: its status fields), named by its Job's run."""
+    meta = restore["metadata"]
+    kind, reason = RESTORE_KINDS.get(progress.get("result", "Failed"), RESTORE_KINDS["Failed"])
+    when = progress.get("completionTime") or now
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": event_name(meta["name"], progress), "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": restore.get("apiVersion", "s3backup.dev/v1alpha1"),
+                           "kind": restore.get("kind", "S3Restore"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+        "type": kind,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": REPORTING_COMPONENT,
+        "action": "Restore",
         "firstTimestamp": when,
         "lastTimestamp": when,
         "count": 1,

@@ -38,7 +38,8 @@ from s3backup_operator.render import (
     render_cronjob,
     render_run_now_job,
 )
-from s3backup_operator.spec import BackupSpec, InvalidSpec, parse, pushgateway_of, schedule_interval
+from s3backup_operator.restore_handlers import register_restores
+from s3backup_operator.spec import BackupSpec, Credentials, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
     last_run,
@@ -116,19 +117,23 @@ class Reconciler:
 
     def check_credentials(self, spec: BackupSpec) -> None:
         """The credentials Secret must exist with both keys. Only key names are looked at, never values."""
-        credentials = spec.destination.credentials
+        self.check_secret(spec.namespace, spec.destination.credentials)
+
+    def check_secret(self, namespace: str, credentials: Credentials | None,
+                     field: str = "spec.destination.credentialsSecretRef") -> None:
+        """check_credentials for any resource's credentialsSecretRef (S3Backup, S3Restore)."""
         if credentials is None or not self.config.check_secrets:
             return
         try:
-            keys = self.api.secret_keys(spec.namespace, credentials.secret_name)
+            keys = self.api.secret_keys(namespace, credentials.secret_name)
         except ApiError as error:
             if error.status == 403:  # not allowed to look (RBAC without Secrets): the job's pod will tell
                 return
             raise
         if keys is None:
             raise InvalidSpec("CredentialsSecretNotFound",
-                              f"Secret {credentials.secret_name!r} (spec.destination.credentialsSecretRef) not "
-                              f"found in namespace {spec.namespace!r}")
+                              f"Secret {credentials.secret_name!r} ({field}) not found in namespace "
+                              f"{namespace!r}")
         missing = [key for key in (credentials.access_key_key, credentials.secret_key_key) if key not in keys]
         if missing:
             raise InvalidSpec("CredentialsSecretIncomplete",
@@ -458,4 +463,5 @@ def register(
         update = lambda: reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
         update_status_from("CronJob", update, body, logger)
 
+    register_restores(registry, reconciler)
     return reconciler

@@ -18,6 +18,7 @@ from kubernetes.client import ApiClient, BatchV1Api, Configuration, CoreV1Api, C
 from kubernetes.client.exceptions import ApiException
 
 from s3backup_operator.render import GROUP, PLURAL, VERSION
+from s3backup_operator.restore_render import RESTORE_PLURAL
 
 #: Who owns the fields the operator applies (server-side apply), in every object's managedFields.
 FIELD_MANAGER = "s3backup-operator"
@@ -180,6 +181,9 @@ class KubeApi:
             raise
         return True
 
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.batch.read_namespaced_job, name, namespace)
+
     def list_jobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         items = self._call(self.batch.list_namespaced_job, namespace, label_selector=_selector(labels))
         return [item for item in items.get("items") or [] if _matches(item, labels)]
@@ -195,3 +199,12 @@ class KubeApi:
     def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
                    {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+
+    # S3Restores
+    def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, RESTORE_PLURAL,
+                             name)
+
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, RESTORE_PLURAL,
+                   name, {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)

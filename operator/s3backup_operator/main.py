@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="s3backup-operator",
-        description="Kubernetes operator: one CronJob per S3Backup resource, running `s3backup sync`.",
+        description="Kubernetes operator: one CronJob per S3Backup resource, running `s3backup sync`, and "
+                    "one Job per S3Restore resource, running `s3backup restore`.",
         epilog="Environment: S3BACKUP_IMAGE, S3BACKUP_IMAGE_PULL_POLICY, S3BACKUP_PUSHGATEWAY_URL, "
                "S3BACKUP_NAMESPACES (comma-separated), S3BACKUP_LOG_FORMAT, S3BACKUP_RETRY_DELAY, "
                "S3BACKUP_RESYNC_INTERVAL, S3BACKUP_CHECK_SECRETS, S3BACKUP_IMAGE_PULL_SECRETS (comma-separated), "

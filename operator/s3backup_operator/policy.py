@@ -1,4 +1,4 @@
-"""The admin's policy over S3Backups (pure): what a user who may create one could otherwise not do.
+"""The admin's policy over S3Backups and S3Restores (pure): what a user who may create one could otherwise not do.
 
 The operator creates the backup pods, so an S3Backup must not become a way around the rights its author
 has. The pod's security settings are pinned by the renderer (non-root, no privilege escalation, all
@@ -10,8 +10,11 @@ service account of the user's choice (its API rights, or its cloud identity via 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from s3backup_operator.config import Allowance, Policy
-from s3backup_operator.spec import BackupSpec, InvalidSpec
+from s3backup_operator.spec import BackupSpec, InvalidSpec, JobSettings
 
 NOT_ALLOWED = "NotAllowed"
 
@@ -28,14 +31,23 @@ def _refuse(what: str, allowance: Allowance, namespace: str, value: str) -> None
 
 def check(spec: BackupSpec, policy: Policy) -> None:
     """Raise InvalidSpec(reason "NotAllowed") for what the policy does not allow in the spec's namespace."""
-    kinds = sorted(spec.source.volume)
-    for kind in kinds:
+    check_volume(spec.source.volume, "spec.source.volume", spec.namespace, policy)
+    check_job(spec.job, spec.namespace, policy)
+
+
+def check_volume(volume: Mapping[str, Any], field: str, namespace: str, policy: Policy) -> None:
+    """A volume the operator's pod would mount: hostPath and the types `restricted` forbids need an allowance."""
+    for kind in sorted(volume):
         if kind == "hostPath":
-            _refuse("spec.source.volume.hostPath", policy.host_path, spec.namespace,
-                    repr(str((spec.source.volume.get("hostPath") or {}).get("path", ""))))
+            _refuse(f"{field}.hostPath", policy.host_path, namespace,
+                    repr(str((volume.get("hostPath") or {}).get("path", ""))))
         elif kind not in RESTRICTED_VOLUME_TYPES:
-            _refuse(f"spec.source.volume.{kind}", policy.unrestricted_volumes, spec.namespace,
+            _refuse(f"{field}.{kind}", policy.unrestricted_volumes, namespace,
                     "(a volume type the restricted Pod Security Standard forbids)")
-    if spec.job.service_account_name:
-        _refuse("spec.job.serviceAccountName", policy.service_account_name, spec.namespace,
-                repr(spec.job.service_account_name))
+
+
+def check_job(job: JobSettings, namespace: str, policy: Policy) -> None:
+    """spec.job: a service account of the user's choice needs an allowance."""
+    if job.service_account_name:
+        _refuse("spec.job.serviceAccountName", policy.service_account_name, namespace,
+                repr(job.service_account_name))

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.spec import SOURCE_MOUNT, BackupSpec, CABundle, Credentials, PodSecurity
+from s3backup_operator.spec import (
+    SOURCE_MOUNT,
+    BackupSpec,
+    CABundle,
+    Credentials,
+    Destination,
+    JobSettings,
+    PodSecurity,
+)
 
 GROUP = "s3backup.dev"
 VERSION = "v1alpha1"
@@ -22,9 +31,10 @@ RUN_NOW_ANNOTATION = f"{GROUP}/run-now"
 BACKUP_LABEL = f"{GROUP}/backup"
 TRIGGER_LABEL = f"{GROUP}/trigger"
 MANAGED_BY = "s3backup-operator"
-#: The label selector of every child the operator makes (CronJobs, Jobs, their Pods): the watches send it to
-#: the API server, so only these objects ever reach the operator.
-CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},{BACKUP_LABEL}"
+#: The label selector of every child the operator makes (CronJobs, Jobs, their Pods; an S3Backup's carry
+#: BACKUP_LABEL, an S3Restore's RESTORE_LABEL): the watches send it to the API server, so only these objects
+#: ever reach the operator.
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 CONTAINER_NAME = "s3backup"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_NOW_TTL_SECONDS = 86400
@@ -36,7 +46,7 @@ def _short_hash(text: str, length: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _bounded_name(base: str, suffix: str, limit: int) -> str:
+def bounded_name(base: str, suffix: str, limit: int) -> str:
     if len(base) + len(suffix) <= limit:
         return base + suffix
     keep = limit - len(suffix) - 9
@@ -45,12 +55,12 @@ def _bounded_name(base: str, suffix: str, limit: int) -> str:
 
 def cronjob_name(backup_name: str) -> str:
     """`<name>-s3backup`, shortened with a hash to the 52 characters a CronJob name may have."""
-    return _bounded_name(backup_name, "-s3backup", 52)
+    return bounded_name(backup_name, "-s3backup", 52)
 
 
 def run_now_job_name(backup_name: str, request: str) -> str:
     """One Job per distinct run-now annotation value, so a retried or replayed handler never runs twice."""
-    return _bounded_name(backup_name, f"-now-{_short_hash(request, 10)}", 63)
+    return bounded_name(backup_name, f"-now-{_short_hash(request, 10)}", 63)
 
 
 def labels(backup_name: str) -> dict[str, str]:
@@ -157,36 +167,44 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 
 def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
     """The pod that runs one backup: shared by the CronJob and the run-now Job."""
-    job = spec.job
+    return build_pod_template(config, spec.job, spec.destination, spec.source.volume, read_only=True,
+                              args=syncer_args(spec, config), pod_labels=pod_labels(spec))
+
+
+def build_pod_template(config: OperatorConfig, job: JobSettings, destination: Destination,
+                       volume: Mapping[str, Any], *, read_only: bool, args: list[str],
+                       pod_labels: dict[str, str]) -> dict[str, Any]:
+    """One syncer pod: `volume` at /data (read-only for a backup, read-write for a restore), the S3
+    connection of `destination` (credentials, CA bundle, proxy) and the pinned security settings."""
     tmp_volume: dict[str, Any] = {"name": "tmp", "emptyDir": {}}
     if job.tmp_size_limit:
         tmp_volume["emptyDir"] = {"sizeLimit": job.tmp_size_limit}
+    data_mount: dict[str, Any] = {"name": "source", "mountPath": SOURCE_MOUNT}
+    if read_only:
+        data_mount["readOnly"] = True
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": config.image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["s3backup"],
-        "args": syncer_args(spec, config),
+        "args": args,
         "env": [
-            *_credentials_env(spec.destination.credentials),
+            *_credentials_env(destination.credentials),
             *([{"name": "AWS_CA_BUNDLE", "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"}]  # boto3 honours it
-              if spec.destination.ca_bundle else []),
+              if destination.ca_bundle else []),
             *({"name": name, "value": value} for name, value in job.proxy.env().items()),
             {"name": "TMPDIR", "value": "/tmp"},
             {"name": "HOME", "value": "/tmp"},
             *copy.deepcopy([dict(item) for item in job.env]),  # spec.parse refused any of the names above
         ],
-        "volumeMounts": [
-            {"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": [data_mount, {"name": "tmp", "mountPath": "/tmp"}],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
-    volumes = [{"name": "source", **copy.deepcopy(dict(spec.source.volume))}, tmp_volume]
-    if spec.destination.ca_bundle:
-        volumes.append(_ca_bundle_volume(spec.destination.ca_bundle))
+    volumes = [{"name": "source", **copy.deepcopy(dict(volume))}, tmp_volume]
+    if destination.ca_bundle:
+        volumes.append(_ca_bundle_volume(destination.ca_bundle))
         container["volumeMounts"].append({"name": "ca-bundle", "mountPath": CA_BUNDLE_DIR, "readOnly": True})
     if job.resources:
         container["resources"] = copy.deepcopy(dict(job.resources))
@@ -211,7 +229,7 @@ def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         pod_spec["imagePullSecrets"] = copy.deepcopy([dict(item) for item in job.image_pull_secrets])
     elif config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
-    metadata: dict[str, Any] = {"labels": pod_labels(spec)}
+    metadata: dict[str, Any] = {"labels": pod_labels}
     if job.pod_annotations:
         metadata["annotations"] = dict(job.pod_annotations)
     return {"metadata": metadata, "spec": pod_spec}

@@ -290,10 +290,7 @@ def parse(backup: Mapping[str, Any]) -> BackupSpec:
 
 
 def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interval: int, time_zone: str) -> BackupSpec:
-    source, destination, job = spec["source"], spec["destination"], spec["job"]
-    ref = destination.get("credentialsSecretRef")
-    security = job.get("podSecurityContext") or {}
-    context = "spec.job.podSecurityContext"
+    source = spec["source"]
     return BackupSpec(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
@@ -308,62 +305,79 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             excludes=tuple(str(pattern) for pattern in source["exclude"] or ()),
             follow_symlinks=bool(source["followSymlinks"]),
         ),
-        destination=Destination(
-            bucket=str(destination.get("bucket") or ""),
-            prefix=str(destination["prefix"] or ""),
-            endpoint=str(destination.get("endpoint") or ""),
-            region=str(destination.get("region") or ""),
-            path_style=bool(destination["forcePathStyle"]),
-            storage_class=str(destination.get("storageClass") or ""),
-            sse=str(destination.get("sse") or ""),
-            sse_kms_key_id=str(destination.get("sseKmsKeyId") or ""),
-            credentials=Credentials(
-                secret_name=str(ref["name"]),
-                access_key_key=ref.get("accessKeyIDKey") or DEFAULT_ACCESS_KEY_KEY,
-                secret_key_key=ref.get("secretAccessKeyKey") or DEFAULT_SECRET_KEY_KEY,
-            ) if ref else None,
-            ca_bundle=_ca_bundle(destination.get("caBundle")),
-        ),
+        destination=destination_from(spec["destination"]),
         compare=str(spec["compare"]),
         recycle=Recycle(after=str(spec["recycle"].get("after") or ""),
                         max_delete=str(spec["recycle"]["maxDelete"])),
         transfer=Transfer(part_size=str(spec["transfer"]["partSize"]),
                           concurrency=_integer(spec["transfer"]["concurrency"], "spec.transfer.concurrency"),
                           bwlimit=str(spec["transfer"].get("bwlimit") or "")),
-        job=JobSettings(
-            security=PodSecurity(
-                run_as_user=_integer(security.get("runAsUser", DEFAULT_UID), f"{context}.runAsUser"),
-                run_as_group=_integer(security.get("runAsGroup", DEFAULT_UID), f"{context}.runAsGroup"),
-                fs_group=None if security.get("fsGroup") is None else _integer(security["fsGroup"],
-                                                                                f"{context}.fsGroup"),
-                fs_group_change_policy=str(security.get("fsGroupChangePolicy") or ""),
-                supplemental_groups=tuple(_integer(group, f"{context}.supplementalGroups[]")
-                                        for group in security.get("supplementalGroups") or ()),
-            ),
-            resources=copy.deepcopy(_optional(job, "resources")),
-            node_selector=copy.deepcopy(_optional(job, "nodeSelector")),
-            tolerations=tuple(copy.deepcopy(job.get("tolerations") or ())),
-            affinity=copy.deepcopy(_optional(job, "affinity")),
-            image_pull_secrets=tuple(copy.deepcopy(job.get("imagePullSecrets") or ())),
-            service_account_name=str(job.get("serviceAccountName") or ""),
-            tmp_size_limit=_optional(job, "tmpSizeLimit"),
-            backoff_limit=_integer(job["backoffLimit"], "spec.job.backoffLimit"),
-            active_deadline_seconds=None if not job.get("activeDeadlineSeconds") else _integer(
-                job["activeDeadlineSeconds"], "spec.job.activeDeadlineSeconds"),
-            starting_deadline_seconds=_integer(job["startingDeadlineSeconds"], "spec.job.startingDeadlineSeconds"),
-            successful_jobs_history_limit=_integer(job["successfulJobsHistoryLimit"],
-                                                   "spec.job.successfulJobsHistoryLimit"),
-            failed_jobs_history_limit=_integer(job["failedJobsHistoryLimit"], "spec.job.failedJobsHistoryLimit"),
-            proxy=Proxy(https_proxy=str((job.get("proxy") or {}).get("httpsProxy") or ""),
-                        http_proxy=str((job.get("proxy") or {}).get("httpProxy") or ""),
-                        no_proxy=str((job.get("proxy") or {}).get("noProxy") or "")),
-            env=tuple(copy.deepcopy(dict(item)) for item in job.get("env") or ()),
-            pod_labels={str(k): str(v) for k, v in job["podLabels"].items()} if job.get("podLabels") else None,
-            pod_annotations={str(k): str(v) for k, v in job["podAnnotations"].items()}
-            if job.get("podAnnotations") else None,
-            priority_class_name=str(job.get("priorityClassName") or ""),
-        ),
+        job=job_settings_from(spec["job"]),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
+    )
+
+
+def destination_from(destination: Mapping[str, Any]) -> Destination:
+    """spec.destination (defaults filled in) as a Destination: an S3Restore's `source` block reads the same."""
+    ref = destination.get("credentialsSecretRef")
+    return Destination(
+        bucket=str(destination.get("bucket") or ""),
+        prefix=str(destination.get("prefix") or ""),
+        endpoint=str(destination.get("endpoint") or ""),
+        region=str(destination.get("region") or ""),
+        path_style=bool(destination.get("forcePathStyle")),
+        storage_class=str(destination.get("storageClass") or ""),
+        sse=str(destination.get("sse") or ""),
+        sse_kms_key_id=str(destination.get("sseKmsKeyId") or ""),
+        credentials=Credentials(
+            secret_name=str(ref["name"]),
+            access_key_key=ref.get("accessKeyIDKey") or DEFAULT_ACCESS_KEY_KEY,
+            secret_key_key=ref.get("secretAccessKeyKey") or DEFAULT_SECRET_KEY_KEY,
+        ) if ref else None,
+        ca_bundle=_ca_bundle(destination.get("caBundle")),
+    )
+
+
+def job_settings_from(job: Mapping[str, Any]) -> JobSettings:
+    """spec.job (defaults filled in) as JobSettings: shared by S3Backups and S3Restores."""
+    security = job.get("podSecurityContext") or {}
+    context = "spec.job.podSecurityContext"
+    defaults = DEFAULTS["job"]
+    return JobSettings(
+        security=PodSecurity(
+            run_as_user=_integer(security.get("runAsUser", DEFAULT_UID), f"{context}.runAsUser"),
+            run_as_group=_integer(security.get("runAsGroup", DEFAULT_UID), f"{context}.runAsGroup"),
+            fs_group=None if security.get("fsGroup") is None else _integer(security["fsGroup"],
+                                                                            f"{context}.fsGroup"),
+            fs_group_change_policy=str(security.get("fsGroupChangePolicy") or ""),
+            supplemental_groups=tuple(_integer(group, f"{context}.supplementalGroups[]")
+                                    for group in security.get("supplementalGroups") or ()),
+        ),
+        resources=copy.deepcopy(_optional(job, "resources")),
+        node_selector=copy.deepcopy(_optional(job, "nodeSelector")),
+        tolerations=tuple(copy.deepcopy(job.get("tolerations") or ())),
+        affinity=copy.deepcopy(_optional(job, "affinity")),
+        image_pull_secrets=tuple(copy.deepcopy(job.get("imagePullSecrets") or ())),
+        service_account_name=str(job.get("serviceAccountName") or ""),
+        tmp_size_limit=_optional(job, "tmpSizeLimit"),
+        backoff_limit=_integer(job.get("backoffLimit", defaults["backoffLimit"]), "spec.job.backoffLimit"),
+        active_deadline_seconds=None if not job.get("activeDeadlineSeconds") else _integer(
+            job["activeDeadlineSeconds"], "spec.job.activeDeadlineSeconds"),
+        starting_deadline_seconds=_integer(job.get("startingDeadlineSeconds", defaults["startingDeadlineSeconds"]),
+                                           "spec.job.startingDeadlineSeconds"),
+        successful_jobs_history_limit=_integer(
+            job.get("successfulJobsHistoryLimit", defaults["successfulJobsHistoryLimit"]),
+            "spec.job.successfulJobsHistoryLimit"),
+        failed_jobs_history_limit=_integer(job.get("failedJobsHistoryLimit", defaults["failedJobsHistoryLimit"]),
+                                           "spec.job.failedJobsHistoryLimit"),
+        proxy=Proxy(https_proxy=str((job.get("proxy") or {}).get("httpsProxy") or ""),
+                    http_proxy=str((job.get("proxy") or {}).get("httpProxy") or ""),
+                    no_proxy=str((job.get("proxy") or {}).get("noProxy") or "")),
+        env=tuple(copy.deepcopy(dict(item)) for item in job.get("env") or ()),
+        pod_labels={str(k): str(v) for k, v in job["podLabels"].items()} if job.get("podLabels") else None,
+        pod_annotations={str(k): str(v) for k, v in job["podAnnotations"].items()}
+        if job.get("podAnnotations") else None,
+        priority_class_name=str(job.get("priorityClassName") or ""),
     )
 
 
@@ -403,6 +417,13 @@ def _check_key(key: str, field: str) -> None:
         raise InvalidSpec("InvalidSpec", f"{field}: invalid key {key!r}"[:300])
 
 
+def check_job(job: JobSettings) -> None:
+    """spec.job's rules beyond the schema (S3Backups and S3Restores alike)."""
+    if job.security.run_as_user == 0:  # the pod says runAsNonRoot; the kubelet would refuse it
+        raise InvalidSpec("InvalidSpec", "spec.job.podSecurityContext.runAsUser: the backup never runs as root")
+    _check_pod_settings(job)
+
+
 def _check_pod_settings(job: JobSettings) -> None:
     seen: set[str] = set()
     for item in job.env:
@@ -438,7 +459,7 @@ def _check_pod_settings(job: JobSettings) -> None:
             raise InvalidSpec("InvalidSpec", f"spec.job.proxy.{field}: must be one line")
 
 
-def _check_endpoint(url: str) -> None:
+def check_endpoint(url: str, field: str = "spec.destination.endpoint") -> None:
     """What boto3 refuses when the syncer makes its client (or on its first request): the syncer has no
     parser of its own for these (yet), so this mirrors botocore's checks with botocore's functions."""
     try:
@@ -448,15 +469,15 @@ def _check_endpoint(url: str) -> None:
     except ValueError:
         valid = False
     if not valid or parts.scheme not in ("http", "https") or parts.query:
-        raise InvalidSpec("InvalidSpec", f"spec.destination.endpoint: invalid S3 endpoint {url!r}: "
+        raise InvalidSpec("InvalidSpec", f"{field}: invalid S3 endpoint {url!r}: "
                                          "use http(s)://HOST[:PORT][/PATH] (no query)")
 
 
-def _check_region(region: str) -> None:
+def check_region(region: str, field: str = "spec.destination.region") -> None:
     try:
         validate_region_name(region)
     except InvalidRegionError:
-        raise InvalidSpec("InvalidSpec", f"spec.destination.region: invalid region {region!r}: "
+        raise InvalidSpec("InvalidSpec", f"{field}: invalid region {region!r}: "
                                          "letters, digits and inner '-', not only digits") from None
 
 
@@ -467,9 +488,7 @@ def check(spec: BackupSpec) -> None:
     source, destination, recycle, transfer = spec.source, spec.destination, spec.recycle, spec.transfer
     if destination.sse_kms_key_id and destination.sse != "aws:kms":
         raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
-    if spec.job.security.run_as_user == 0:  # the pod says runAsNonRoot; the kubelet would refuse it
-        raise InvalidSpec("InvalidSpec", "spec.job.podSecurityContext.runAsUser: the backup never runs as root")
-    _check_pod_settings(spec.job)
+    check_job(spec.job)
     if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
     option_values = {
@@ -488,9 +507,9 @@ def check(spec: BackupSpec) -> None:
             raise InvalidSpec("InvalidSpec", f"{field}: '--' alone cannot be passed to the syncer")
     bucket, prefix = _syncer_accepts("spec.destination", lambda: parse_s3_url(destination.url))
     if destination.endpoint:
-        _check_endpoint(destination.endpoint)
+        check_endpoint(destination.endpoint)
     if destination.region:
-        _check_region(destination.region)
+        check_region(destination.region)
     recycle_after = None
     if recycle.after:
         recycle_after = _syncer_accepts("spec.recycle.after", lambda: parse_duration(recycle.after))

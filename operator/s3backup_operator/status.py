@@ -49,7 +49,7 @@ def parse_summary(message: str | None) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) and "result" in summary else None
 
 
-def _count(summary: dict[str, Any] | None, key: str) -> int:
+def summary_count(summary: dict[str, Any] | None, key: str) -> int:
     value = (summary or {}).get(key, 0)
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
@@ -79,10 +79,10 @@ def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] 
         "result": result,
         "startTime": job_status.get("startTime") or (attempt or {}).get("startedAt"),
         "completionTime": completion,
-        "filesUploaded": _count(summary, "files_uploaded"),
-        "bytesUploaded": _count(summary, "bytes_uploaded"),
-        "filesRecycled": _count(summary, "files_recycled"),
-        "filesFailed": _count(summary, "files_failed"),
+        "filesUploaded": summary_count(summary, "files_uploaded"),
+        "bytesUploaded": summary_count(summary, "bytes_uploaded"),
+        "filesRecycled": summary_count(summary, "files_recycled"),
+        "filesFailed": summary_count(summary, "files_failed"),
     }
     if summary is None:
         run["message"] = "no summary from the syncer (see the pod's logs)"

@@ -47,6 +47,7 @@ import attrs
 import kmock
 
 BACKUPS = "s3backup.dev/v1alpha1/s3backups"
+RESTORES = "s3backup.dev/v1alpha1/s3restores"
 APPLY_PATCH = "application/apply-patch+yaml"
 APPLIED_METADATA = ("labels", "annotations", "ownerReferences")
 
@@ -148,6 +149,10 @@ class Emulator:
         self.kmock.resources.load_bundled()  # the built-in resources (pods, jobs, cronjobs, events, CRDs...)
         self.kmock.resources[BACKUPS] = kmock.ResourceInfo(
             namespaced=True, kind="S3Backup", singular="s3backup", shortnames={"s3b"},
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+        )
+        self.kmock.resources[RESTORES] = kmock.ResourceInfo(
+            namespaced=True, kind="S3Restore", singular="s3restore", shortnames={"s3r"},
             verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
         )
         self.server = kmock.Server(self.kmock)

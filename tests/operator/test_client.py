@@ -36,8 +36,9 @@ def test_child_watches_are_filtered_by_labels_at_the_api(emulator, cluster, conf
         if request.resource is not None and request.params.get("watch") == "true":
             watches.setdefault(request.resource.plural, set()).add(request.params.get("labelSelector"))
     assert watches["pods"] == watches["jobs"] == watches["cronjobs"] == {CHILD_SELECTOR}
-    assert CHILD_SELECTOR == "app.kubernetes.io/managed-by=s3backup-operator,s3backup.dev/backup"
-    assert watches["s3backups"] == {None}  # every S3Backup is the operator's
+    # Backup children carry s3backup.dev/backup, restore children s3backup.dev/restore: the handlers tell them apart.
+    assert CHILD_SELECTOR == "app.kubernetes.io/managed-by=s3backup-operator"
+    assert watches["s3backups"] == watches["s3restores"] == {None}  # every S3Backup and S3Restore is the operator's
 
 
 def test_the_cronjob_is_applied_server_side_by_the_operator_field_manager(emulator, cluster, config, run_operator):

@@ -306,6 +306,8 @@ def allowed(docs: list[dict[str, Any]], verb: str, group: str, resource: str, na
 OPERATOR_NEEDS = [
     *[(v, "s3backup.dev", "s3backups") for v in ("get", "list", "watch", "patch")],
     *[(v, "s3backup.dev", "s3backups/status") for v in ("get", "patch")],
+    *[(v, "s3backup.dev", "s3restores") for v in ("get", "list", "watch", "patch")],
+    *[(v, "s3backup.dev", "s3restores/status") for v in ("get", "patch")],
     *[(v, "batch", "cronjobs") for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create")],
     *[(v, "", "pods") for v in ("get", "list", "watch")],
@@ -402,9 +404,10 @@ def test_aggregated_roles_give_the_built_in_roles_s3backup_rights(rendered):
         return {verb for rule in role["rules"] if "s3backup.dev" in rule["apiGroups"] and resource in rule["resources"]
                 for verb in rule["verbs"]}
 
-    assert {"create", "update", "patch", "delete"} <= verbs(edit, "s3backups")
-    assert verbs(edit, "s3backups/status") == verbs(view, "s3backups") == verbs(view, "s3backups/status") == {
-        "get", "list", "watch"}  # the status is the operator's; viewers read only
+    for kind in ("s3backups", "s3restores"):
+        assert {"create", "update", "patch", "delete"} <= verbs(edit, kind)
+        assert verbs(edit, f"{kind}/status") == verbs(view, kind) == verbs(view, f"{kind}/status") == {
+            "get", "list", "watch"}  # the status is the operator's; viewers read only
     for role in (edit, view):
         assert all(rule["apiGroups"] == ["s3backup.dev"] for rule in role["rules"]), role["metadata"]["name"]
     # Aggregation only: the chart binds them to nobody.
