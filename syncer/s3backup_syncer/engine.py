@@ -50,6 +50,7 @@ from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
 from .shard_runs import drop_run_results, write_shard_result
 from .shards import ShardResult
+from .state_layout import StateObject, drop_other_layouts, list_state_objects, seed_states
 from .transfer import Uploader
 from .upload_markers import UploadMarkers
 
@@ -102,6 +103,7 @@ class SyncRun:
         self.shard = options.shard
         self._foreign_files = 0  # files of other shards seen by the walk (never stat-ed)
         self._own_listed = [0, 0]  # objects, bytes of this shard's keys in the listing
+        self._state_objects: list[StateObject] | None = None  # s3backup's state objects, at the start
 
     # --- the script --------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -146,9 +148,12 @@ class SyncRun:
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
                 markers.drop_stale()
-                self._save_state()
+                state_saved = self._save_state()
                 if not self.shard.whole:
-                    self._report_to_final_step(candidates, own_count, own_writes_from)
+                    self._report_to_final_step(candidates, own_count, own_writes_from, state_saved)
+                elif state_saved and not summary.files_failed and self._state_objects:
+                    # An unsharded run that went whole supersedes the state of any earlier N.
+                    drop_other_layouts(self.client, options.bucket, options.prefix, 1, self._state_objects)
         summary.remote_objects = own_count + self._remote_delta[0]
         summary.remote_bytes = own_bytes + self._remote_delta[1]
         return summary
@@ -163,7 +168,7 @@ class SyncRun:
                 yield item
 
     def _report_to_final_step(self, candidates: RecycleCandidates, own_count: int,
-                              own_writes_from: datetime | None) -> None:
+                              own_writes_from: datetime | None, state_saved: bool) -> None:
         """Leave this shard's outcome and recycle candidates for the final step (`s3backup recycle`)."""
         summary = self.summary
         result = ShardResult(
@@ -173,6 +178,7 @@ class SyncRun:
             tree_entries=summary.files_scanned + self._foreign_files, remote_objects=own_count,
             candidates=candidates.count, server_clock_known=self.server_clock_known,
             own_writes_from=own_writes_from.timestamp() if own_writes_from else None,
+            state_saved=state_saved,
         )
         assert self.options.run_id is not None  # SyncOptions requires it for a shard
         write_shard_result(self.client, self.options.bucket, self.options.prefix, self.options.run_id, result,
@@ -291,25 +297,55 @@ class SyncRun:
         checked must still be there: if they cannot be read, the cache is not trusted either.
         """
         options = self.options
-        attributes_lost = False
+        seeded = self._seed_state(workdir)
+        attributes_lost = seeded is None
+        seeded_attributes, seeded_cache = seeded or (None, None)
         if not options.dry_run:
-            self.attributes, warning = load_attribute_state(self.client, options.bucket, options.prefix, workdir,
-                                                            self.shard.state_dir + ATTRIBUTES_NAME)
-            if warning:
-                log.warning(warning)
-                attributes_lost = True
+            if seeded_attributes is not None:
+                self.attributes = seeded_attributes
+            else:
+                self.attributes, warning = load_attribute_state(self.client, options.bucket, options.prefix,
+                                                                workdir, self.shard.state_dir + ATTRIBUTES_NAME)
+                if warning:
+                    log.warning(warning)
+                    attributes_lost = True
         if options.hash_cache and options.compare == "md5":
             if attributes_lost:
                 self.cache = HashCache(workdir / "hash-cache-afresh.sqlite")
+                return
+            if seeded_cache is not None:
+                self.cache = seeded_cache
                 return
             self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, workdir,
                                                     self.shard.state_dir + CACHE_NAME)
             if warning:
                 log.warning(warning)
 
-    def _save_state(self) -> None:
+    def _seed_state(self, workdir: Path) -> tuple[AttributeState | None, HashCache | None] | None:
+        """This shard's state built from an earlier N's, on its first run (state_layout.py); None if that failed.
+
+        The state objects listed here are also those an unsharded run drops at its end."""
+        options = self.options
+        try:
+            self._state_objects = list_state_objects(self.client, options.bucket, options.prefix)
+            seeded = seed_states(self.client, options.bucket, options.prefix, self._state_objects,
+                                 self.shard.state_dir, self.shard.count, self.shard.owns, workdir)
+            attributes = AttributeState(seeded[ATTRIBUTES_NAME]) if ATTRIBUTES_NAME in seeded else None
+            cache = HashCache(seeded[CACHE_NAME]) if CACHE_NAME in seeded else None
+            for state in (attributes, cache):
+                if state is not None:
+                    state.changed = True  # saved as this shard's own, even if nothing else changes
+            return attributes, cache
+        except Exception as exc:  # this shard starts afresh: files are read once, attributes recorded again
+            log.warning("could not build this shard's state from an earlier shard layout's, starting afresh: %s",
+                        exc)
+            self._state_objects = None
+            return None
+
+    def _save_state(self) -> bool:
         """Save the recorded attributes, then the hash cache: a cache never vouches for files whose
-        attributes were not saved (the next run checks them again). The backup is done either way."""
+        attributes were not saved (the next run checks them again). The backup is done either way.
+        Returns whether both were saved (or had nothing to save)."""
         if self.attributes is not None:
             try:
                 save_attribute_state(self.attributes, self.client, self.options.bucket, self.options.prefix,
@@ -317,13 +353,15 @@ class SyncRun:
             except Exception as exc:
                 log.warning("could not save the recorded file attributes (the next run records them again): %s",
                             exc)
-                return
+                return False
         if self.cache is not None:
             try:
                 save_remote_cache(self.cache, self.client, self.options.bucket, self.options.prefix,
                                   self.shard.state_dir + CACHE_NAME)
             except Exception as exc:  # the next run re-hashes
                 log.warning("could not save the hash cache: %s", exc)
+                return False
+        return True
 
 
 def run_sync(options: SyncOptions, client=None, summary: Summary | None = None) -> Summary:

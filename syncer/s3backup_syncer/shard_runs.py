@@ -33,6 +33,7 @@ from .recycle import RecycleCandidates, Recycler
 from .remote import RemoteObject, describe_client_error, is_configuration_problem
 from .report import Summary
 from .shards import RUNS_DIR, ShardResult, result_name, run_dir, shard_run_refusal
+from .state_layout import drop_other_layouts
 
 log = logging.getLogger("s3backup")
 
@@ -108,6 +109,8 @@ def finalize_recycle(client, bucket: str, prefix: str, *, run_id: str, count: in
         raise RemoteUnavailable(f"S3 is not available: {message}") from None
     reason = shard_run_refusal(results, count)
     shards_complete = len(results) == count
+    if reason is None and not dry_run and all(r.state_saved for r in results.values()):
+        drop_other_layouts(client, bucket, prefix, count)  # every shard of this N has its own state now
     if reason is None:
         listed = sum(r.remote_objects for r in results.values())
         reason = recycle_refusal(RecycleConditions(

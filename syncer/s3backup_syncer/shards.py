@@ -102,10 +102,11 @@ class ShardResult:
     candidates: int  # this shard's objects due for recycling
     server_clock_known: bool
     own_writes_from: float | None  # the server's time (Unix s) before this shard's first write; None: no write
+    state_saved: bool = True  # its hash cache and recorded attributes were saved (state_layout.drop_other_layouts)
 
     @classmethod
     def from_dict(cls, data: dict) -> ShardResult:
-        return cls(**{name: data[name] for name in cls.__slots__})
+        return cls(**{name: data[name] for name in cls.__slots__ if name in data})
 
 
 def shard_run_refusal(results: dict[int, ShardResult], count: int) -> str | None:

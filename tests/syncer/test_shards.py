@@ -270,19 +270,30 @@ def test_the_whole_prefix_guards_apply_to_the_sum_of_the_shards(shards, src, s3_
     assert "6 object(s) are due for recycling, over the cap of 5" in final.summary["recycle_blocked"]
 
 
-def test_changing_n_uploads_nothing(shards, src, s3_client, prefix, proxy, s3, s3_url, tmp_path):
-    """Fails if a new N re-sends content that is already there, or if an unsharded run after a
-    sharded one does (the listing's ETags decide; the old N's hash caches are not needed)."""
+def test_changing_n_uploads_nothing_and_reads_nothing_again(shards, src, s3_client, prefix, proxy, s3, s3_url,
+                                                            tmp_path):
+    """Fails if a new N re-sends content that is already there (the listing's ETags decide), if its
+    shards re-read files the old N's hash caches knew, or if a file's recorded mtime is lost when the
+    final step drops the old N's state (the new shards' state must have been built from it)."""
     assert [r.code for r in shards.sync(2)] == [0, 0]
+    touched = src / "big" / "sub2" / "file-002.dat"
+    os.utime(touched, (1_500_000_000, 1_500_000_000))  # recorded in the state, not in the object
+    assert total(shards.sync(2), "bytes_hashed") == touched.stat().st_size
     proxy.seen.clear()
     for n in (3, 5):
         run = shards.sync(n)
         assert [r.code for r in run] == [0] * n, [r.stderr for r in run]
         assert total(run, "files_uploaded") == 0 and total(run, "files_unchanged") == total(run, "files_scanned")
+        assert total(run, "bytes_hashed") == 0, "a new shard re-read files the old N's caches knew"
+        assert shards.recycle(n).code == 0
+        layouts = {key.split("/")[2] for key in _all_keys(s3_client, prefix) if key.startswith(".s3backup/shards/")}
+        assert layouts == {str(n)}, "the final step left the state of an earlier N"
+        assert_mirrors(s3_client, BUCKET, prefix, src)  # the touched file's mtime came along
     whole = run_cli(["sync", str(src), s3_url, "--path-style", "--endpoint-url", proxy.endpoint_url,
                      "--part-size", "5MiB"], s3.env(), tmp_path)
-    assert whole.code == 0 and whole.summary["files_uploaded"] == 0
+    assert whole.code == 0 and whole.summary["files_uploaded"] == 0 and whole.summary["bytes_hashed"] == 0
     assert not data_writes(proxy, prefix)
+    assert not any(key.startswith(".s3backup/shards/") for key in _all_keys(s3_client, prefix))
     assert_mirrors(s3_client, BUCKET, prefix, src)
 
 
