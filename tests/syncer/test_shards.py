@@ -13,6 +13,7 @@ import os
 import random
 import threading
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from s3backup_syncer.errors import ConfigError
 from s3backup_syncer.shards import Shard, ShardResult, parse_shard, shard_of, shard_run_refusal
+from s3backup_syncer.state_layout import donor_layout, state_object
 
 from tests.conftest import BUCKET
 from tests.support.bucket import assert_mirrors, objects, run_cli
@@ -84,6 +86,28 @@ def test_a_sharded_run_recycles_only_when_every_shard_succeeded():
     assert "shard(s) 1 of 3 failed" in shard_run_refusal(failed, 3)
     empty = {i: _result(i, tree_entries=0 if i == 0 else 30) for i in range(3)}
     assert "saw an empty source" in shard_run_refusal(empty, 3)
+
+
+def test_state_objects_are_told_apart_by_layout():
+    now = datetime.now(UTC)
+    assert state_object(".s3backup/hash-cache.sqlite.gz", now).layout == 1
+    assert state_object(".s3backup/uploads/abc", now).name == "uploads/abc"
+    sharded = state_object(".s3backup/shards/4/3/attributes.sqlite.gz", now)
+    assert (sharded.layout, sharded.name) == (4, "attributes.sqlite.gz")
+    assert state_object(".s3backup/shards/4/3/uploads/x", now).layout == 4
+    for other in (".s3backup/runs/r/shard-0-of-2.json", "data/hash-cache.sqlite.gz", ".s3backup/shards/4/x/y"):
+        assert state_object(other, now) is None, other
+
+
+def test_a_new_layout_is_seeded_from_the_newest_other_one():
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    objects = [state_object(".s3backup/hash-cache.sqlite.gz", t),
+               state_object(".s3backup/shards/2/0/hash-cache.sqlite.gz", t + timedelta(days=2)),
+               state_object(".s3backup/shards/2/1/uploads/u", t + timedelta(days=9)),  # markers never seed
+               state_object(".s3backup/shards/3/0/attributes.sqlite.gz", t + timedelta(days=1))]
+    assert donor_layout(objects, 4) == 2
+    assert donor_layout(objects, 2) == 3
+    assert donor_layout(objects[:1], 1) is None
 
 
 # --- on SeaweedFS ------------------------------------------------------------------------------------
