@@ -125,8 +125,9 @@ def add_recycle_command(commands) -> None:
 
 
 def _shard_count(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_SHARDS:
-        raise argparse.ArgumentTypeError(f"invalid shard count {text!r}: 1 to {MAX_SHARDS}")
+    if not text.isdigit() or not 2 <= int(text) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"invalid shard count {text!r}: 2 to {MAX_SHARDS} (one shard, or no "
+                                         "--shard, recycles by itself)")
     return int(text)
 
 
@@ -151,8 +152,12 @@ def run_recycle_command(args: argparse.Namespace) -> int:
     except RunError as exc:
         summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
         print(f"s3backup: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line and a summary; -vv shows the traceback
+        log.debug("internal error", exc_info=True)
+        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
+        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
     summary.duration_seconds = round(time.monotonic() - started, 3)
-    if summary.exit_code != 2 and not args.quiet:
+    if summary.result != "error" and not args.quiet:
         print(f"{summary.files_recycled} recycled, {summary.files_failed} failed"
               + (f"; recycling refused: {summary.recycle_blocked}" if summary.recycle_blocked else ""),
               file=sys.stderr, flush=True)

@@ -336,6 +336,7 @@ def test_bad_shard_options_are_one_line_errors(s3, s3_url, src, tmp_path, option
 
 @pytest.mark.parametrize(("options", "message"), [
     (["--shards", "0", "--run-id", "r"], "invalid shard count '0'"),
+    (["--shards", "1", "--run-id", "r"], "invalid shard count '1': 2 to"),
     (["--shards", "2"], "the following arguments are required: --run-id"),
     (["--shards", "2", "--run-id", "../x"], "invalid --run-id"),
 ])
