@@ -137,13 +137,15 @@ class Shards:
         self.s3, self.s3_url, self.src, self.tmp_path, self.endpoint_url = s3, s3_url, src, tmp_path, endpoint_url
         self.runs = 0
 
-    def sync(self, n: int, *options: str, only: range | None = None, **cli) -> list:
+    def sync(self, n: int, *options: str, only: range | None = None, sources: dict[int, Path] | None = None,
+             **cli) -> list:
         self.runs += 1
         run_id = f"run-{self.runs}"
         results: list = [None] * n
 
         def shard(i: int) -> None:
-            args = ["sync", str(self.src), self.s3_url, "--path-style", "--endpoint-url", self.endpoint_url,
+            source = (sources or {}).get(i, self.src)
+            args = ["sync", str(source), self.s3_url, "--path-style", "--endpoint-url", self.endpoint_url,
                     "--part-size", "5MiB", "--shard", f"{i}/{n}", "--run-id", run_id, *options]
             results[i] = run_cli(args, self.s3.env(), self.tmp_path, **cli)
 
@@ -319,6 +321,21 @@ def test_changing_n_uploads_nothing_and_reads_nothing_again(shards, src, s3_clie
     assert not data_writes(proxy, prefix)
     assert not any(key.startswith(".s3backup/shards/") for key in _all_keys(s3_client, prefix))
     assert_mirrors(s3_client, BUCKET, prefix, src)
+
+
+def test_one_pod_with_an_empty_source_blocks_recycling(shards, src, s3_client, prefix, tmp_path):
+    """Fails if a shard whose volume was not mounted gets its keys recycled because the others saw files."""
+    assert [r.code for r in shards.sync(3)] == [0, 0, 0]
+    (src / "top.txt").unlink()
+    unmounted = tmp_path / "unmounted"
+    unmounted.mkdir()
+    run = shards.sync(3, "--recycle-after", "0s", "--max-recycle", "100%", sources={1: unmounted})
+    assert [r.code for r in run] == [0, 0, 0], [r.stderr for r in run]
+    assert run[1].summary["files_scanned"] == 0
+    final = shards.recycle(3, "--max-recycle", "100%")
+    assert final.code == 1 and final.summary["files_recycled"] == 0
+    assert "shard(s) 1 saw an empty source" in final.summary["recycle_blocked"]
+    assert "top.txt" in objects(s3_client, BUCKET, prefix, download=False)
 
 
 @pytest.mark.parametrize(("options", "message"), [
