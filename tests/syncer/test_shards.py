@@ -12,6 +12,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from s3backup_syncer.attributes_state import open_recorded_attributes
 from s3backup_syncer.errors import ConfigError
 from s3backup_syncer.shards import Shard, ShardResult, parse_shard, shard_of, shard_run_refusal
 from s3backup_syncer.state_layout import donor_layout, state_object
@@ -361,3 +363,41 @@ def test_bad_recycle_options_are_one_line_errors(s3, s3_url, tmp_path, options, 
     result = run_cli(["recycle", s3_url, "--path-style", *options], s3.env(), tmp_path)
     assert result.code == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+VERSIONED = "s3backup-shards-versioned"
+
+
+@pytest.fixture(scope="module")
+def versioned(s3):
+    s3.create_bucket(VERSIONED)
+    client = s3.client()
+    client.put_bucket_versioning(Bucket=VERSIONED, VersioningConfiguration={"Status": "Enabled"})
+    return client
+
+
+def test_restore_reads_every_shards_attributes_as_of_a_time(s3, versioned, src, tmp_path, proxy, prefix):
+    """Fails if the reader restore uses misses a shard's recorded attributes, or, with `as_of`, does not
+    take each state as it was then (across a change of N whose final step deleted the old N's state)."""
+    shards = Shards(s3, f"s3://{VERSIONED}/{prefix}", src, tmp_path, proxy.endpoint_url)
+    key, path = "big/sub3/file-003.dat", src / "big" / "sub3" / "file-003.dat"
+    etag = None
+
+    def recorded(**when):
+        with open_recorded_attributes(versioned, VERSIONED, prefix + "/", **when) as reader:
+            found = reader.lookup(key, etag)
+        return found.mtime_ns if found else None
+
+    assert [r.code for r in shards.sync(2)] == [0, 0]
+    etag = versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/{key}")["ETag"]
+    os.utime(path, (1_500_000_000, 1_500_000_000))
+    assert [r.code for r in shards.sync(2)] == [0, 0]
+    assert recorded() == 1_500_000_000 * 10**9
+    time.sleep(1.5)  # LastModified has whole seconds
+    between = datetime.now(UTC)
+    time.sleep(1.5)
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    assert [r.code for r in shards.sync(3)] == [0, 0, 0]
+    assert shards.recycle(3).code == 0  # drops the 2-shard state
+    assert recorded() == 1_600_000_000 * 10**9
+    assert recorded(as_of=between) == 1_500_000_000 * 10**9
