@@ -48,7 +48,7 @@ from .remote import (
 )
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
-from .shard_runs import drop_run_results, write_shard_result
+from .shard_runs import clear_shard_result, drop_run_results, write_shard_result
 from .shards import ShardResult
 from .state_layout import StateObject, drop_other_layouts, list_state_objects, seed_states
 from .transfer import Uploader
@@ -108,6 +108,8 @@ class SyncRun:
     # --- the script --------------------------------------------------------------------------
     def run(self) -> Summary:
         options, summary = self.options, self.summary
+        if not self.shard.whole and not options.dry_run:
+            self._clear_earlier_result()
         check_source(options.source)
         listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
         try:
@@ -157,6 +159,20 @@ class SyncRun:
         summary.remote_objects = own_count + self._remote_delta[0]
         summary.remote_bytes = own_bytes + self._remote_delta[1]
         return summary
+
+    def _clear_earlier_result(self) -> None:
+        """First of all, a shard removes what an earlier attempt under the same run id reported: whatever
+        ends this attempt, the final step must never take that for this attempt's outcome."""
+        options = self.options
+        assert options.run_id is not None  # SyncOptions requires it for a shard
+        try:
+            clear_shard_result(self.client, options.bucket, options.prefix, options.run_id, self.shard.index,
+                               self.shard.count)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            message = describe_client_error(exc, options.bucket)
+            if is_configuration_problem(exc):
+                raise RemoteAccessError(message) from None
+            raise RemoteUnavailable(f"S3 is not available: {message}") from None
 
     def _own_objects(self, remote: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
         """The listed objects of this shard's keys (every shard lists the whole prefix: keys are hashed)."""

@@ -50,6 +50,13 @@ def _candidates_key(prefix: str, run_id: str, index: int, count: int) -> str:
     return prefix + run_dir(run_id) + result_name(index, count).removesuffix(".json") + ".candidates.jsonl.gz"
 
 
+def clear_shard_result(client, bucket: str, prefix: str, run_id: str, index: int, count: int) -> None:
+    """At a shard's start: no result of an earlier attempt under this run id may outlive a crash of this one
+    (the final step would take its candidates for this run's). Raises if that cannot be done."""
+    for key in (prefix + run_dir(run_id) + result_name(index, count), _candidates_key(prefix, run_id, index, count)):
+        client.delete_object(Bucket=bucket, Key=key)
+
+
 def write_shard_result(client, bucket: str, prefix: str, run_id: str, result: ShardResult,
                        candidates_path: Path) -> None:
     """The candidates first, then the result that vouches for them."""

@@ -285,6 +285,19 @@ def test_a_failing_shard_blocks_recycling_everywhere(shards, src, s3_client, pre
     assert final.code == 1 and "no result from shard(s) 2 of 3" in final.summary["recycle_blocked"]
     assert len(objects(s3_client, BUCKET, prefix, download=False)) == len(remaining)
 
+    # The same run id again, and shard 1 ends before writing its result (its source is not a directory):
+    # the success its earlier attempt left must not vouch for this attempt.
+    shards.runs -= 1
+    again = shards.sync(3, "--recycle-after", "0s", "--max-recycle", "100%")
+    assert [r.code for r in again] == [0, 0, 0], [r.stderr for r in again]
+    shards.runs -= 1
+    crashed = shards.sync(3, "--recycle-after", "0s", "--max-recycle", "100%", only=range(1, 2),
+                          sources={1: src / "top.txt"})
+    assert crashed[1].code == 2
+    final = shards.recycle(3, "--max-recycle", "100%")
+    assert final.code == 1 and "no result from shard(s) 1 of 3" in final.summary["recycle_blocked"]
+    assert len(objects(s3_client, BUCKET, prefix, download=False)) == len(remaining)
+
 
 def test_the_whole_prefix_guards_apply_to_the_sum_of_the_shards(shards, src, s3_client, prefix):
     """`--max-recycle` caps the total over all shards; each shard alone would be under it."""
