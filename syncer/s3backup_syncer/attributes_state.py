@@ -9,11 +9,11 @@ and ETag, and a restore applies them over the metadata. A row whose ETag is no l
 object's is ignored by readers, so an object replaced by anyone else never inherits attributes.
 
 The state is a SQLite file (on disk, whatever the number of files), kept between runs as the
-gzipped object `PREFIX/.s3backup/attributes.sqlite.gz`. Rows are removed when this run uploads
-or recycles their key; each key has one row, so a prefix split into shards later can split the
-table by key range.
+gzipped object `PREFIX/.s3backup/attributes.sqlite.gz`, or a shard's under
+`PREFIX/.s3backup/shards/N/I/` (shards.py). Rows are removed when this run uploads or recycles
+their key. A shard records only its own keys; readers take the union of all states.
 
-Readers: `open_recorded_attributes(client, bucket, prefix)`.
+Readers: `open_recorded_attributes(client, bucket, prefix)`, which reads every shard's state too.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import contextlib
 import gzip
 import hashlib
 import logging
+import re
 import shutil
 import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +38,8 @@ from .remote import STATE_DIR
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTES_OBJECT = STATE_DIR + "attributes.sqlite.gz"
+ATTRIBUTES_NAME = "attributes.sqlite.gz"  # in a shard's own state folder (shards.Shard.state_dir)
+ATTRIBUTES_OBJECT = STATE_DIR + ATTRIBUTES_NAME
 SCHEMA_VERSION = "1"
 SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
 META_MTIME = "s3backup-mtime"  # object metadata: the file's mtime in nanoseconds, at upload
@@ -146,7 +149,8 @@ def _download(client, bucket: str, key: str, target: Path, version_id: str | Non
     return True
 
 
-def load_attribute_state(client, bucket: str, prefix: str, workdir: Path) -> tuple[AttributeState, str | None]:
+def load_attribute_state(client, bucket: str, prefix: str, workdir: Path,
+                         object_key: str = ATTRIBUTES_OBJECT) -> tuple[AttributeState, str | None]:
     """The recorded attributes (empty if none); returns the state and a warning, if any.
 
     An unreadable state starts afresh: the objects' metadata then holds the attributes of the
@@ -154,14 +158,15 @@ def load_attribute_state(client, bucket: str, prefix: str, workdir: Path) -> tup
     """
     path = workdir / "attributes.sqlite"
     try:
-        _download(client, bucket, prefix + ATTRIBUTES_OBJECT, path)  # none yet: an empty state
+        _download(client, bucket, prefix + object_key, path)  # none yet: an empty state
         return AttributeState(path), None
     except Exception as exc:  # corrupt or unreadable: never trust a damaged one
         path.unlink(missing_ok=True)
         return AttributeState(path), f"recorded file attributes unreadable, starting afresh: {exc}"
 
 
-def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str) -> bool:
+def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str,
+                         object_key: str = ATTRIBUTES_OBJECT) -> bool:
     """Compress and upload the state, unless this run changed nothing in it."""
     if not state.finish():
         return False
@@ -169,52 +174,101 @@ def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str
     with open(state.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
     if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of rows: multipart; gzip's CRC guards it
-        client.upload_file(str(packed), bucket, prefix + ATTRIBUTES_OBJECT)
+        client.upload_file(str(packed), bucket, prefix + object_key)
         return True
     with open(packed, "rb") as body:
         digest = hashlib.file_digest(body, "md5").digest()
         body.seek(0)
-        client.put_object(Bucket=bucket, Key=prefix + ATTRIBUTES_OBJECT, Body=body,
+        client.put_object(Bucket=bucket, Key=prefix + object_key, Body=body,
                           ContentMD5=base64.b64encode(digest).decode())
     return True
 
 
 class AttributeReader:
-    """Lookups in a downloaded copy of the state (read-only)."""
+    """Lookups in downloaded copies of the states (read-only), newest first."""
 
-    def __init__(self, table: _Table | None):
-        self._table = table
+    def __init__(self, tables: list[_Table]):
+        self._tables = tables
         self._lock = threading.Lock()
 
     def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
         """The attributes recorded for the object `key` with ETag `etag`; None: use the object's metadata.
 
-        `key` is relative to the prefix (as the source's relative path, `/`-separated).
+        `key` is relative to the prefix (as the source's relative path, `/`-separated). Of several
+        states (shards), the newest with a row for this key and ETag answers.
         """
-        if self._table is None:
-            return None
         with self._lock:
-            return self._table.lookup(key, etag)
+            for table in self._tables:
+                found = table.lookup(key, etag)
+                if found is not None:
+                    return found
+        return None
+
+
+_SHARD_STATE = re.compile(r"shards/[0-9]+/[0-9]+/" + re.escape(ATTRIBUTES_NAME))
+
+
+def is_attribute_state(key: str) -> bool:
+    """Whether `key` (relative to the prefix) is an attributes state: the unsharded one, or a shard's."""
+    return key == ATTRIBUTES_OBJECT or (key.startswith(STATE_DIR)
+                                        and bool(_SHARD_STATE.fullmatch(key[len(STATE_DIR):])))
+
+
+def attribute_state_objects(client, bucket: str, prefix: str,
+                            as_of: datetime | None = None) -> list[tuple[str, str | None]]:
+    """Every attributes state under `PREFIX/.s3backup/`, newest first, as (key, version id or None).
+
+    A sharded backup has one per shard (`.s3backup/shards/N/I/attributes.sqlite.gz`), and may
+    still hold those of an earlier N or of unsharded runs. With `as_of` (a versioned bucket), each
+    state's newest version written no later than that time.
+    """
+    found: list[tuple[datetime, str, str | None]] = []
+    if as_of is None:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + STATE_DIR):
+            for item in page.get("Contents", []):
+                if is_attribute_state(item["Key"][len(prefix):]):
+                    found.append((item["LastModified"], item["Key"], None))
+    else:
+        newest: dict[str, tuple[datetime, str | None]] = {}
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix + STATE_DIR):
+            entries = [(v, True) for v in page.get("Versions", [])]
+            entries += [(m, False) for m in page.get("DeleteMarkers", [])]
+            for entry, is_version in entries:
+                key, modified = entry["Key"], entry["LastModified"]
+                if not is_attribute_state(key[len(prefix):]) or modified > as_of:
+                    continue
+                if key not in newest or modified > newest[key][0]:
+                    newest[key] = (modified, entry["VersionId"] if is_version else None)
+        found = [(modified, key, version) for key, (modified, version) in newest.items() if version is not None]
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [(key[len(prefix):], version) for _, key, version in found]
 
 
 @contextlib.contextmanager
-def open_recorded_attributes(client, bucket: str, prefix: str,
-                             version_id: str | None = None) -> Iterator[AttributeReader]:
+def open_recorded_attributes(client, bucket: str, prefix: str, version_id: str | None = None, *,
+                             as_of: datetime | None = None) -> Iterator[AttributeReader]:
     """`with open_recorded_attributes(client, bucket, prefix) as recorded: recorded.lookup(key, etag)`.
 
-    Downloads `PREFIX/.s3backup/attributes.sqlite.gz` (the version `version_id`, if given: a
-    restore `--as-of` may want the state of that time) to a temporary file, removed on exit.
-    Without a state object every lookup answers None. A damaged state raises.
-    `prefix` is "" or ends with "/" (one is added if missing).
+    Downloads every attributes state under `PREFIX/.s3backup/` (the unsharded one and each
+    shard's; see `attribute_state_objects`) to temporary files, removed on exit. `as_of` (a
+    restore `--as-of`, on a versioned bucket) takes each state as it was at that time;
+    `version_id` takes that version of the unsharded state alone. Without a state object every
+    lookup answers None. A damaged state raises. `prefix` is "" or ends with "/" (one is added if missing).
     """
     if prefix and not prefix.endswith("/"):
         prefix += "/"
+    if version_id is not None:
+        states: list[tuple[str, str | None]] = [(ATTRIBUTES_OBJECT, version_id)]
+    else:
+        states = attribute_state_objects(client, bucket, prefix, as_of)
+    tables: list[_Table] = []
     with tempfile.TemporaryDirectory(prefix="s3backup-attributes-") as workdir:
-        path = Path(workdir) / "attributes.sqlite"
-        table = _Table(path, read_only=True) if _download(client, bucket, prefix + ATTRIBUTES_OBJECT, path,
-                                                          version_id) else None
         try:
-            yield AttributeReader(table)
+            for number, (key, version) in enumerate(states):
+                path = Path(workdir) / f"attributes-{number}.sqlite"
+                if _download(client, bucket, prefix + key, path, version):
+                    tables.append(_Table(path, read_only=True))
+            yield AttributeReader(tables)
         finally:
-            if table is not None:
+            for table in tables:
                 table.db.close()

@@ -18,6 +18,7 @@ from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url
 from .errors import ConfigError, RunError
 from .filters import Filters
 from .report import Progress, Summary, human_bytes
+from .shards import MAX_SHARDS, Shard, parse_run_id, parse_shard
 
 log = logging.getLogger("s3backup")
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "without it nothing remote is ever deleted")
     recycle.add_argument("--max-recycle", default="50%", metavar="N|N%",
                          help="refuse to delete more than this per run (default: 50%% of the objects)")
+    add_shard_arguments(sync)
     objects = sync.add_argument_group("object settings")
     objects.add_argument("--storage-class", metavar="CLASS")
     objects.add_argument("--sse", choices=("AES256", "aws:kms"))
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_restore_parser(commands)
     add_verify_parser(commands)
+    add_recycle_command(commands)
 
     demo = commands.add_parser(
         "demo", help="back up a directory to a throwaway local S3 (SeaweedFS), twice",
@@ -213,6 +216,79 @@ def verify_options_from_args(args: argparse.Namespace):
     )
 
 
+def add_shard_arguments(sync: argparse.ArgumentParser) -> None:
+    shards = sync.add_argument_group("scale-out (one prefix over N processes or pods)")
+    shards.add_argument("--shard", metavar="I/N",
+                        help="handle only the keys of shard I of N (0 <= I < N). A shard of N > 1 keeps its own "
+                        "state and deletes nothing: `s3backup recycle` does, once all N shards succeeded")
+    shards.add_argument("--run-id", metavar="ID",
+                        help="names this run's shard results (the same for every shard of a run; needed with "
+                        "--shard I/N, N > 1)")
+
+
+def add_recycle_command(commands) -> None:
+    recycle = commands.add_parser(
+        "recycle", help="the final step of a sharded sync run: recycle, if every shard succeeded",
+        description="Reads the results the N shards of run ID left under PREFIX/.s3backup/runs/ID/ and deletes "
+        "their recycle candidates only if every shard succeeded, the source was not empty, and the total stays "
+        "under --max-recycle (of all objects under the prefix). Exit 0 when done, 1 when recycling was refused.",
+    )
+    recycle.add_argument("destination", metavar="s3://BUCKET[/PREFIX]")
+    recycle.add_argument("--run-id", required=True, metavar="ID", help="the --run-id the shards ran with")
+    recycle.add_argument("--shards", required=True, type=_shard_count, metavar="N", help="the N of --shard I/N")
+    recycle.add_argument("--max-recycle", default="50%", metavar="N|N%",
+                         help="refuse to delete more than this in all (default: 50%% of the objects)")
+    recycle.add_argument("--endpoint-url", metavar="URL")
+    recycle.add_argument("--region", metavar="NAME")
+    recycle.add_argument("--path-style", action="store_true")
+    recycle.add_argument("--concurrency", type=int, default=8, metavar="N")
+    recycle.add_argument("--dry-run", action="store_true", help="print what would be recycled; delete nothing")
+    recycle.add_argument("--summary-json", metavar="PATH", help="write the step's summary as JSON ('-' for stdout)")
+    recycle.add_argument("-v", "--verbose", action="count", default=0)
+    recycle.add_argument("-q", "--quiet", action="store_true")
+
+
+def _shard_count(text: str) -> int:
+    if not text.isdigit() or not 2 <= int(text) <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"invalid shard count {text!r}: 2 to {MAX_SHARDS} (one shard, or no "
+                                         "--shard, recycles by itself)")
+    return int(text)
+
+
+def run_recycle_command(args: argparse.Namespace) -> int:
+    """`s3backup recycle`: the final step of a sharded run (shard_runs.finalize_recycle)."""
+    from .remote import make_s3_client
+    from .shard_runs import finalize_recycle
+
+    setup_logging(args.verbose, args.quiet)
+    summary = Summary(dry_run=args.dry_run)
+    started = time.monotonic()
+    try:
+        bucket, prefix = parse_s3_url(args.destination)
+        run_id = parse_run_id(args.run_id)
+        cap = parse_recycle_cap(args.max_recycle)
+        if not 1 <= args.concurrency <= 256:
+            raise ConfigError(f"invalid --concurrency {args.concurrency}: use 1 to 256")
+        client = make_s3_client(endpoint_url=args.endpoint_url, region=args.region, path_style=args.path_style,
+                                max_pool_connections=max(10, args.concurrency * 2 + 2))
+        finalize_recycle(client, bucket, prefix, run_id=run_id, count=args.shards, cap=cap,
+                         concurrency=args.concurrency, dry_run=args.dry_run, summary=summary)
+    except RunError as exc:
+        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
+        print(f"s3backup: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line and a summary; -vv shows the traceback
+        log.debug("internal error", exc_info=True)
+        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
+        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
+    summary.duration_seconds = round(time.monotonic() - started, 3)
+    if summary.result != "error" and not args.quiet:
+        print(f"{summary.files_recycled} recycled, {summary.files_failed} failed"
+              + (f"; recycling refused: {summary.recycle_blocked}" if summary.recycle_blocked else ""),
+              file=sys.stderr, flush=True)
+    write_summary(summary, args.summary_json)
+    return summary.exit_code
+
+
 def options_from_args(args: argparse.Namespace) -> SyncOptions:
     bucket, prefix = parse_s3_url(args.destination)
     return SyncOptions(
@@ -239,6 +315,8 @@ def options_from_args(args: argparse.Namespace) -> SyncOptions:
         include_lost_found=args.include_lost_found,
         connect_timeout=parse_timeout("S3BACKUP_CONNECT_TIMEOUT", os.environ.get("S3BACKUP_CONNECT_TIMEOUT"), 10),
         read_timeout=parse_timeout("S3BACKUP_READ_TIMEOUT", os.environ.get("S3BACKUP_READ_TIMEOUT"), 60),
+        shard=parse_shard(args.shard) if args.shard else Shard(),
+        run_id=parse_run_id(args.run_id) if args.run_id else None,
     )
 
 
@@ -385,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.directory)
+    if args.command == "recycle":
+        return run_recycle_command(args)
     try:
         if args.command in ("restore", "verify"):
             return run_other_command(args)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .etag import validate_part_size
+from .shards import Shard
 from .units import GiB, KiB, MiB, TiB
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
@@ -133,8 +134,12 @@ class SyncOptions:
     include_lost_found: bool = False  # lost+found at the source root (see filters.py)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    shard: Shard = field(default_factory=Shard)  # --shard I/N; Shard(0, 1): the whole prefix
+    run_id: str | None = None  # --run-id: names a sharded run's results, for the final recycle step
 
     def __post_init__(self) -> None:
+        if not self.shard.whole and not self.run_id and not self.dry_run:
+            raise ConfigError(f"--shard {self.shard} needs --run-id ID, the same for every shard of the run")
         if self.compare not in ("md5", "size"):
             raise ConfigError(f"invalid --compare {self.compare!r}: use md5 or size")
         if not 1 <= self.concurrency <= 256:

@@ -8,6 +8,10 @@ The whole listing is read before the first upload starts (it is put in key order
 so every listed object predates this run's writes: the recycle guard relies on that.
 Recycling runs last, and only if the run had no error, the source was not empty, and the
 number of deletions stays under the cap (plan.recycle_refusal).
+
+A shard of N > 1 (`--shard I/N`, shards.py) handles its own keys only, keeps its own state, and
+never deletes: it leaves its outcome and its recycle candidates under `.s3backup/runs/RUN_ID/`
+for the final step (shard_runs.finalize_recycle), which deletes only once all N succeeded.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from .attributes_state import AttributeState, load_attribute_state, save_attribute_state
+from .attributes_state import ATTRIBUTES_NAME, AttributeState, load_attribute_state, save_attribute_state
 from .config import SyncOptions
 from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
 from .filework import FileWorker
 from .filters import Filters
-from .hashcache import HashCache, load_remote_cache, save_remote_cache
+from .hashcache import CACHE_NAME, HashCache, load_remote_cache, save_remote_cache
 from .plan import Action, RecycleConditions, decide_present, decide_remote_only, merge_join, recycle_refusal
 from .recycle import RecycleCandidates, Recycler
 from .remote import (
@@ -44,6 +48,9 @@ from .remote import (
 )
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
+from .shard_runs import clear_shard_result, drop_run_results, write_shard_result
+from .shards import ShardResult
+from .state_layout import StateObject, drop_other_layouts, list_state_objects, seed_states
 from .transfer import Uploader
 from .upload_markers import UploadMarkers
 
@@ -93,10 +100,16 @@ class SyncRun:
         self._keys_with_leftovers: set[str] = set()  # source files with an unfinished upload from before
         self._remote_delta = [0, 0]  # objects, bytes added under the prefix by this run
         self._delta_lock = threading.Lock()
+        self.shard = options.shard
+        self._foreign_files = 0  # files of other shards seen by the walk (never stat-ed)
+        self._own_listed = [0, 0]  # objects, bytes of this shard's keys in the listing
+        self._state_objects: list[StateObject] | None = None  # s3backup's state objects, at the start
 
     # --- the script --------------------------------------------------------------------------
     def run(self) -> Summary:
         options, summary = self.options, self.summary
+        if not self.shard.whole and not options.dry_run:
+            self._clear_earlier_result()
         check_source(options.source)
         listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
         try:
@@ -111,7 +124,8 @@ class SyncRun:
         self.run_started = listing.server_now or datetime.now(UTC)
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
             self._load_state(Path(workdir))
-            markers = UploadMarkers(self.client, options.bucket, options.prefix)
+            markers = UploadMarkers(self.client, options.bucket, options.prefix,
+                                    markers_dir=self.shard.state_dir + "uploads/", owns=self.shard.owns)
             markers.load()
             uploader = Uploader(self.client, options, summary, markers)
             worker = FileWorker(options, summary, uploader, cache=self.cache, attributes=self.attributes,
@@ -119,25 +133,77 @@ class SyncRun:
             candidates = RecycleCandidates(Path(workdir) / "recycle.jsonl")
             try:
                 remote = _listed_whole(listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite"))
-                self._march(remote, markers, worker, candidates)
+                self._march(self._own_objects(remote), markers, worker, candidates)
             finally:
                 candidates.close()
                 uploader.close()
-            if summary.files_scanned == 0 and listing.count:
+            own_count, own_bytes = self._own_listed
+            if summary.files_scanned + self._foreign_files == 0 and listing.count:
                 log.warning("the source %s is empty, but the prefix holds %d object(s): is the volume mounted? "
                             "Nothing is deleted from an empty source.", options.source, listing.count)
             # This run's writes all came after the listing, so none is older than its last page.
             own_writes_from = (listing.listed_until or self.run_started) if uploader.objects_written else None
-            self._recycle(candidates, listing.count, own_writes_from)
+            if self.shard.whole:
+                self._recycle(candidates, own_count, own_writes_from)
             if not options.dry_run:
                 aborted = markers.abort_leftovers(self.run_started, self._keys_with_leftovers)
                 if aborted:
                     log.info("aborted %d unfinished upload(s) left by earlier runs", aborted)
                 markers.drop_stale()
-                self._save_state()
-        summary.remote_objects = listing.count + self._remote_delta[0]
-        summary.remote_bytes = listing.bytes + self._remote_delta[1]
+                state_saved = self._save_state()
+                if not self.shard.whole:
+                    self._report_to_final_step(candidates, own_count, own_writes_from, state_saved)
+                elif state_saved and not summary.files_failed and self._state_objects:
+                    # An unsharded run that went whole supersedes the state of any earlier N.
+                    drop_other_layouts(self.client, options.bucket, options.prefix, 1, self._state_objects)
+        summary.remote_objects = own_count + self._remote_delta[0]
+        summary.remote_bytes = own_bytes + self._remote_delta[1]
         return summary
+
+    def _clear_earlier_result(self) -> None:
+        """First of all, a shard removes what an earlier attempt under the same run id reported: whatever
+        ends this attempt, the final step must never take that for this attempt's outcome."""
+        options = self.options
+        assert options.run_id is not None  # SyncOptions requires it for a shard
+        try:
+            clear_shard_result(self.client, options.bucket, options.prefix, options.run_id, self.shard.index,
+                               self.shard.count)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            message = describe_client_error(exc, options.bucket)
+            if is_configuration_problem(exc):
+                raise RemoteAccessError(message) from None
+            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+
+    def _own_objects(self, remote: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
+        """The listed objects of this shard's keys (every shard lists the whole prefix: keys are hashed)."""
+        owns, counts = self.shard.owns, self._own_listed
+        for item in remote:
+            if owns(item.key):
+                counts[0] += 1
+                counts[1] += item.size
+                yield item
+
+    def _report_to_final_step(self, candidates: RecycleCandidates, own_count: int,
+                              own_writes_from: datetime | None, state_saved: bool) -> None:
+        """Leave this shard's outcome and recycle candidates for the final step (`s3backup recycle`)."""
+        summary = self.summary
+        result = ShardResult(
+            index=self.shard.index, count=self.shard.count,
+            result="partial" if summary.files_failed else "success",
+            files_scanned=summary.files_scanned, files_failed=summary.files_failed,
+            tree_entries=summary.files_scanned + self._foreign_files, remote_objects=own_count,
+            candidates=candidates.count, server_clock_known=self.server_clock_known,
+            own_writes_from=own_writes_from.timestamp() if own_writes_from else None,
+            state_saved=state_saved,
+        )
+        assert self.options.run_id is not None  # SyncOptions requires it for a shard
+        write_shard_result(self.client, self.options.bucket, self.options.prefix, self.options.run_id, result,
+                           candidates.path)
+        if self.shard.index == 0:
+            drop_run_results(self.client, self.options.bucket, self.options.prefix)  # those of forgotten runs
+        if candidates.count:
+            log.info("%d object(s) due for recycling, left to the final step of run %s",
+                     candidates.count, self.options.run_id)
 
     def _march(self, remote_objects: Iterator[RemoteObject], markers: UploadMarkers, worker: FileWorker,
                candidates: RecycleCandidates) -> None:
@@ -186,8 +252,12 @@ class SyncRun:
             key_prefix_bytes=key_prefix_bytes,
             follow_symlinks=self.options.follow_symlinks,
             on_excluded=lambda size: self.summary.add(files_excluded=1),
+            owns=None if self.shard.whole else self.shard.owns,
+            on_foreign=self._count_foreign,
         ):
             if isinstance(item, ScanProblem):
+                if not item.is_directory and not self.shard.owns(item.key):
+                    continue  # another shard's file: reported there (a directory's problem, by every shard)
                 log.error("%s: %s", item.key, item.message)
                 self.summary.fail(item.key, item.message)
                 continue
@@ -196,6 +266,9 @@ class SyncRun:
                 continue
             self.summary.add(files_scanned=1, bytes_scanned=item.size)
             yield item
+
+    def _count_foreign(self) -> None:
+        self._foreign_files += 1
 
     def _count_upload(self, local: LocalFile, remote: RemoteObject | None) -> None:
         with self._delta_lock:
@@ -240,35 +313,71 @@ class SyncRun:
         checked must still be there: if they cannot be read, the cache is not trusted either.
         """
         options = self.options
-        attributes_lost = False
+        seeded = self._seed_state(workdir)
+        attributes_lost = seeded is None
+        seeded_attributes, seeded_cache = seeded or (None, None)
         if not options.dry_run:
-            self.attributes, warning = load_attribute_state(self.client, options.bucket, options.prefix, workdir)
-            if warning:
-                log.warning(warning)
-                attributes_lost = True
+            if seeded_attributes is not None:
+                self.attributes = seeded_attributes
+            else:
+                self.attributes, warning = load_attribute_state(self.client, options.bucket, options.prefix,
+                                                                workdir, self.shard.state_dir + ATTRIBUTES_NAME)
+                if warning:
+                    log.warning(warning)
+                    attributes_lost = True
         if options.hash_cache and options.compare == "md5":
             if attributes_lost:
                 self.cache = HashCache(workdir / "hash-cache-afresh.sqlite")
                 return
-            self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, workdir)
+            if seeded_cache is not None:
+                self.cache = seeded_cache
+                return
+            self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, workdir,
+                                                    self.shard.state_dir + CACHE_NAME)
             if warning:
                 log.warning(warning)
 
-    def _save_state(self) -> None:
+    def _seed_state(self, workdir: Path) -> tuple[AttributeState | None, HashCache | None] | None:
+        """This shard's state built from an earlier N's, on its first run (state_layout.py); None if that failed.
+
+        The state objects listed here are also those an unsharded run drops at its end."""
+        options = self.options
+        try:
+            self._state_objects = list_state_objects(self.client, options.bucket, options.prefix)
+            seeded = seed_states(self.client, options.bucket, options.prefix, self._state_objects,
+                                 self.shard.state_dir, self.shard.count, self.shard.owns, workdir)
+            attributes = AttributeState(seeded[ATTRIBUTES_NAME]) if ATTRIBUTES_NAME in seeded else None
+            cache = HashCache(seeded[CACHE_NAME]) if CACHE_NAME in seeded else None
+            for state in (attributes, cache):
+                if state is not None:
+                    state.changed = True  # saved as this shard's own, even if nothing else changes
+            return attributes, cache
+        except Exception as exc:  # this shard starts afresh: files are read once, attributes recorded again
+            log.warning("could not build this shard's state from an earlier shard layout's, starting afresh: %s",
+                        exc)
+            self._state_objects = None
+            return None
+
+    def _save_state(self) -> bool:
         """Save the recorded attributes, then the hash cache: a cache never vouches for files whose
-        attributes were not saved (the next run checks them again). The backup is done either way."""
+        attributes were not saved (the next run checks them again). The backup is done either way.
+        Returns whether both were saved (or had nothing to save)."""
         if self.attributes is not None:
             try:
-                save_attribute_state(self.attributes, self.client, self.options.bucket, self.options.prefix)
+                save_attribute_state(self.attributes, self.client, self.options.bucket, self.options.prefix,
+                                     self.shard.state_dir + ATTRIBUTES_NAME)
             except Exception as exc:
                 log.warning("could not save the recorded file attributes (the next run records them again): %s",
                             exc)
-                return
+                return False
         if self.cache is not None:
             try:
-                save_remote_cache(self.cache, self.client, self.options.bucket, self.options.prefix)
+                save_remote_cache(self.cache, self.client, self.options.bucket, self.options.prefix,
+                                  self.shard.state_dir + CACHE_NAME)
             except Exception as exc:  # the next run re-hashes
                 log.warning("could not save the hash cache: %s", exc)
+                return False
+        return True
 
 
 def run_sync(options: SyncOptions, client=None, summary: Summary | None = None) -> Summary:

@@ -39,7 +39,8 @@ from .scan import LocalFile
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: `hashed_ns`, for the racy-entry rule
-CACHE_OBJECT = STATE_DIR + "hash-cache.sqlite.gz"
+CACHE_NAME = "hash-cache.sqlite.gz"  # in a shard's own state folder (shards.Shard.state_dir)
+CACHE_OBJECT = STATE_DIR + CACHE_NAME
 SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
 
 #: An entry is trusted only if the file's mtime and ctime are older than its hashing by more than this.
@@ -159,13 +160,16 @@ class HashCache:
         return self.changed
 
 
-def load_remote_cache(client, bucket: str, prefix: str, workdir: Path) -> tuple[HashCache, str | None]:
-    """Fetch the cache object (if any) into `workdir`; returns the cache and a warning, if any."""
+def load_remote_cache(client, bucket: str, prefix: str, workdir: Path,
+                      object_key: str = CACHE_OBJECT) -> tuple[HashCache, str | None]:
+    """Fetch the cache object (if any) into `workdir`; returns the cache and a warning, if any.
+
+    `object_key` (relative to the prefix) differs for each shard (shards.Shard.state_dir)."""
     db_path = workdir / "hash-cache.sqlite"
     packed = workdir / "hash-cache.sqlite.gz"
     warning = None
     try:
-        client.download_file(bucket, prefix + CACHE_OBJECT, str(packed))
+        client.download_file(bucket, prefix + object_key, str(packed))
         with gzip.open(packed, "rb") as source, open(db_path, "wb") as target:
             shutil.copyfileobj(source, target, 1024 * 1024)
         packed.unlink()
@@ -179,7 +183,7 @@ def load_remote_cache(client, bucket: str, prefix: str, workdir: Path) -> tuple[
     return HashCache(db_path), warning
 
 
-def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str) -> bool:
+def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str, object_key: str = CACHE_OBJECT) -> bool:
     """Prune, compress and upload the cache, unless this run changed nothing in it."""
     if not cache.finish():
         return False
@@ -187,11 +191,11 @@ def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str) -> boo
     with open(cache.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
         shutil.copyfileobj(source, target, 1024 * 1024)
     if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of files: multipart, gzip's CRC guards it
-        client.upload_file(str(packed), bucket, prefix + CACHE_OBJECT)
+        client.upload_file(str(packed), bucket, prefix + object_key)
         return True
     with open(packed, "rb") as body:
         digest = hashlib.file_digest(body, "md5").digest()
         body.seek(0)
-        client.put_object(Bucket=bucket, Key=prefix + CACHE_OBJECT, Body=body,
+        client.put_object(Bucket=bucket, Key=prefix + object_key, Body=body,
                           ContentMD5=base64.b64encode(digest).decode())
     return True

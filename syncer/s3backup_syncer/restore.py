@@ -27,7 +27,7 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from .attributes_state import ATTRIBUTES_OBJECT, RecordedAttributes, open_recorded_attributes
+from .attributes_state import RecordedAttributes, open_recorded_attributes
 from .download import Downloader, DownloadFailed, ObjectRef
 from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
 from .etag import EtagHasher, etag_key
@@ -147,18 +147,6 @@ def describe_restore(s: RestoreSummary) -> str:
     )
 
 
-def state_version_as_of(client, bucket: str, prefix: str, as_of: datetime) -> str | None:
-    """The version id of the attributes state object that was current at `as_of` (None: there was none)."""
-    key = (prefix.rstrip("/") + "/" if prefix else "") + ATTRIBUTES_OBJECT
-    best = None
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
-        for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            if version["Key"] == key and version["LastModified"] <= as_of and (
-                    best is None or version["LastModified"] >= best["LastModified"]):
-                best = version
-    return best.get("VersionId") if best and "ETag" in best else None
-
-
 def make_client(options: RestoreOptions):
     return make_s3_client(
         endpoint_url=options.endpoint_url,
@@ -223,11 +211,8 @@ class RestoreRun:
         """Attributes recorded in s3backup's state (as of --as-of): they win over the objects' metadata."""
         options = self.options
         try:
-            version = None
-            if options.as_of is not None:
-                version = state_version_as_of(self.client, options.bucket, options.prefix, options.as_of)
-            return stack.enter_context(
-                open_recorded_attributes(self.client, options.bucket, options.prefix, version)).lookup
+            return stack.enter_context(open_recorded_attributes(
+                self.client, options.bucket, options.prefix, as_of=options.as_of)).lookup
         except Exception as exc:  # a damaged or unreadable state: the objects' metadata still holds mtimes
             log.warning("s3backup's recorded attributes cannot be read (%s); mtimes and modes come from the "
                         "objects' metadata", type(exc).__name__)

@@ -60,15 +60,19 @@ def walk(
     key_prefix_bytes: int = 0,
     follow_symlinks: bool = False,
     on_excluded: Callable[[int], None] = lambda size: None,
+    owns: Callable[[str], bool] | None = None,
+    on_foreign: Callable[[], None] = lambda: None,
 ) -> Iterator[LocalFile | ScanProblem]:
     """Yield every regular file under `root` in key order, and a `ScanProblem` for what fails.
 
     Symlinks are not followed unless asked; other special files (sockets, FIFOs, devices) are
     skipped. A name that is not valid UTF-8 cannot be an S3 key: it is reported, not renamed.
+    `owns` (a shard's): a file whose key it refuses is counted by `on_foreign` and never stat-ed.
     """
     root = os.path.abspath(root)
     visited = {_dir_identity(root)} if follow_symlinks else set()
-    yield from _walk_dir(root, "", filters, key_prefix_bytes, follow_symlinks, visited, on_excluded)
+    yield from _walk_dir(root, "", filters, key_prefix_bytes, follow_symlinks, visited, on_excluded,
+                         owns, on_foreign)
 
 
 def _dir_identity(path: str) -> tuple[int, int]:
@@ -84,6 +88,8 @@ def _walk_dir(
     follow: bool,
     visited: set[tuple[int, int]],
     on_excluded: Callable[[int], None],
+    owns: Callable[[str], bool] | None = None,
+    on_foreign: Callable[[], None] = lambda: None,
 ) -> Iterator[LocalFile | ScanProblem]:
     try:
         with os.scandir(path) as entries:
@@ -120,7 +126,11 @@ def _walk_dir(
                     yield ScanProblem(key, "symlink loop: directory already visited", is_directory=True)
                     continue
                 visited.add(identity)
-            yield from _walk_dir(entry.path, key + "/", filters, key_prefix_bytes, follow, visited, on_excluded)
+            yield from _walk_dir(entry.path, key + "/", filters, key_prefix_bytes, follow, visited, on_excluded,
+                                 owns, on_foreign)
+            continue
+        if owns is not None and not owns(key):
+            on_foreign()
             continue
         if entry.is_symlink() and not follow:
             continue

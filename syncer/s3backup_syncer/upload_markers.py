@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,10 +57,14 @@ def marker_for(f: LocalFile, part_size: int, settings: dict) -> dict:
 class UploadMarkers:
     """The markers and unfinished uploads under `bucket/prefix`, for one run. Thread-safe."""
 
-    def __init__(self, client, bucket: str, prefix: str):
+    def __init__(self, client, bucket: str, prefix: str, *, markers_dir: str = UPLOAD_MARKERS,
+                 owns: Callable[[str], bool] | None = None):
+        """`markers_dir` and `owns` are a shard's: its own markers, and only uploads of its own keys."""
         self.client = client
         self.bucket = bucket
         self.prefix = prefix
+        self.markers_dir = markers_dir
+        self.owns = owns or (lambda key: True)
         self.pending: dict[str, list[PendingUpload]] = {}  # key -> unfinished uploads; claimed ones leave
         self.created_keys: set[str] = set()  # keys this run created multipart uploads for
         self._lock = threading.Lock()
@@ -74,12 +79,12 @@ class UploadMarkers:
             return
         for upload in uploads:
             key = upload["Key"][len(self.prefix):]
-            if key.startswith(STATE_DIR):
+            if key.startswith(STATE_DIR) or not self.owns(key):
                 continue
             marker = None
             try:
                 body = self.client.get_object(
-                    Bucket=self.bucket, Key=self.prefix + UPLOAD_MARKERS + upload["UploadId"]
+                    Bucket=self.bucket, Key=self.prefix + self.markers_dir + upload["UploadId"]
                 )["Body"].read(4096)
                 marker = json.loads(body)
             except Exception:  # no marker: not ours, or crashed before it was written
@@ -118,12 +123,12 @@ class UploadMarkers:
 
     def write(self, upload_id: str, marker: dict) -> None:
         body = json.dumps(marker).encode()
-        self.client.put_object(Bucket=self.bucket, Key=self.prefix + UPLOAD_MARKERS + upload_id, Body=body,
+        self.client.put_object(Bucket=self.bucket, Key=self.prefix + self.markers_dir + upload_id, Body=body,
                                ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
 
     def delete(self, upload_id: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + UPLOAD_MARKERS + upload_id)
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + self.markers_dir + upload_id)
         except Exception as exc:
             log.debug("could not delete upload marker %s: %s", upload_id, exc)
 
@@ -139,7 +144,7 @@ class UploadMarkers:
         try:
             live = {u["UploadId"] for u in list_pending_uploads(self.client, self.bucket, self.prefix)}
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + UPLOAD_MARKERS):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + self.markers_dir):
                 for item in page.get("Contents", []):
                     upload_id = item["Key"].rsplit("/", 1)[-1]
                     if upload_id not in live:
