@@ -6,13 +6,15 @@ the pods bound to them, and for each pod whose containers use the project's imag
 scripts (the virtualenv's bin first on PATH). Each container process gets its own mount namespace
 (`unshare --mount`) where the pod's volumes are bind-mounted at their real mount paths (read-only ones
 remounted read-only) and the termination message file at its terminationMessagePath, and runs as the pod's
-runAsUser / runAsGroup / fsGroup / supplementalGroups. Status goes back to the API server as a kubelet writes
-it: Running, then terminated with exit code, reason and the termination message.
+runAsUser / runAsGroup / fsGroup / supplementalGroups. Each pod has a network namespace of its own (loopback
+only), into which the API server's port and the ports listed in CLUSTER_DIR/host-ports are forwarded on
+127.0.0.1. Status goes back to the API server as a kubelet writes it: Running, then terminated with exit code,
+reason and the termination message.
 
 What it does not do (README, Testing): no images or image filesystems (the host's files are the container's,
 plus the volume mounts), no cgroups or resource limits, no capabilities, seccomp or AppArmor, no probes (a
-running container is ready), no network namespaces or Services (pods reach the API server on 127.0.0.1),
-no `kubectl logs`/`exec` (logs are files in CLUSTER_DIR/pods/), restart back-off capped at 10 seconds.
+running container is ready), no pod-to-pod network or Services (a pod reaches only the forwarded host
+ports), no `kubectl logs`/`exec` (logs are files in CLUSTER_DIR/pods/), restart back-off capped at 10 seconds.
 
 Usage: kubelet.py --kubeconfig=... --cluster-dir=... --venv=... --chart=... --nodes=node-a,node-b
        kubelet.py exec SPEC.json   (internal: the in-namespace half of starting one container)
@@ -23,11 +25,13 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -161,6 +165,104 @@ def exec_container(spec_file: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Pod networks: each pod has a network namespace of its own with only a loopback interface (so two pods may
+# listen on the same port, as real pods do). Host services the pods need (the API server, and the ports
+# listed in CLUSTER_DIR/host-ports: the tests' S3 and Pushgateway) are forwarded into it on 127.0.0.1.
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def listen_in(netns: str, host_netns_fd: int, port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:port inside `netns`. setns moves only the calling thread, so this runs
+    in a thread of its own, which returns to the host's namespace before it ends."""
+    result: dict[str, Any] = {}
+
+    def inside() -> None:
+        with open(netns) as target:
+            _setns(target.fileno())
+        try:
+            listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(64)
+            result["socket"] = listener
+        except OSError as error:
+            result["error"] = error
+        finally:
+            _setns(host_netns_fd)
+
+    thread = threading.Thread(target=inside)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["socket"]
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+
+def forward(listener: socket.socket, port: int) -> None:
+    """Relay each connection accepted inside the pod to 127.0.0.1:port on the host, until `listener` closes."""
+    while True:
+        try:
+            inside, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            outside = socket.create_connection(("127.0.0.1", port), timeout=10)
+            outside.settimeout(None)
+        except OSError:
+            inside.close()
+            continue
+        threading.Thread(target=_pipe, args=(inside, outside), daemon=True).start()
+        threading.Thread(target=_pipe, args=(outside, inside), daemon=True).start()
+
+
+class PodNetwork:
+    """The pod's network namespace, held open by a sleeping process, with the host ports forwarded in."""
+
+    def __init__(self, host_netns_fd: int, ports: list[int]) -> None:
+        self.sandbox = subprocess.Popen(
+            ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.path = f"/proc/{self.sandbox.pid}/ns/net"
+        deadline = time.monotonic() + 10
+        while "sleep" not in Path(f"/proc/{self.sandbox.pid}/cmdline").read_text(errors="replace"):
+            if self.sandbox.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("could not make the pod's network namespace")
+            time.sleep(0.02)
+        self.listeners = []
+        for port in ports:
+            listener = listen_in(self.path, host_netns_fd, port)
+            self.listeners.append(listener)
+            threading.Thread(target=forward, args=(listener, port), daemon=True).start()
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.sandbox.pid, signal.SIGKILL)
+        self.sandbox.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The kubelet proper.
 
 
@@ -198,6 +300,15 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+
+    def forwarded_ports(self) -> list[int]:
+        """The API server's port, and the host ports the tests list in CLUSTER_DIR/host-ports."""
+        ports = [int(self.server.rsplit(":", 1)[1])]
+        listed = self.cluster_dir / "host-ports"
+        if listed.exists():
+            ports += [int(line) for line in listed.read_text().split() if line.strip()]
+        return sorted(set(ports))
 
     # Nodes --------------------------------------------------------------------------------------------
 
@@ -354,6 +465,7 @@ class PodWorker(threading.Thread):
         self.start_time = now()
         self.phase = "Pending"
         self.proc_lock = threading.Lock()
+        self.network: PodNetwork | None = None
 
     # The watch calls this; the worker thread reads self.pod.
     def update(self, pod: dict[str, Any], deleted: bool) -> None:
@@ -372,6 +484,8 @@ class PodWorker(threading.Thread):
             log.exception("%s", self.name)
         finally:
             self.kill_all(grace=self.grace(), report=False)
+            if self.network:
+                self.network.close()
             self.finalize()
             self.kubelet.forget(self.uid)
 
@@ -410,6 +524,9 @@ class PodWorker(threading.Thread):
                 self.report()
                 self.changed.wait(2)
                 self.changed.clear()
+        if self.terminating:
+            return
+        self.network = PodNetwork(self.kubelet.host_netns_fd, self.kubelet.forwarded_ports())
         for container in spec.get("initContainers") or []:
             if not self.run_to_completion(container, self.init_runs[container["name"]]):
                 return
@@ -631,7 +748,8 @@ class PodWorker(threading.Thread):
         spec_file.chmod(0o600)  # it holds the resolved environment (Secret values)
         log_file = open(container_dir / "log", "ab")  # noqa: SIM115 -- the child keeps it
         run.process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", sys.executable, __file__, "exec", str(spec_file)],
+            ["nsenter", f"--net={self.network.path}", "--", "unshare", "--mount", "--propagation", "private", "--",
+             sys.executable, __file__, "exec", str(spec_file)],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log_file.close()
         run.started_at = now()

@@ -1,8 +1,8 @@
 """The test cluster for the whole session: `scripts/cluster.sh up` once, `down` at the end.
 
 S3BACKUP_CLUSTER_DIR=... (with KUBECONFIG and PATH as `up` printed them) reuses a cluster that is already up.
-SeaweedFS and the Pushgateway are the session's (tests/conftest.py): local processes on loopback, which the
-pods reach because the process kubelet runs them as local processes too.
+SeaweedFS and the Pushgateway are the session's (tests/conftest.py): local processes on loopback. Their ports go
+into CLUSTER_DIR/host-ports, which the process kubelet forwards into each pod's network namespace on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,10 +20,12 @@ RELEASE, OPERATOR_NAMESPACE = "s3backup", "s3backup-system"
 
 
 @pytest.fixture(scope="session")
-def cluster():
+def cluster(s3, pushgateway):
     reuse = os.environ.get("S3BACKUP_CLUSTER_DIR")
     if reuse:
-        yield Cluster(Path(os.environ["KUBECONFIG"]), Path(reuse), os.environ["PATH"])
+        running = Cluster(Path(os.environ["KUBECONFIG"]), Path(reuse), os.environ["PATH"])
+        forward_ports(running, s3, pushgateway)
+        yield running
         return
     result = subprocess.run([str(REPO / "scripts" / "cluster.sh"), "up"], capture_output=True, text=True,
                             timeout=1800)
@@ -31,6 +34,7 @@ def cluster():
     exports = parse_exports(result.stdout)
     running = Cluster(Path(exports["KUBECONFIG"]), Path(exports["CLUSTER_DIR"]), exports["PATH"])
     try:
+        forward_ports(running, s3, pushgateway)
         yield running
     finally:
         subprocess.run([str(REPO / "scripts" / "cluster.sh"), "down", str(running.dir)], timeout=120)
@@ -45,6 +49,12 @@ def operator(cluster, pushgateway):
     wait_operator_ready(cluster)
     yield RELEASE
     cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", check=False)
+
+
+def forward_ports(cluster: Cluster, s3, pushgateway) -> None:
+    """Make the session's S3 and Pushgateway reachable from pods (each pod has its own network namespace)."""
+    ports = [urlsplit(s3.endpoint_url).port, pushgateway.port]
+    (cluster.dir / "host-ports").write_text("".join(f"{port}\n" for port in ports))
 
 
 def operator_pods(cluster: Cluster) -> list[dict]:
