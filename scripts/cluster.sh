@@ -10,7 +10,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
 cache="${S3BACKUP_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s3backup/cluster}"
-venv="${S3BACKUP_VENV:-$repo/.venv}"
+venv="$(realpath -m "${S3BACKUP_VENV:-$repo/.venv}")"
 
 # Pinned versions: the Go modules under scripts/cluster/ (go.mod + go.sum) pin the same ones.
 KUBE_VERSION=v1.34.4

@@ -134,6 +134,7 @@ def which(bin_path: str, name: str) -> str:
 
 
 def up(bin_path: str, venv: Path, chart: Path) -> Path:
+    venv, chart = venv.absolute(), chart.absolute()
     cluster = Path(tempfile.mkdtemp(prefix="s3backup-cluster-"))
     cluster.chmod(0o755)  # pods run as non-root users and need their way to CLUSTER_DIR/pods and nodes
     for sub in ("logs", "pids", "etcd", "nodes", "pods"):

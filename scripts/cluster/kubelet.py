@@ -943,7 +943,8 @@ def _run_kubelet(args: argparse.Namespace) -> int:
     import yaml
 
     values = yaml.safe_load((Path(args.chart) / "values.yaml").read_text())
-    kubelet = Kubelet(args.kubeconfig, Path(args.cluster_dir), Path(args.venv), values["image"]["repository"],
+    venv = Path(args.venv).absolute()  # the pods' PATH: they start in their workingDir, "/" by default
+    kubelet = Kubelet(args.kubeconfig, Path(args.cluster_dir), venv, values["image"]["repository"],
                       args.nodes.split(","))
 
     def stop(*_: Any) -> None:
