@@ -7,8 +7,9 @@ scripts (the virtualenv's bin first on PATH). Each container process gets its ow
 (`unshare --mount`) where the pod's volumes are bind-mounted at their real mount paths (read-only ones
 remounted read-only) and the termination message file at its terminationMessagePath, and runs as the pod's
 runAsUser / runAsGroup / fsGroup / supplementalGroups. Each pod has a network namespace of its own (loopback
-only), into which the API server's port and the ports listed in CLUSTER_DIR/host-ports are forwarded on
-127.0.0.1. Status goes back to the API server as a kubelet writes it: Running, then terminated with exit code,
+only), into which the API server (as port 443, with the `kubernetes.default.svc` names in the container's
+/etc/hosts, and on its own port) and the ports listed in CLUSTER_DIR/host-ports are forwarded on 127.0.0.1.
+Status goes back to the API server as a kubelet writes it: Running, then terminated with exit code,
 reason and the termination message.
 
 What it does not do (README, Testing): no images or image filesystems (the host's files are the container's,
@@ -42,10 +43,19 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("process-kubelet")
+_libc = ctypes.CDLL(None, use_errno=True)
 
 KUBE_VERSION = "v1.34.4"
 MAX_TERMINATION_MESSAGE = 4096
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# In each pod, the API server answers as the `kubernetes` Service does: these names, port 443.
+KUBERNETES_NAMES = ("kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local")
+KUBERNETES_SERVICE_PORT = 443
+# What the project's image (Dockerfile) brings besides its files: its user and group, ENV and WORKDIR.
+IMAGE_ACCOUNTS = {"passwd": "s3backup:x:65532:65532::/nonexistent:/usr/sbin/nologin", "group": "s3backup:x:65532:"}
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+IMAGE_WORKDIR = "/tmp"
 
 
 def now() -> str:
@@ -139,19 +149,58 @@ class ConfigError(Exception):
 # The in-namespace half: `kubelet.py exec SPEC.json` runs under `unshare --mount --propagation private`.
 
 
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC = 1, 32, 4096, 16384
+
+
+def mount(source: str | None, target: Path, kind: str | None, flags: int, data: str | None = None) -> None:
+    """mount(2) itself: mount(8) would canonicalize a /proc/self/fd/N source to a path that a mount made
+    meanwhile may hide."""
+    def encode(text: str | None) -> bytes | None:
+        return None if text is None else text.encode()
+    if _libc.mount(encode(source), str(target).encode(), encode(kind), flags, encode(data)) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mount {source} on {target}: {os.strerror(error)}")
+
+
+def expose_runtime(prefix: Path) -> None:
+    """Let the pod's user run the Python the virtualenv was made from, as an image would.
+
+    When that Python is installed under a directory other users cannot enter (pyenv under a 0700 /root), this
+    namespace gets an empty tmpfs over that directory with only the Python installation bind-mounted back:
+    the container sees the runtime and nothing else of root's home."""
+    closed = next((parent for parent in reversed(prefix.parents) if not os.stat(parent).st_mode & 0o001), None)
+    if closed is None:
+        return
+    runtime = os.open(prefix, os.O_PATH)
+    mount("tmpfs", closed, "tmpfs", 0, "mode=0755,size=1m")
+    prefix.mkdir(parents=True, exist_ok=True)
+    for directory in [prefix, *prefix.parents]:
+        if directory == closed:
+            break
+        directory.chmod(0o755)
+    mount(f"/proc/self/fd/{runtime}", prefix, None, MS_BIND | MS_REC)
+    os.close(runtime)
+
+
 def exec_container(spec_file: Path) -> None:
     """Bind-mount the volumes at their mount paths, drop to the pod's user and groups, exec the command."""
     spec = json.loads(spec_file.read_text())
-    for mount in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
-        target = Path(mount["target"])
-        if mount["file"]:
+    mounts = sorted(spec["mounts"], key=lambda m: m["target"].count("/"))
+    # Each source is opened before anything is mounted: CLUSTER_DIR may sit under a mount path (/tmp).
+    sources = [os.open(mount["source"], os.O_PATH) for mount in mounts]
+    expose_runtime(Path(sys.base_prefix))
+    for volume, source in zip(mounts, sources, strict=True):
+        target = Path(volume["target"])
+        if volume["file"]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch(exist_ok=True)
         else:
             target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "--bind", mount["source"], str(target)], check=True)
-        if mount["readOnly"]:
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+        mount(f"/proc/self/fd/{source}", target, None, MS_BIND | MS_REC)
+        if volume["readOnly"]:
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for source in sources:
+        os.close(source)
     os.setgroups(spec["groups"])
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
@@ -170,7 +219,6 @@ def exec_container(spec_file: Path) -> None:
 # listed in CLUSTER_DIR/host-ports: the tests' S3 and Pushgateway) are forwarded into it on 127.0.0.1.
 
 CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:
@@ -236,7 +284,7 @@ def forward(listener: socket.socket, port: int) -> None:
 class PodNetwork:
     """The pod's network namespace, held open by a sleeping process, with the host ports forwarded in."""
 
-    def __init__(self, host_netns_fd: int, ports: list[int]) -> None:
+    def __init__(self, host_netns_fd: int, ports: dict[int, int]) -> None:
         self.sandbox = subprocess.Popen(
             ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -247,10 +295,10 @@ class PodNetwork:
                 raise RuntimeError("could not make the pod's network namespace")
             time.sleep(0.02)
         self.listeners = []
-        for port in ports:
-            listener = listen_in(self.path, host_netns_fd, port)
+        for inside, outside in ports.items():
+            listener = listen_in(self.path, host_netns_fd, inside)
             self.listeners.append(listener)
-            threading.Thread(target=forward, args=(listener, port), daemon=True).start()
+            threading.Thread(target=forward, args=(listener, outside), daemon=True).start()
 
     def close(self) -> None:
         for listener in self.listeners:
@@ -302,13 +350,15 @@ class Kubelet:
         self.stopping = threading.Event()
         self.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY)
 
-    def forwarded_ports(self) -> list[int]:
-        """The API server's port, and the host ports the tests list in CLUSTER_DIR/host-ports."""
-        ports = [int(self.server.rsplit(":", 1)[1])]
+    def forwarded_ports(self) -> dict[int, int]:
+        """{port in the pod: port on the host}: the API server as the `kubernetes` Service (443) and on its own
+        port, and the host ports the tests list in CLUSTER_DIR/host-ports."""
+        api = int(self.server.rsplit(":", 1)[1])
+        ports = {KUBERNETES_SERVICE_PORT: api, api: api}
         listed = self.cluster_dir / "host-ports"
         if listed.exists():
-            ports += [int(line) for line in listed.read_text().split() if line.strip()]
-        return sorted(set(ports))
+            ports.update({int(port): int(port) for port in listed.read_text().split()})
+        return ports
 
     # Nodes --------------------------------------------------------------------------------------------
 
@@ -660,10 +710,10 @@ class PodWorker(threading.Thread):
 
         pod, core = self.pod, self.kubelet.core
         namespace = pod["metadata"]["namespace"]
-        host, port = self.kubelet.server.split("://", 1)[1].rsplit(":", 1)
+        host, port = "127.0.0.1", str(KUBERNETES_SERVICE_PORT)  # forwarded to the API server in the pod
         env = {
-            "PATH": f"{self.kubelet.venv / 'bin'}:{SYSTEM_PATH}",
-            "HOSTNAME": pod["metadata"]["name"], "HOME": "/",
+            "PATH": f"{self.kubelet.venv / 'bin'}:{SYSTEM_PATH}", **IMAGE_ENV,
+            "HOSTNAME": pod["metadata"]["name"], "HOME": "/nonexistent",
             "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port, "KUBERNETES_PORT": f"tcp://{host}:{port}",
         }
@@ -735,6 +785,15 @@ class PodWorker(threading.Thread):
         message_file.chmod(0o666)
         mounts = [{"source": str(message_file), "target": container.get("terminationMessagePath")
                    or "/dev/termination-log", "readOnly": False, "file": True}]
+        hosts = container_dir / "hosts"  # what the cluster's DNS would answer, as a kubelet-managed /etc/hosts
+        hosts.write_text(f"127.0.0.1 localhost {self.pod['metadata']['name']} {' '.join(KUBERNETES_NAMES)}\n")
+        hosts.chmod(0o644)
+        mounts.append({"source": str(hosts), "target": "/etc/hosts", "readOnly": True, "file": True})
+        for name, line in IMAGE_ACCOUNTS.items():  # the image's user and group, as in its /etc files
+            accounts = container_dir / name
+            accounts.write_text(Path(f"/etc/{name}").read_text() + line + "\n")
+            accounts.chmod(0o644)
+            mounts.append({"source": str(accounts), "target": f"/etc/{name}", "readOnly": True, "file": True})
         for mount in container.get("volumeMounts") or []:
             source = self.volumes[mount["name"]]
             if mount.get("subPath"):
@@ -744,7 +803,7 @@ class PodWorker(threading.Thread):
                            "readOnly": bool(mount.get("readOnly")), "file": source.is_file()})
         spec_file = container_dir / "spec.json"
         spec_file.write_text(json.dumps({"mounts": mounts, "uid": uid, "gid": gid, "groups": groups, "env": env,
-                                         "argv": argv, "cwd": container.get("workingDir") or "/"}))
+                                         "argv": argv, "cwd": container.get("workingDir") or IMAGE_WORKDIR}))
         spec_file.chmod(0o600)  # it holds the resolved environment (Secret values)
         log_file = open(container_dir / "log", "ab")  # noqa: SIM115 -- the child keeps it
         run.process = subprocess.Popen(
@@ -879,8 +938,8 @@ class PodWorker(threading.Thread):
             return
         meta = self.pod["metadata"]
         try:
-            self.kubelet.core.delete_namespaced_pod(meta["name"], meta["namespace"], grace_period_seconds=0,
-                                                    body={"preconditions": {"uid": self.uid}})
+            self.kubelet.core.delete_namespaced_pod(meta["name"], meta["namespace"], body={"gracePeriodSeconds": 0,
+                                                          "preconditions": {"uid": self.uid}})
         except ApiException as error:
             if error.status not in (404, 409):
                 log.warning("%s: final delete: %s", self.name, error)
