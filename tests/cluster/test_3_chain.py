@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import time
 import urllib.request
 
@@ -18,7 +19,9 @@ NODE = "node-a"
 FILES = {"a.txt": b"alpha\n", "dir/b.bin": bytes(range(256)) * 40, "dir/sub/c.txt": b"gamma\n" * 1000}
 
 
-def make_namespace(cluster: Cluster, name: str, labels: dict[str, str] | None = None) -> str:
+def make_namespace(cluster: Cluster, base: str, labels: dict[str, str] | None = None) -> str:
+    """A new namespace `<base>-<random>` (a namespace of an earlier run may still be terminating)."""
+    name = f"{base}-{secrets.token_hex(3)}"
     cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}})
     wait_for(lambda: cluster.get("serviceaccount", "default", "-n", name), f"the default ServiceAccount in {name}")
     return name
@@ -108,8 +111,10 @@ def last_run(cluster: Cluster, namespace: str, name: str, job_name: str) -> dict
 
 
 def bucket_keys(s3, prefix: str) -> dict[str, str]:
+    """The backed-up files under `prefix` (key relative to it -> ETag), without the syncer's own `.s3backup/`."""
     listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
-    return {item["Key"][len(prefix) + 1:]: item["ETag"].strip('"') for item in listing.get("Contents", [])}
+    keys = {item["Key"][len(prefix) + 1:]: item["ETag"].strip('"') for item in listing.get("Contents", [])}
+    return {key: etag for key, etag in keys.items() if not key.startswith(".s3backup/")}
 
 
 @pytest.fixture(scope="module")

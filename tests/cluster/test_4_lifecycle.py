@@ -9,6 +9,7 @@ import stat
 from tests.cluster.support import wait_for
 from tests.cluster.test_3_chain import (
     FILES,
+    NODE,
     bucket_keys,
     finished_job,
     last_run,
@@ -86,7 +87,7 @@ def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3):
     namespace = make_namespace(cluster, "lost-found")
     make_credentials(cluster, namespace, s3)
     claim = make_volume(cluster, namespace, "data", FILES)
-    lost = cluster.node_dir("node-a", f"/srv/{namespace}-data") / "lost+found"
+    lost = cluster.node_dir(NODE, f"/srv/{namespace}-data") / "lost+found"
     lost.mkdir()
     (lost / "#12345").write_bytes(b"orphan")
     os.chown(lost, 0, 0)
