@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from tests.cluster.support import wait_for
-from tests.cluster.test_3_chain import (
+from tests.cluster.support import (
     FILES,
     NODE,
     bucket_keys,
@@ -17,8 +16,9 @@ from tests.cluster.test_3_chain import (
     make_namespace,
     make_volume,
     run_now,
+    wait_for,
 )
-from tests.cluster.test_3_chain import backup_manifest as manifest
+from tests.cluster.support import backup_manifest as manifest
 
 
 def test_the_cronjob_controller_starts_a_scheduled_run(cluster, operator, s3):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods, wait_operator_ready
-from tests.cluster.support import CHART, wait_for
-from tests.cluster.test_3_chain import (
+from tests.cluster.support import (
+    CHART,
     FILES,
     bucket_keys,
     finished_job,
@@ -16,8 +16,9 @@ from tests.cluster.test_3_chain import (
     make_namespace,
     make_volume,
     run_now,
+    wait_for,
 )
-from tests.cluster.test_3_chain import backup_manifest as manifest
+from tests.cluster.support import backup_manifest as manifest
 
 
 def condition(cluster, namespace: str, name: str, kind: str = "Ready") -> dict:
