@@ -289,8 +289,11 @@ class PodNetwork:
             ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.path = f"/proc/{self.sandbox.pid}/ns/net"
+        host = os.fstat(host_netns_fd).st_ino
         deadline = time.monotonic() + 10
-        while "sleep" not in Path(f"/proc/{self.sandbox.pid}/cmdline").read_text(errors="replace"):
+        # Ready once `sleep` runs (lo is up) in a namespace that is not the host's.
+        while not (Path(f"/proc/{self.sandbox.pid}/cmdline").read_bytes() == b"sleep\0infinity\0"
+                   and os.stat(self.path).st_ino != host):
             if self.sandbox.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("could not make the pod's network namespace")
             time.sleep(0.02)
@@ -530,13 +533,14 @@ class PodWorker(threading.Thread):
     def run(self) -> None:
         try:
             self.live()
-        except Exception:
+        except Exception:  # the pod stays; the next event about it starts a new worker
             log.exception("%s", self.name)
         finally:
             self.kill_all(grace=self.grace(), report=False)
             if self.network:
                 self.network.close()
-            self.finalize()
+            if self.terminating:
+                self.finalize()
             self.kubelet.forget(self.uid)
 
     def grace(self) -> int:
