@@ -182,6 +182,25 @@ def expose_runtime(prefix: Path) -> None:
     os.close(runtime)
 
 
+def overlay_missing_mount_points(targets: list[Path], scratch: Path) -> None:
+    """A mount point missing on the host is made in a copy-on-write overlay of its nearest existing parent
+    directory, as a runtime makes it in the image's filesystem: the host's directories stay as they are. Only
+    directly under "/" (which cannot be overlaid) is an empty mount point left on the host."""
+    parents = set()
+    for target in targets:
+        existing = next(path for path in [target, *target.parents] if path.exists())
+        inside_a_volume = any(other == existing or other in existing.parents for other in targets)
+        if existing not in (target, Path("/")) and not inside_a_volume:
+            parents.add(existing)
+    outermost = sorted(path for path in parents if not any(other in path.parents for other in parents))
+    for index, parent in enumerate(outermost):
+        upper, work = scratch / f"{index}-upper", scratch / f"{index}-work"
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # then the mount point is made on the host, empty
+            mount("overlay", parent, "overlay", 0, f"lowerdir={parent},upperdir={upper},workdir={work}")
+
+
 def exec_container(spec_file: Path) -> None:
     """Bind-mount the volumes at their mount paths, drop to the pod's user and groups, exec the command."""
     spec = json.loads(spec_file.read_text())
@@ -189,6 +208,8 @@ def exec_container(spec_file: Path) -> None:
     # Each source is opened before anything is mounted: CLUSTER_DIR may sit under a mount path (/tmp).
     sources = [os.open(mount["source"], os.O_PATH) for mount in mounts]
     expose_runtime(Path(sys.base_prefix))
+    if spec.get("scratch"):
+        overlay_missing_mount_points([Path(mount["target"]) for mount in mounts], Path(spec["scratch"]))
     for volume, source in zip(mounts, sources, strict=True):
         target = Path(volume["target"])
         if volume["file"]:
@@ -807,7 +828,8 @@ class PodWorker(threading.Thread):
                            "readOnly": bool(mount.get("readOnly")), "file": source.is_file()})
         spec_file = container_dir / "spec.json"
         spec_file.write_text(json.dumps({"mounts": mounts, "uid": uid, "gid": gid, "groups": groups, "env": env,
-                                         "argv": argv, "cwd": container.get("workingDir") or IMAGE_WORKDIR}))
+                                         "argv": argv, "cwd": container.get("workingDir") or IMAGE_WORKDIR,
+                                         "scratch": str(container_dir / "overlay")}))
         spec_file.chmod(0o600)  # it holds the resolved environment (Secret values)
         log_file = open(container_dir / "log", "ab")  # noqa: SIM115 -- the child keeps it
         run.process = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from tests.cluster.support import make_namespace, wait_for
 
@@ -14,15 +15,16 @@ def test_a_pod_gets_its_env_volumes_user_and_status(cluster):
     out = cluster.node_dir("node-b", f"/srv/{namespace}")
     out.mkdir(parents=True)
     out.chmod(0o777)
+    host_had_mount_points = {path: Path(path).exists() for path in ("/etc/secret", "/etc/config", "/mnt/out")}
     password = secrets.token_hex(8)
     cluster.kubectl("create", "secret", "generic", "creds", "-n", namespace, f"--from-literal=password={password}")
     cluster.kubectl("create", "configmap", "settings", "-n", namespace, "--from-literal=greeting=hello")
     script = " && ".join([
-        "id -u > /out/uid", "id -G > /out/groups", "env > /out/env",
-        "cat /etc/secret/password > /out/secret", "cat /etc/config/greeting > /out/config",
-        "touch /scratch/x && ls -ld /scratch > /out/emptydir",
-        "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace > /out/sa-namespace",
-        "(touch /etc/config/new 2> /out/readonly || true)",
+        "id -u > /mnt/out/uid", "id -G > /mnt/out/groups", "env > /mnt/out/env",
+        "cat /etc/secret/password > /mnt/out/secret", "cat /etc/config/greeting > /mnt/out/config",
+        "touch /mnt/scratch/x && ls -ld /mnt/scratch > /mnt/out/emptydir",
+        "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace > /mnt/out/sa-namespace",
+        "(touch /etc/config/new 2> /mnt/out/readonly || true)",
         "echo bye > /dev/termination-log", "exit 3",
     ])
     cluster.apply({
@@ -41,10 +43,10 @@ def test_a_pod_gets_its_env_volumes_user_and_status(cluster):
                     {"name": "EXPANDED", "value": "$(FROM_CONFIG)-world"},
                 ],
                 "volumeMounts": [
-                    {"name": "out", "mountPath": "/out"},
+                    {"name": "out", "mountPath": "/mnt/out"},
                     {"name": "secret", "mountPath": "/etc/secret", "readOnly": True},
                     {"name": "config", "mountPath": "/etc/config", "readOnly": True},
-                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "scratch", "mountPath": "/mnt/scratch"},
                 ],
             }],
             "volumes": [
@@ -76,6 +78,8 @@ def test_a_pod_gets_its_env_volumes_user_and_status(cluster):
     assert (out / "emptydir").read_text().startswith("drwxrwxrwx")
     assert (out / "sa-namespace").read_text() == namespace
     assert "Read-only file system" in (out / "readonly").read_text()
+    # Mount points missing on the host were made in the container's view only (an overlay), as in an image.
+    assert {path: Path(path).exists() for path in host_had_mount_points} == host_had_mount_points
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
@@ -96,14 +100,15 @@ def test_a_pod_of_another_image_fails_with_a_clear_reason(cluster):
 
 def test_init_containers_run_in_order_before_the_containers(cluster):
     namespace = make_namespace(cluster, "init")
-    step = {"image": IMAGE, "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}
+    step = {"image": IMAGE, "volumeMounts": [{"name": "shared", "mountPath": "/mnt/shared"}]}
     cluster.apply({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ordered", "namespace": namespace},
         "spec": {
             "restartPolicy": "Never",
-            "initContainers": [{**step, "name": "one", "command": ["sh", "-c", "echo one >> /shared/log"]},
-                               {**step, "name": "two", "command": ["sh", "-c", "echo two >> /shared/log"]}],
-            "containers": [{**step, "name": "main", "command": ["sh", "-c", "cat /shared/log > /dev/termination-log"]}],
+            "initContainers": [{**step, "name": "one", "command": ["sh", "-c", "echo one >> /mnt/shared/log"]},
+                               {**step, "name": "two", "command": ["sh", "-c", "echo two >> /mnt/shared/log"]}],
+            "containers": [{**step, "name": "main",
+                            "command": ["sh", "-c", "cat /mnt/shared/log > /dev/termination-log"]}],
             "volumes": [{"name": "shared", "emptyDir": {}}],
         },
     })
