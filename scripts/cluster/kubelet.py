@@ -240,6 +240,7 @@ def exec_container(spec_file: Path) -> None:
 # listed in CLUSTER_DIR/host-ports: the tests' S3 and Pushgateway) are forwarded into it on 127.0.0.1.
 
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
 
 
 def _setns(fd: int) -> None:
@@ -302,13 +303,19 @@ def forward(listener: socket.socket, port: int) -> None:
         threading.Thread(target=_pipe, args=(outside, inside), daemon=True).start()
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started it ends, even if the kubelet is killed."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class PodNetwork:
     """The pod's network namespace, held open by a sleeping process, with the host ports forwarded in."""
 
     def __init__(self, host_netns_fd: int, ports: dict[int, int]) -> None:
         self.sandbox = subprocess.Popen(
             ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && exec sleep infinity"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent)
         self.path = f"/proc/{self.sandbox.pid}/ns/net"
         host = os.fstat(host_netns_fd).st_ino
         deadline = time.monotonic() + 10
@@ -519,6 +526,8 @@ class Kubelet:
             workers = list(self.workers.values())
         for worker in workers:
             worker.kill_all(grace=5, report=False)
+            if worker.network:
+                worker.network.close()
 
 
 class PodWorker(threading.Thread):
