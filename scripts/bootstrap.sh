@@ -42,3 +42,9 @@ if [ "$what" = "test" ]; then
     .venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==3.3.30
   fi
 fi
+
+if [ "$what" = "test" ]; then
+  # tests/cluster: the control plane, etcd, kubectl and helm, built from their Go modules at pinned versions
+  # into a per-version cache (once per machine; see README, Testing). Needs Go (on the polyglot machines).
+  scripts/cluster.sh build
+fi
