@@ -245,22 +245,18 @@ def attribute_state_objects(client, bucket: str, prefix: str,
 
 
 @contextlib.contextmanager
-def open_recorded_attributes(client, bucket: str, prefix: str, version_id: str | None = None, *,
+def open_recorded_attributes(client, bucket: str, prefix: str, *,
                              as_of: datetime | None = None) -> Iterator[AttributeReader]:
     """`with open_recorded_attributes(client, bucket, prefix) as recorded: recorded.lookup(key, etag)`.
 
     Downloads every attributes state under `PREFIX/.s3backup/` (the unsharded one and each
     shard's; see `attribute_state_objects`) to temporary files, removed on exit. `as_of` (a
-    restore `--as-of`, on a versioned bucket) takes each state as it was at that time;
-    `version_id` takes that version of the unsharded state alone. Without a state object every
+    restore `--as-of`, on a versioned bucket) takes each state as it was at that time. Without a state object every
     lookup answers None. A damaged state raises. `prefix` is "" or ends with "/" (one is added if missing).
     """
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    if version_id is not None:
-        states: list[tuple[str, str | None]] = [(ATTRIBUTES_OBJECT, version_id)]
-    else:
-        states = attribute_state_objects(client, bucket, prefix, as_of)
+    states = attribute_state_objects(client, bucket, prefix, as_of)
     tables: list[_Table] = []
     with tempfile.TemporaryDirectory(prefix="s3backup-attributes-") as workdir:
         try:

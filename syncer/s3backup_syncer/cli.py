@@ -238,14 +238,10 @@ def add_recycle_command(commands) -> None:
     recycle.add_argument("--shards", required=True, type=_shard_count, metavar="N", help="the N of --shard I/N")
     recycle.add_argument("--max-recycle", default="50%", metavar="N|N%",
                          help="refuse to delete more than this in all (default: 50%% of the objects)")
-    recycle.add_argument("--endpoint-url", metavar="URL")
-    recycle.add_argument("--region", metavar="NAME")
-    recycle.add_argument("--path-style", action="store_true")
+    _add_s3_arguments(recycle)
     recycle.add_argument("--concurrency", type=int, default=8, metavar="N")
     recycle.add_argument("--dry-run", action="store_true", help="print what would be recycled; delete nothing")
-    recycle.add_argument("--summary-json", metavar="PATH", help="write the step's summary as JSON ('-' for stdout)")
-    recycle.add_argument("-v", "--verbose", action="count", default=0)
-    recycle.add_argument("-q", "--quiet", action="store_true")
+    _add_output_arguments(recycle)
 
 
 def _shard_count(text: str) -> int:
