@@ -56,6 +56,7 @@ KUBERNETES_SERVICE_PORT = 443
 IMAGE_ACCOUNTS = {"passwd": "s3backup:x:65532:65532::/nonexistent:/usr/sbin/nologin", "group": "s3backup:x:65532:"}
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
 IMAGE_WORKDIR = "/tmp"
+REPO = Path(__file__).resolve().parents[2]  # the checkout: its editable install imports from syncer/, operator/
 
 
 def now() -> str:
@@ -201,12 +202,24 @@ def overlay_missing_mount_points(targets: list[Path], scratch: Path) -> None:
             mount("overlay", parent, "overlay", 0, f"lowerdir={parent},upperdir={upper},workdir={work}")
 
 
+def reexpose_project(project: list[tuple[Path, int]], targets: list[Path]) -> None:
+    """The project's console scripts and sources stand in for the image's files: where a volume's mount path
+    hides them (a checkout under /tmp, and an emptyDir at /tmp), they are bind-mounted back, read-only."""
+    for path, fd in project:
+        if any(target == path or target in path.parents for target in targets):
+            path.mkdir(parents=True, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
+
+
 def exec_container(spec_file: Path) -> None:
     """Bind-mount the volumes at their mount paths, drop to the pod's user and groups, exec the command."""
     spec = json.loads(spec_file.read_text())
     mounts = sorted(spec["mounts"], key=lambda m: m["target"].count("/"))
     # Each source is opened before anything is mounted: CLUSTER_DIR may sit under a mount path (/tmp).
     sources = [os.open(mount["source"], os.O_PATH) for mount in mounts]
+    project = [(Path(path), os.open(path, os.O_PATH)) for path in spec.get("project", [])]
     expose_runtime(Path(sys.base_prefix))
     if spec.get("scratch"):
         overlay_missing_mount_points([Path(mount["target"]) for mount in mounts], Path(spec["scratch"]))
@@ -222,6 +235,7 @@ def exec_container(spec_file: Path) -> None:
             mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     for source in sources:
         os.close(source)
+    reexpose_project(project, [Path(mount["target"]) for mount in mounts])
     os.setgroups(spec["groups"])
     os.setgid(spec["gid"])
     os.setuid(spec["uid"])
@@ -838,7 +852,8 @@ class PodWorker(threading.Thread):
         spec_file = container_dir / "spec.json"
         spec_file.write_text(json.dumps({"mounts": mounts, "uid": uid, "gid": gid, "groups": groups, "env": env,
                                          "argv": argv, "cwd": container.get("workingDir") or IMAGE_WORKDIR,
-                                         "scratch": str(container_dir / "overlay")}))
+                                         "scratch": str(container_dir / "overlay"),
+                                         "project": [str(REPO), str(self.kubelet.venv)]}))
         spec_file.chmod(0o600)  # it holds the resolved environment (Secret values)
         log_file = open(container_dir / "log", "ab")  # noqa: SIM115 -- the child keeps it
         run.process = subprocess.Popen(
