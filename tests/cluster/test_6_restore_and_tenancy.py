@@ -56,8 +56,10 @@ def ready(cluster, kind: str, name: str, namespace: str) -> dict:
 
 
 def events_of(cluster, namespace: str, kind: str, name: str) -> list[dict]:
-    return cluster.items("events", "-n", namespace, "--field-selector",
-                         f"involvedObject.kind={kind},involvedObject.name={name}")
+    """The operator's own Events on one resource (not kopf's reports of a handler's retries)."""
+    return [event for event in cluster.items("events", "-n", namespace, "--field-selector",
+                                             f"involvedObject.kind={kind},involvedObject.name={name}")
+            if event.get("reportingComponent") == "s3backup-operator"]
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
