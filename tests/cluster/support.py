@@ -75,7 +75,8 @@ class Cluster:
         return self.kubectl("apply", "-f", "-", input=text, check=check)
 
     def node_dir(self, node: str, path: str) -> Path:
-        """Where a hostPath `path` on `node` lives on this machine (DESIGN.md, "The test cluster")."""
+        """Where a hostPath `path` on `node` lives on this machine
+        (README.md, "Testing on a real control plane (`tests/cluster/`)")."""
         return self.dir / "nodes" / node / path.lstrip("/")
 
     def pod_log(self, pod: dict[str, Any]) -> str:
