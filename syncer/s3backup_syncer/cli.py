@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = sync.add_argument_group("what to sync")
     what.add_argument("--compare", choices=("md5", "size"), default="md5",
                       help="judge existing objects by size and MD5 (default, works for multipart) or size alone")
-    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
-    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    _add_filter_arguments(what)
     what.add_argument("--follow-symlinks", action="store_true")
     what.add_argument("--include-lost-found", action="store_true",
                       help="back up lost+found at the source root too (skipped by default)")
@@ -104,6 +103,11 @@ def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     s3.add_argument("--path-style", action="store_true", help="path-style addressing (most S3-compatible stores)")
 
 
+def _add_filter_arguments(group) -> None:
+    group.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
+    group.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+
+
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--summary-json", metavar="PATH", help="write the run's summary as JSON ('-' for stdout)")
@@ -128,8 +132,7 @@ def add_restore_parser(commands) -> None:
                       help="restore the prefix as it was at TIME: RFC 3339 (2026-11-01T00:00:00Z) or a duration "
                       "ago (3d); needs a versioned bucket")
     what.add_argument("--overwrite", action="store_true", help="replace existing files that differ")
-    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
-    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    _add_filter_arguments(what)
     restore.add_argument("--concurrency", type=int, default=8, metavar="N",
                          help="parallel files, and parallel ranges of large files (default 8)")
     restore.add_argument("--dry-run", action="store_true", help="print what would be restored; change nothing")
@@ -151,8 +154,7 @@ def add_verify_parser(commands) -> None:
     what.add_argument("--sample", metavar="PERCENT",
                       help="also download this share of the objects (e.g. 5 or 5%%) and check their content")
     what.add_argument("--seed", type=int, metavar="N", help="pick the same sample again (default: random)")
-    what.add_argument("--include", action="append", default=[], metavar="GLOB", help="repeatable")
-    what.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="repeatable")
+    _add_filter_arguments(what)
     what.add_argument("--no-hash-cache", dest="hash_cache", action="store_false",
                       help="re-read every local file instead of trusting the hash cache")
     verify.add_argument("--concurrency", type=int, default=8, metavar="N", help="parallel checks (default 8)")
