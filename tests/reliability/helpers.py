@@ -79,6 +79,14 @@ def sync_args(src: Path, url: str, endpoint: str, *extra: str) -> list[str]:
             *extra]
 
 
+def let_others_reach(path: Path) -> None:
+    """A checkout inside a 0700 folder (`mktemp -d`) hides the venv from uid 65532: open the way (x only)."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
 def run_syncer(src: Path, url: str, endpoint: str, *extra: str, env: dict | None = None, timeout: float = 120,
                unprivileged: bool = False, non_root: bool = False, wrapper: tuple[str, ...] = (),
                process: bool = False) -> Run:
@@ -97,6 +105,7 @@ def run_syncer(src: Path, url: str, endpoint: str, *extra: str, env: dict | None
     if unprivileged:
         command = [*NO_CAPABILITIES, *command]
     elif non_root:
+        let_others_reach(Path(sys.executable).parent)
         command = [*AS_NON_ROOT, *command]
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
