@@ -87,6 +87,9 @@ def let_others_reach(path: Path) -> None:
             folder.chmod(mode | 0o001)
 
 
+let_others_reach(Path(sys.executable).parent)  # before any test runs the syncer as uid 65532
+
+
 def run_syncer(src: Path, url: str, endpoint: str, *extra: str, env: dict | None = None, timeout: float = 120,
                unprivileged: bool = False, non_root: bool = False, wrapper: tuple[str, ...] = (),
                process: bool = False) -> Run:
@@ -105,7 +108,6 @@ def run_syncer(src: Path, url: str, endpoint: str, *extra: str, env: dict | None
     if unprivileged:
         command = [*NO_CAPABILITIES, *command]
     elif non_root:
-        let_others_reach(Path(sys.executable).parent)
         command = [*AS_NON_ROOT, *command]
     result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
