@@ -18,14 +18,10 @@ Readers: `open_recorded_attributes(client, bucket, prefix)`, which reads every s
 
 from __future__ import annotations
 
-import base64
 import collections
 import contextlib
-import gzip
-import hashlib
 import logging
 import re
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -35,13 +31,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .remote import STATE_DIR
+from .state_objects import fetch_state, store_state
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES_NAME = "attributes.sqlite.gz"  # in a shard's own state folder (shards.Shard.state_dir)
 ATTRIBUTES_OBJECT = STATE_DIR + ATTRIBUTES_NAME
 SCHEMA_VERSION = "1"
-SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
 META_MTIME = "s3backup-mtime"  # object metadata: the file's mtime in nanoseconds, at upload
 META_MODE = "s3backup-mode"  # object metadata: the file's permission bits (octal), at upload
 
@@ -131,24 +127,6 @@ class AttributeState:
         return self.changed
 
 
-def _download(client, bucket: str, key: str, target: Path, version_id: str | None = None) -> bool:
-    """Fetch and unpack a gzipped state object; False if there is none."""
-    packed = target.with_suffix(target.suffix + ".gz")
-    extra = {"ExtraArgs": {"VersionId": version_id}} if version_id else {}
-    try:
-        client.download_file(bucket, key, str(packed), **extra)
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
-            return False
-        raise
-    try:
-        with gzip.open(packed, "rb") as source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
-    finally:
-        packed.unlink(missing_ok=True)
-    return True
-
-
 def load_attribute_state(client, bucket: str, prefix: str, workdir: Path,
                          object_key: str = ATTRIBUTES_OBJECT) -> tuple[AttributeState, str | None]:
     """The recorded attributes (empty if none); returns the state and a warning, if any.
@@ -158,7 +136,7 @@ def load_attribute_state(client, bucket: str, prefix: str, workdir: Path,
     """
     path = workdir / "attributes.sqlite"
     try:
-        _download(client, bucket, prefix + object_key, path)  # none yet: an empty state
+        fetch_state(client, bucket, prefix + object_key, path)  # none yet: an empty state
         return AttributeState(path), None
     except Exception as exc:  # corrupt or unreadable: never trust a damaged one
         path.unlink(missing_ok=True)
@@ -170,17 +148,7 @@ def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str
     """Compress and upload the state, unless this run changed nothing in it."""
     if not state.finish():
         return False
-    packed = state.path.with_suffix(".sqlite.gz")
-    with open(state.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
-        shutil.copyfileobj(source, target, 1024 * 1024)
-    if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of rows: multipart; gzip's CRC guards it
-        client.upload_file(str(packed), bucket, prefix + object_key)
-        return True
-    with open(packed, "rb") as body:
-        digest = hashlib.file_digest(body, "md5").digest()
-        body.seek(0)
-        client.put_object(Bucket=bucket, Key=prefix + object_key, Body=body,
-                          ContentMD5=base64.b64encode(digest).decode())
+    store_state(client, bucket, prefix + object_key, state.path)
     return True
 
 
@@ -262,7 +230,7 @@ def open_recorded_attributes(client, bucket: str, prefix: str, *,
         try:
             for number, (key, version) in enumerate(states):
                 path = Path(workdir) / f"attributes-{number}.sqlite"
-                if _download(client, bucket, prefix + key, path, version):
+                if fetch_state(client, bucket, prefix + key, path, version):
                     tables.append(_Table(path, read_only=True))
             yield AttributeReader(tables)
         finally:

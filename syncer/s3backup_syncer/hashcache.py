@@ -21,13 +21,9 @@ SMB) is not behind this host's by more than the window less that granularity.
 
 from __future__ import annotations
 
-import base64
 import collections
-import gzip
-import hashlib
 import json
 import logging
-import shutil
 import sqlite3
 import threading
 import time
@@ -35,13 +31,13 @@ from pathlib import Path
 
 from .remote import STATE_DIR
 from .scan import LocalFile
+from .state_objects import fetch_state, store_state
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: `hashed_ns`, for the racy-entry rule
 CACHE_NAME = "hash-cache.sqlite.gz"  # in a shard's own state folder (shards.Shard.state_dir)
 CACHE_OBJECT = STATE_DIR + CACHE_NAME
-SINGLE_PUT_LIMIT = 1024 * 1024 * 1024
 
 #: An entry is trusted only if the file's mtime and ctime are older than its hashing by more than this.
 #: 2 s: FAT's mtime granularity, and more than the 1 s of NFS and SMB servers with second timestamps.
@@ -166,20 +162,13 @@ def load_remote_cache(client, bucket: str, prefix: str, workdir: Path,
 
     `object_key` (relative to the prefix) differs for each shard (shards.Shard.state_dir)."""
     db_path = workdir / "hash-cache.sqlite"
-    packed = workdir / "hash-cache.sqlite.gz"
     warning = None
     try:
-        client.download_file(bucket, prefix + object_key, str(packed))
-        with gzip.open(packed, "rb") as source, open(db_path, "wb") as target:
-            shutil.copyfileobj(source, target, 1024 * 1024)
-        packed.unlink()
-        return HashCache(db_path), None
-    except Exception as exc:  # missing, unreadable or corrupt: start empty, never trust a damaged one
-        missing = getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey")
-        if not missing:
-            warning = f"hash cache unreadable, starting afresh (files will be re-hashed): {exc}"
-    for stale in (db_path, packed):
-        stale.unlink(missing_ok=True)
+        if fetch_state(client, bucket, prefix + object_key, db_path):
+            return HashCache(db_path), None
+    except Exception as exc:  # unreadable or corrupt: start empty, never trust a damaged one
+        warning = f"hash cache unreadable, starting afresh (files will be re-hashed): {exc}"
+    db_path.unlink(missing_ok=True)
     return HashCache(db_path), warning
 
 
@@ -187,15 +176,5 @@ def save_remote_cache(cache: HashCache, client, bucket: str, prefix: str, object
     """Prune, compress and upload the cache, unless this run changed nothing in it."""
     if not cache.finish():
         return False
-    packed = cache.path.with_suffix(".sqlite.gz")
-    with open(cache.path, "rb") as source, gzip.open(packed, "wb", compresslevel=6) as target:
-        shutil.copyfileobj(source, target, 1024 * 1024)
-    if packed.stat().st_size > SINGLE_PUT_LIMIT:  # tens of millions of files: multipart, gzip's CRC guards it
-        client.upload_file(str(packed), bucket, prefix + object_key)
-        return True
-    with open(packed, "rb") as body:
-        digest = hashlib.file_digest(body, "md5").digest()
-        body.seek(0)
-        client.put_object(Bucket=bucket, Key=prefix + object_key, Body=body,
-                          ContentMD5=base64.b64encode(digest).decode())
+    store_state(client, bucket, prefix + object_key, cache.path)
     return True

@@ -6,6 +6,9 @@ Everything here is I/O. Decisions live in `plan.py`.
 from __future__ import annotations
 
 import email.utils
+import gzip
+import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -15,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from xml.etree import ElementTree
 
-import boto3
 import botocore.exceptions
 import botocore.session
 import botocore.utils
 from botocore.config import Config
+from botocore.loaders import JSONFileLoader, Loader
 
 from .errors import ConfigError
 
@@ -68,18 +71,38 @@ def make_s3_client(
         s3={"addressing_style": "path" if path_style else "auto", "payload_signing_enabled": False},
     )
     core = botocore.session.get_session()
+    core.register_component("data_loader", _model_loader(core.get_config_variable("data_path")))
     # botocore parses each listed key's LastModified with dateutil: a third of a no-change run's CPU.
     core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
-    session = boto3.session.Session(
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region, botocore_session=core
-    )
     try:
-        client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        client = core.create_client("s3", region_name=region, endpoint_url=endpoint_url or None, config=config,
+                                    aws_access_key_id=access_key, aws_secret_access_key=secret_key)
     except ValueError as exc:  # an endpoint URL that is not a URL, a malformed region name
         raise ConfigError(f"invalid S3 endpoint or region: {exc}") from None
     client.meta.events.register("before-call.s3", _no_expect_for_small_bodies)
     client.meta.events.register("before-parse.s3.ListObjectsV2", _parse_listing_quickly)
     return client
+
+
+class _PlainJSONFiles(JSONFileLoader):
+    """botocore's model files decoded into plain dicts (ordered since Python 3.7). botocore's own loader asks
+    for OrderedDicts, which triples the decode time of endpoints.json: a sixth of every run's start-up."""
+
+    def load_file(self, file_path):
+        for suffix, opener in ((".json", open), (".json.gz", gzip.open)):
+            try:
+                with opener(file_path + suffix, "rb") as stream:
+                    return json.loads(stream.read())
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+        return None
+
+
+def _model_loader(data_path: str | None) -> Loader:
+    """botocore's loader with the same search path (AWS_DATA_PATH honoured), reading with `_PlainJSONFiles`."""
+    paths = data_path.split(os.pathsep) if data_path else []
+    extra = [os.path.expanduser(os.path.expandvars(path)) for path in paths]
+    return Loader(extra_search_paths=extra or None, file_loader=_PlainJSONFiles())
 
 
 def _parse_timestamp(value):

@@ -14,11 +14,9 @@ final step do not pile up.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -34,6 +32,7 @@ from .remote import RemoteObject, describe_client_error, is_configuration_proble
 from .report import Summary
 from .shards import RUNS_DIR, ShardResult, result_name, run_dir, shard_run_refusal
 from .state_layout import drop_other_layouts
+from .state_objects import fetch_state, store_state
 
 log = logging.getLogger("s3backup")
 
@@ -61,10 +60,7 @@ def write_shard_result(client, bucket: str, prefix: str, run_id: str, result: Sh
                        candidates_path: Path) -> None:
     """The candidates first, then the result that vouches for them."""
     if result.candidates:
-        packed = candidates_path.with_suffix(".jsonl.gz")
-        with open(candidates_path, "rb") as source, gzip.open(packed, "wb") as target:
-            shutil.copyfileobj(source, target, 1024 * 1024)
-        client.upload_file(str(packed), bucket, _candidates_key(prefix, run_id, result.index, result.count))
+        store_state(client, bucket, _candidates_key(prefix, run_id, result.index, result.count), candidates_path)
     body = json.dumps(asdict(result), sort_keys=True).encode()
     _put(client, bucket, prefix + run_dir(run_id) + result_name(result.index, result.count), body)
 
@@ -169,13 +165,14 @@ def _recycle_all(client, bucket: str, prefix: str, run_id: str, results: dict[in
 def _gather(client, bucket: str, prefix: str, run_id: str, result: ShardResult, candidates: RecycleCandidates,
             workdir: str) -> int:
     """Add one shard's candidates to `candidates`; returns how many there were."""
-    packed = Path(workdir) / f"shard-{result.index}.jsonl.gz"
-    client.download_file(bucket, _candidates_key(prefix, run_id, result.index, result.count), str(packed))
+    unpacked = Path(workdir) / f"shard-{result.index}.jsonl"
+    if not fetch_state(client, bucket, _candidates_key(prefix, run_id, result.index, result.count), unpacked):
+        raise FileNotFoundError(f"shard {result.index}'s recycle candidates are missing")
     found = 0
-    with gzip.open(packed, "rt") as lines:
+    with open(unpacked) as lines:
         for line in lines:
             key, size, etag, modified = json.loads(line)
             candidates.add(RemoteObject(key, size, etag, datetime.fromtimestamp(modified, UTC)))
             found += 1
-    packed.unlink()
+    unpacked.unlink()
     return found

@@ -13,10 +13,8 @@ restore, which reads every attributes state, never meets a stale row of an old l
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
-import shutil
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from pathlib import Path
 from .attributes_state import ATTRIBUTES_NAME
 from .hashcache import CACHE_NAME
 from .remote import STATE_DIR
+from .state_objects import fetch_state
 
 log = logging.getLogger("s3backup")
 
@@ -97,12 +96,9 @@ def _build(client, bucket: str, prefix: str, donors: list[str], target: Path, ta
            owns: Callable[[str], bool]) -> None:
     """`target`: the rows of `table` in the donor state objects whose key this shard owns."""
     for number, key in enumerate(donors):
-        packed = target.with_name(f"{target.name}.donor-{number}.gz")
-        donor = packed.with_suffix("")
-        client.download_file(bucket, prefix + key, str(packed))
-        with gzip.open(packed, "rb") as source, open(donor, "wb") as out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
-        packed.unlink()
+        donor = target.with_name(f"{target.name}.donor-{number}")
+        if not fetch_state(client, bucket, prefix + key, donor):
+            raise FileNotFoundError(f"the state object {key} went away while it was read")
         first = not target.exists()
         if first:
             donor.rename(target)
