@@ -52,6 +52,9 @@ def make_s3_client(
 ):
     """A boto3 S3 client that works with S3-compatible servers.
 
+    It is botocore's client, which is what `boto3.client("s3")` returns; boto3's session wrapper is
+    left out because importing it pulls in s3transfer, which nothing here uses (state_objects.py).
+
     boto3 >= 1.36 adds CRC checksums to every request by default; many S3-compatible servers
     reject them. We send them only when an operation requires one, and make integrity explicit
     ourselves with Content-MD5 and ETag checks. Every file's bytes go out with a Content-MD5, which

@@ -56,29 +56,30 @@ def fetch_state(client, bucket: str, key: str, target: Path, version_id: str | N
     raise AssertionError("unreachable")
 
 
-def store_state(client, bucket: str, key: str, source: Path, compresslevel: int = 6) -> None:
+def store_state(client, bucket: str, key: str, source: Path, *, single_put_limit: int = SINGLE_PUT_LIMIT,
+                part_size: int = PART_SIZE) -> None:
     """Compress `source` and upload it as `key`, every byte under a Content-MD5."""
     packed = source.with_name(source.name + ".gz")
     try:
-        with open(source, "rb") as plain, gzip.open(packed, "wb", compresslevel=compresslevel) as target:
+        with open(source, "rb") as plain, gzip.open(packed, "wb", compresslevel=6) as target:
             shutil.copyfileobj(plain, target, _COPY_CHUNK)
-        if packed.stat().st_size <= SINGLE_PUT_LIMIT:
+        if packed.stat().st_size <= single_put_limit:
             with open(packed, "rb") as body:
                 digest = hashlib.file_digest(body, "md5").digest()
                 body.seek(0)
                 client.put_object(Bucket=bucket, Key=key, Body=body, ContentMD5=_b64(digest))
         else:  # tens of millions of files
-            _store_in_parts(client, bucket, key, packed)
+            _store_in_parts(client, bucket, key, packed, part_size)
     finally:
         packed.unlink(missing_ok=True)
 
 
-def _store_in_parts(client, bucket: str, key: str, packed: Path) -> None:
+def _store_in_parts(client, bucket: str, key: str, packed: Path, part_size: int) -> None:
     upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     try:
         parts = []
         with open(packed, "rb") as stream:
-            while chunk := stream.read(PART_SIZE):
+            while chunk := stream.read(part_size):
                 number = len(parts) + 1
                 answer = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
                                             Body=chunk, ContentMD5=_b64(hashlib.md5(chunk).digest()))
