@@ -32,7 +32,7 @@ import botocore.exceptions
 
 from .attributes_state import ATTRIBUTES_NAME, AttributeState, load_attribute_state, save_attribute_state
 from .config import SyncOptions
-from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
+from .errors import ConfigError
 from .filework import FileWorker
 from .filters import Filters
 from .hashcache import CACHE_NAME, HashCache, load_remote_cache, save_remote_cache
@@ -42,9 +42,8 @@ from .remote import (
     STATE_DIR,
     RemoteListing,
     RemoteObject,
-    describe_client_error,
-    is_configuration_problem,
     make_s3_client,
+    run_error,
 )
 from .report import Summary
 from .scan import LocalFile, ScanProblem, walk
@@ -115,10 +114,7 @@ class SyncRun:
         try:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            message = describe_client_error(exc, options.bucket)
-            if is_configuration_problem(exc):
-                raise RemoteAccessError(message) from None
-            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+            raise run_error(exc, options.bucket) from None
         # Ages and "written during this run" are judged by the server's clock, never ours.
         self.server_clock_known = listing.server_now is not None
         self.run_started = listing.server_now or datetime.now(UTC)
@@ -169,10 +165,7 @@ class SyncRun:
             clear_shard_result(self.client, options.bucket, options.prefix, options.run_id, self.shard.index,
                                self.shard.count)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            message = describe_client_error(exc, options.bucket)
-            if is_configuration_problem(exc):
-                raise RemoteAccessError(message) from None
-            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+            raise run_error(exc, options.bucket) from None
 
     def _own_objects(self, remote: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
         """The listed objects of this shard's keys (every shard lists the whole prefix: keys are hashed)."""

@@ -24,7 +24,7 @@ import botocore.utils
 from botocore.config import Config
 from botocore.loaders import JSONFileLoader, Loader
 
-from .errors import ConfigError
+from .errors import ConfigError, RemoteAccessError, RemoteUnavailable, RunError
 
 #: Where s3backup keeps its own state under the prefix; never planned, never recycled.
 STATE_DIR = ".s3backup/"
@@ -187,6 +187,14 @@ _CONFIG_ERROR_CODES = {
     "InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed",
     "InvalidToken", "ExpiredToken", "InvalidRequest",
 }
+
+
+def run_error(exc: Exception, bucket: str) -> RunError:
+    """A failed request that ends the run, as the error the CLI reports: the set-up's fault (exit 2) or S3's (1)."""
+    message = describe_client_error(exc, bucket)
+    if is_configuration_problem(exc):
+        return RemoteAccessError(message)
+    return RemoteUnavailable(f"S3 is not available: {message}")
 
 
 def is_configuration_problem(exc: Exception) -> bool:

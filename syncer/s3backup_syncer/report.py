@@ -13,8 +13,36 @@ MAX_ERRORS_IN_SUMMARY = 5
 
 
 @dataclass
-class Summary:
-    """Counters of one run. Written as JSON by `--summary-json` and pushed as metrics."""
+class RunCounters:
+    """What every command's summary shares: counters that worker threads add to, a capped list of errors
+    (a Kubernetes termination message holds 4 KiB), the exit code, and the JSON of `--summary-json`."""
+
+    errors: list[str] = field(default_factory=list)
+    exit_code: int = 0  # 0 all done, 1 some files failed or differ, 2 usage or configuration error
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
+                self.errors.append(text[:300])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass
+class Summary(RunCounters):
+    """Counters of one sync run. Written as JSON by `--summary-json` and pushed as metrics."""
 
     result: str = "running"  # "success" | "partial" (some files failed, or recycling was refused) | "error"
     error: str = ""  # why the run failed, when result == "error"
@@ -38,29 +66,10 @@ class Summary:
     remote_bytes: int = 0
     recycle_pending: int = 0  # remote-only objects kept because they are not old enough yet
     recycle_blocked: str = ""  # why recycling was skipped this run, if it was
-    errors: list[str] = field(default_factory=list)
-    exit_code: int = 0  # 0 in sync, 1 some files failed, 2 usage or configuration error
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, **increments: int) -> None:
-        with self._lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
 
     def fail(self, path: str, message: str, size: int = 0) -> None:
-        with self._lock:
-            self.files_failed += 1
-            self.bytes_failed += size
-            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
-                self.errors.append(f"{path}: {message}"[:300])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        self.add(files_failed=1, bytes_failed=size)
+        self.note(f"{path}: {message}")
 
 
 def human_bytes(count: float) -> str:

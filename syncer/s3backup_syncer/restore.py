@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -29,12 +29,12 @@ import botocore.exceptions
 
 from .attributes_state import RecordedAttributes, open_recorded_attributes
 from .download import Downloader, DownloadFailed, ObjectRef
-from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
+from .errors import ConfigError
 from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .plan import etag_verdict, merge_join
-from .remote import RemoteListing, RemoteObject, describe_client_error, is_configuration_problem, make_s3_client
-from .report import MAX_ERRORS_IN_SUMMARY, Progress, human_bytes
+from .remote import RemoteListing, RemoteObject, describe_client_error, make_s3_client, run_error
+from .report import Progress, RunCounters, human_bytes
 from .restore_plan import (
     TEMP_PREFIX,
     RestoreAction,
@@ -76,7 +76,7 @@ class RestoreOptions:
 
 
 @dataclass
-class RestoreSummary:
+class RestoreSummary(RunCounters):
     """Counters of one restore. Written as JSON by `--summary-json`."""
 
     command: str = "restore"
@@ -99,32 +99,10 @@ class RestoreSummary:
     files_excluded: int = 0
     files_unverified: int = 0  # ETag not checkable (e.g. SSE-KMS): only the size was checked
     bytes_hashed: int = 0  # local bytes read to compare present files
-    errors: list[str] = field(default_factory=list)
-    exit_code: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, **increments: int) -> None:
-        with self._lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
 
     def fail(self, key: str, message: str, size: int = 0, counter: str = "files_failed") -> None:
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
-            if counter == "files_failed":
-                self.bytes_failed += size
-            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
-                self.errors.append(f"{key}: {message}"[:300])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        self.add(**{counter: 1}, **({"bytes_failed": size} if counter == "files_failed" else {}))
+        self.note(f"{key}: {message}")
 
 
 class RestoreProgress(Progress):
@@ -232,10 +210,7 @@ class RestoreRun:
             first_page = listing.first_page()
             return listing.in_key_order(first_page, index_path)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            message = describe_client_error(exc, options.bucket)
-            if is_configuration_problem(exc):
-                raise RemoteAccessError(message) from None
-            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+            raise run_error(exc, options.bucket) from None
 
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options

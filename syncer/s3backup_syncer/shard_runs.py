@@ -25,10 +25,9 @@ from pathlib import Path
 import botocore.exceptions
 
 from .config import RecycleCap
-from .errors import RemoteAccessError, RemoteUnavailable
 from .plan import RecycleConditions, recycle_refusal
 from .recycle import RecycleCandidates, Recycler
-from .remote import RemoteObject, describe_client_error, is_configuration_problem
+from .remote import RemoteObject, run_error
 from .report import Summary
 from .shards import RUNS_DIR, ShardResult, result_name, run_dir, shard_run_refusal
 from .state_layout import drop_other_layouts
@@ -106,10 +105,7 @@ def finalize_recycle(client, bucket: str, prefix: str, *, run_id: str, count: in
     try:
         results = read_shard_results(client, bucket, prefix, run_id, count)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        message = describe_client_error(exc, bucket)
-        if is_configuration_problem(exc):
-            raise RemoteAccessError(message) from None
-        raise RemoteUnavailable(f"S3 is not available: {message}") from None
+        raise run_error(exc, bucket) from None
     reason = shard_run_refusal(results, count)
     shards_complete = len(results) == count
     if reason is None and not dry_run and all(r.state_saved for r in results.values()):

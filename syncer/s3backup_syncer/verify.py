@@ -12,7 +12,6 @@ bytes downloaded do not give the object's ETag).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -21,20 +20,20 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import botocore.exceptions
 
 from .download import Downloader, DownloadFailed, ObjectRef
 from .engine import check_source
-from .errors import ConfigError, RemoteAccessError, RemoteUnavailable
+from .errors import ConfigError
 from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache
 from .plan import etag_verdict, merge_join
-from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, is_configuration_problem
-from .report import MAX_ERRORS_IN_SUMMARY, Progress, human_bytes
+from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, run_error
+from .report import Progress, RunCounters, human_bytes
 from .restore import make_client
 from .restore_plan import Finding, decide_verify, in_sample
 from .scan import LocalFile, ScanProblem, walk
@@ -69,7 +68,7 @@ class VerifyOptions:
 
 
 @dataclass
-class VerifySummary:
+class VerifySummary(RunCounters):
     """Counters of one verify run. Written as JSON by `--summary-json`."""
 
     command: str = "verify"
@@ -93,24 +92,6 @@ class VerifySummary:
     sampled_unverifiable: int = 0  # sampled objects whose ETag is no checksum (SSE-KMS)
     bytes_downloaded: int = 0
     bytes_hashed: int = 0  # local bytes read because the hash cache did not know them
-    errors: list[str] = field(default_factory=list)
-    exit_code: int = 0
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def add(self, **increments: int) -> None:
-        with self._lock:
-            for name, value in increments.items():
-                setattr(self, name, getattr(self, name) + value)
-
-    def note(self, text: str) -> None:
-        with self._lock:
-            if len(self.errors) < MAX_ERRORS_IN_SUMMARY:
-                self.errors.append(text[:300])
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
     @property
     def differences(self) -> int:
@@ -162,10 +143,7 @@ class VerifyRun:
         try:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            message = describe_client_error(exc, options.bucket)
-            if is_configuration_problem(exc):
-                raise RemoteAccessError(message) from None
-            raise RemoteUnavailable(f"S3 is not available: {message}") from None
+            raise run_error(exc, options.bucket) from None
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
             if options.hash_cache:
                 self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
