@@ -36,9 +36,12 @@ from s3backup_operator.render import (
     VERSION,
     cronjob_name,
     render_cronjob,
+    render_recycle_job,
     render_run_now_job,
 )
 from s3backup_operator.restore_handlers import register_restores
+from s3backup_operator.shard_status import recycle_due, sharded_last_run
+from s3backup_operator.sharding import is_recycle_job, run_of, shard_count
 from s3backup_operator.spec import BackupSpec, Credentials, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
@@ -244,6 +247,9 @@ class Reconciler:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
             return
+        if shard_count(job) > 1 or is_recycle_job(job):
+            self.sharded_job_changed(job, logger)
+            return
         meta = job["metadata"]
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
         if not backup_name:
@@ -253,6 +259,12 @@ class Reconciler:
         backup = self.api.get_backup(meta["namespace"], backup_name)
         if run is None or backup is None or backup["metadata"].get("deletionTimestamp"):
             return
+        self.report_run(backup, run, logger)
+
+    def report_run(self, backup: dict[str, Any], run: dict[str, Any], logger: logging.Logger) -> None:
+        """A finished run -> its Event and status.lastRun / lastSuccessfulTime (once: only when the status moves)."""
+        meta = backup["metadata"]
+        backup_name = meta["name"]
         status_patch = status_patch_for_run(backup.get("status") or {}, run)
         if status_patch:
             # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
@@ -265,6 +277,67 @@ class Reconciler:
             self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
+
+    def sharded_job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
+        """A finished Job of a sharded run (sharding.py): its shards' Indexed Job, or its final recycle step.
+
+        When every shard succeeded, the recycle Job is made and the status waits for it; when one failed, no
+        recycle Job is ever made and the status names the failed shards at once.
+        """
+        meta = job["metadata"]
+        backup = self._live_owner(meta)
+        if backup is None:
+            return
+        recycle_job, skipped = None, ""
+        if is_recycle_job(job):
+            run_job, recycle_job = self.api.get_job(meta["namespace"], run_of(job)), job
+            if run_job is None:
+                return
+        else:
+            run_job = job
+            if recycle_due(run_job):
+                if self._superseded(backup, run_job):
+                    return
+                skipped = self.start_recycle(backup, run_job, logger)
+                if not skipped:
+                    return  # the status waits for the recycle Job
+        namespace = meta["namespace"]
+        pods = self.api.list_pods(namespace, {"job-name": run_job["metadata"]["name"]})
+        recycle_pods = self.api.list_pods(namespace, {"job-name": recycle_job["metadata"]["name"]}) \
+            if recycle_job else []
+        run = sharded_last_run(run_job, pods, recycle_job, recycle_pods, skipped)
+        if run is not None:
+            self.report_run(backup, run, logger)
+
+    def _superseded(self, backup: dict[str, Any], run_job: dict[str, Any]) -> bool:
+        """Whether the status already shows this run, or a later run has started: its final step is never
+        (re)made then. A late recycle could delete a file that came back, unchanged, after the run."""
+        name = run_job["metadata"]["name"]
+        last = (backup.get("status") or {}).get("lastRun") or {}
+        if last.get("jobName") == name:
+            return True
+        started = run_job["metadata"].get("creationTimestamp") or ""
+        later = [j for j in self.api.list_jobs(run_job["metadata"]["namespace"], {BACKUP_LABEL: backup["metadata"][
+            "name"]}) if not is_recycle_job(j) and (j["metadata"].get("creationTimestamp") or "") > started]
+        return bool(later)
+
+    def start_recycle(self, backup: dict[str, Any], run_job: dict[str, Any], logger: logging.Logger) -> str:
+        """Make the run's recycle Job (a fixed name: made once). Returns "" when made, else why not."""
+        try:
+            spec = self.admit(backup)
+        except InvalidSpec as problem:
+            logger.warning(f"S3Backup {backup['metadata']['name']}: no recycle step for {run_job['metadata']['name']}:"
+                           f" {problem}")
+            return f"the S3Backup's spec is not valid now ({problem.reason})"
+        manifest = render_recycle_job(spec, self.config, run_job, shard_count(run_job))
+        manifest["metadata"]["ownerReferences"] = [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": run_job["metadata"]["name"],
+            "uid": run_job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False,
+        }]
+        if self.api.create_job(manifest):
+            logger.info(f"Job {manifest['metadata']['name']} created: the final recycle step of "
+                        f"{run_job['metadata']['name']}")
+        return ""
 
     def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""
