@@ -358,6 +358,16 @@ def write_summary(summary: Summary, path: str | None) -> None:
         log.warning("cannot write the summary to %s: %s", path, exc.strerror)
 
 
+def _shard_label(text: str | None) -> str | None:
+    """The `shard` grouping label of a `--shard I/N` run with N > 1 ("I"), else None (a bad --shard too:
+    that run failed with its own message)."""
+    try:
+        shard = parse_shard(text) if text else Shard()
+    except ConfigError:
+        return None
+    return None if shard.whole else str(shard.index)
+
+
 def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | None) -> None:
     if not args.pushgateway:
         return
@@ -367,6 +377,9 @@ def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | N
     grouping = {"backup": name}
     if args.backup_namespace:
         grouping = {"namespace": args.backup_namespace, **grouping}
+    shard = _shard_label(args.shard)
+    if shard is not None:  # each shard its own group, so that shards never overwrite each other's metrics
+        grouping["shard"] = shard
     warning = push_run_metrics(args.pushgateway, grouping, summary, interval)
     if warning:
         log.warning(warning)
