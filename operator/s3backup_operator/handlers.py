@@ -25,7 +25,7 @@ from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.policy import NOT_ALLOWED
 from s3backup_operator.policy import check as check_policy
-from s3backup_operator.pushgateway import delete_group, redact_url
+from s3backup_operator.pushgateway import delete_group, prune_shard_groups, redact_url
 from s3backup_operator.render import (
     BACKUP_LABEL,
     CHILD_SELECTOR,
@@ -277,6 +277,25 @@ class Reconciler:
             self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
+            previous = ((backup.get("status") or {}).get("lastRun") or {}).get("shards", 1)
+            if run.get("shards", 1) != previous:
+                self.prune_metrics(backup, run.get("shards", 1), logger)
+
+    def prune_metrics(self, backup: dict[str, Any], shards: int, logger: logging.Logger) -> None:
+        """The first run after a change of spec.transfer.shards has pushed its groups: drop those the backup
+        no longer pushes, which would add to the dashboard's sums. Best effort: a failure is logged only."""
+        meta = backup["metadata"]
+        gateway = pushgateway_of(backup, self.config.default_pushgateway_url)
+        if not gateway:
+            return
+        try:
+            pruned = prune_shard_groups(gateway, meta["namespace"], meta["name"], shards, timeout=5)
+        except Exception as error:  # any network failure: the groups stay until the S3Backup is deleted
+            logger.warning(f"Pushgateway groups of earlier shard counts not pruned at {redact_url(gateway)}: "
+                           f"{type(error).__name__}")
+            return
+        if pruned:
+            logger.info(f"S3Backup {meta['name']}: {pruned} Pushgateway group(s) of an earlier shard count deleted")
 
     def sharded_job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """A finished Job of a sharded run (sharding.py): its shards' Indexed Job, or its final recycle step.
