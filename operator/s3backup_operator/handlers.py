@@ -26,6 +26,7 @@ from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.policy import NOT_ALLOWED
 from s3backup_operator.policy import check as check_policy
 from s3backup_operator.pushgateway import delete_group, prune_shard_groups, redact_url
+from s3backup_operator.recycle_step import render_recycle_job
 from s3backup_operator.render import (
     BACKUP_LABEL,
     CHILD_SELECTOR,
@@ -36,7 +37,6 @@ from s3backup_operator.render import (
     VERSION,
     cronjob_name,
     render_cronjob,
-    render_recycle_job,
     render_run_now_job,
 )
 from s3backup_operator.restore_handlers import register_restores
@@ -315,11 +315,12 @@ class Reconciler:
         else:
             run_job = job
             if recycle_due(run_job):
-                if self._superseded(backup, run_job):
-                    return
-                skipped = self.start_recycle(backup, run_job, logger)
-                if not skipped:
+                if ((backup.get("status") or {}).get("lastRun") or {}).get("jobName") == meta["name"]:
+                    return  # reported already: its recycle Job (if any) is never made again
+                if not self._later_run(backup, run_job):
+                    self.start_recycle(run_job, logger)
                     return  # the status waits for the recycle Job
+                skipped = "a later run has started"
         namespace = meta["namespace"]
         pods = self.api.list_pods(namespace, {"job-name": run_job["metadata"]["name"]})
         recycle_pods = self.api.list_pods(namespace, {"job-name": recycle_job["metadata"]["name"]}) \
@@ -328,27 +329,17 @@ class Reconciler:
         if run is not None:
             self.report_run(backup, run, logger)
 
-    def _superseded(self, backup: dict[str, Any], run_job: dict[str, Any]) -> bool:
-        """Whether the status already shows this run, or a later run has started: its final step is never
-        (re)made then. A late recycle could delete a file that came back, unchanged, after the run."""
-        name = run_job["metadata"]["name"]
-        last = (backup.get("status") or {}).get("lastRun") or {}
-        if last.get("jobName") == name:
-            return True
+    def _later_run(self, backup: dict[str, Any], run_job: dict[str, Any]) -> bool:
+        """Whether a later run of the backup has started: a run's final step is never made after that. A late
+        recycle could delete the copy of a file that came back, unchanged, after the run."""
         started = run_job["metadata"].get("creationTimestamp") or ""
-        later = [j for j in self.api.list_jobs(run_job["metadata"]["namespace"], {BACKUP_LABEL: backup["metadata"][
-            "name"]}) if not is_recycle_job(j) and (j["metadata"].get("creationTimestamp") or "") > started]
-        return bool(later)
+        jobs = self.api.list_jobs(run_job["metadata"]["namespace"], {BACKUP_LABEL: backup["metadata"]["name"]})
+        return any(not is_recycle_job(j) and (j["metadata"].get("creationTimestamp") or "") > started for j in jobs)
 
-    def start_recycle(self, backup: dict[str, Any], run_job: dict[str, Any], logger: logging.Logger) -> str:
-        """Make the run's recycle Job (a fixed name: made once). Returns "" when made, else why not."""
-        try:
-            spec = self.admit(backup)
-        except InvalidSpec as problem:
-            logger.warning(f"S3Backup {backup['metadata']['name']}: no recycle step for {run_job['metadata']['name']}:"
-                           f" {problem}")
-            return f"the S3Backup's spec is not valid now ({problem.reason})"
-        manifest = render_recycle_job(spec, self.config, run_job, shard_count(run_job))
+    def start_recycle(self, run_job: dict[str, Any], logger: logging.Logger) -> None:
+        """Make the run's recycle Job, from the run's own Job (recycle_step.py), owned by it. A fixed name:
+        made once, whoever asks again."""
+        manifest = render_recycle_job(run_job)
         manifest["metadata"]["ownerReferences"] = [{
             "apiVersion": "batch/v1", "kind": "Job", "name": run_job["metadata"]["name"],
             "uid": run_job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False,
@@ -356,7 +347,6 @@ class Reconciler:
         if self.api.create_job(manifest):
             logger.info(f"Job {manifest['metadata']['name']} created: the final recycle step of "
                         f"{run_job['metadata']['name']}")
-        return ""
 
     def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""

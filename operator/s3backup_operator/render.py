@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from s3backup_operator.config import OperatorConfig
-from s3backup_operator.sharding import RECYCLE_STEP, RUN_LABEL, STEP_LABEL, indexed_job_spec, recycle_args, sharded
+from s3backup_operator.sharding import indexed_job_spec, sharded
 from s3backup_operator.spec import (
     SOURCE_MOUNT,
     BackupSpec,
@@ -292,32 +292,3 @@ def render_run_now_job(spec: BackupSpec, config: OperatorConfig, request: str) -
         "spec": job_spec,
     }
 
-
-def recycle_job_name(run_job_name: str) -> str:
-    """`<run>-recycle`, shortened with a hash to a Job name's 63 characters: one per run, whoever makes it."""
-    return bounded_name(run_job_name, "-recycle", 63)
-
-
-def render_recycle_job(spec: BackupSpec, config: OperatorConfig, run_job: Mapping[str, Any],
-                       count: int) -> dict[str, Any]:
-    """The final step of a sharded run (sharding.py): one pod running `s3backup recycle` for the run's Job.
-
-    Owned by `run_job` (the handler adds the reference), so it goes with the run. One attempt: a refused or
-    failed recycle deletes nothing and the next run in which every shard succeeds recycles again. It
-    mounts no volume of the user's (an emptyDir stands in at /data): it only reads the shards' results.
-    """
-    run_name = run_job["metadata"]["name"]
-    extra = {STEP_LABEL: RECYCLE_STEP, RUN_LABEL: run_name}
-    template = build_pod_template(config, spec.job, spec.destination, {"emptyDir": {}}, read_only=True,
-                                  args=recycle_args(spec, run_name, count, TERMINATION_LOG),
-                                  pod_labels=pod_labels(spec, extra))
-    job_spec: dict[str, Any] = {"backoffLimit": 0, "template": template}
-    if spec.job.active_deadline_seconds:
-        job_spec["activeDeadlineSeconds"] = spec.job.active_deadline_seconds
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": recycle_job_name(run_name), "namespace": spec.namespace,
-                     "labels": {**labels(spec.name), **extra}},
-        "spec": job_spec,
-    }

@@ -76,20 +76,6 @@ def indexed_job_spec(job_spec: dict[str, Any], count: int, backoff_limit_per_ind
     return job
 
 
-def recycle_args(spec: BackupSpec, run_id: str, count: int, summary_path: str) -> list[str]:
-    """`s3backup recycle` for one run: the S3 connection of the backup, its cap, the run's N and id."""
-    destination = spec.destination
-    options = [f"--run-id={run_id}", f"--shards={count}", f"--max-recycle={spec.recycle.max_delete}"]
-    if destination.endpoint:
-        options.append(f"--endpoint-url={destination.endpoint}")
-    if destination.region:
-        options.append(f"--region={destination.region}")
-    if destination.path_style:
-        options.append("--path-style")
-    options.append(f"--summary-json={summary_path}")
-    return ["recycle", destination.url, *options]
-
-
 def shard_count(job: dict[str, Any]) -> int:
     """N of a run's Job: its completions when Indexed, else 1."""
     spec = job.get("spec") or {}

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from s3backup_operator.render import recycle_job_name, render_cronjob, render_recycle_job, render_run_now_job
+from s3backup_operator.recycle_step import recycle_job_name, render_recycle_job
+from s3backup_operator.render import render_cronjob, render_run_now_job
 from s3backup_operator.shard_status import SKIPPED, recycle_due, sharded_last_run
 from s3backup_operator.sharding import COMPLETION_INDEX_LABEL, JOB_NAME_LABEL, RUN_LABEL, STEP_LABEL, shard_count
 from s3backup_operator.spec import InvalidSpec, parse
@@ -120,24 +121,45 @@ def recycle_job(outcome: str = "Complete") -> dict[str, Any]:
             "status": status}
 
 
-def test_recycle_job_runs_the_final_step_of_the_run(config):
-    spec = parse(sharded_backup(3))
-    job = render_recycle_job(spec, config, run_job(), 3)
+def live_run_job(config, backup: dict[str, Any]) -> dict[str, Any]:
+    """A run's Job as the API server returns it: the Job controller's labels on it and on its template."""
+    job = render_cronjob(parse(backup), config)["spec"]["jobTemplate"]
+    controller = {"batch.kubernetes.io/controller-uid": "u-1", "controller-uid": "u-1",
+                  "batch.kubernetes.io/job-name": RUN, "job-name": RUN}
+    job["spec"]["template"]["metadata"]["labels"].update(controller)
+    job["spec"]["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {**run_job()["metadata"], **job["metadata"]},
+            "spec": job["spec"], "status": run_job()["status"]}
+
+
+def test_recycle_job_is_the_runs_own_pod_running_the_final_step(config):
+    backup = sharded_backup(3)
+    backup["spec"]["destination"]["caBundle"] = {"configMapKeyRef": {"name": "corporate-ca"}}
+    backup["spec"]["job"] = {"nodeSelector": {"role": "backup-server"}, "backoffLimit": 4}
+    run = live_run_job(config, backup)
+    job = render_recycle_job(run)
     validate_builtin(job)
     assert job["metadata"]["name"] == f"{RUN}-recycle" and job["metadata"]["labels"][RUN_LABEL] == RUN
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["labels"]["s3backup.dev/backup"] == "db-dumps"
+    assert job["spec"]["backoffLimit"] == 0 and "completionMode" not in job["spec"]
     pod = job["spec"]["template"]["spec"]
-    args = pod["containers"][0]["args"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not any(key.startswith("batch.kubernetes.io/") or key in ("job-name", "controller-uid") for key in labels)
+    assert labels[STEP_LABEL] == "recycle" and "selector" not in job["spec"]
+    [container] = pod["containers"]
+    args = container["args"]
     parsed = cli.build_parser().parse_args(args)
     assert (parsed.command, parsed.destination, parsed.run_id, parsed.shards) == (
         "recycle", "s3://my-backups/cluster-a/db", RUN, 3)
     assert parsed.max_recycle == "10%" and parsed.endpoint_url == "https://s3.example.com" and parsed.path_style
-    assert option(args, "--summary-json") == "/dev/termination-log"
-    # The user's volume is not mounted: the step reads only the shards' results.
+    assert parsed.region == "eu-west-1" and option(args, "--summary-json") == "/dev/termination-log"
+    # The run's S3 connection and pod settings; not the user's volume: the step reads only the shards' results.
     assert {"name": "source", "emptyDir": {}} in pod["volumes"]
     assert all("persistentVolumeClaim" not in volume for volume in pod["volumes"])
-    env = {item["name"] for item in pod["containers"][0]["env"]}
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env
+    assert any(volume.get("configMap", {}).get("name") == "corporate-ca" for volume in pod["volumes"])
+    env = {item["name"] for item in container["env"]}
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CA_BUNDLE"} <= env and "S3BACKUP_RUN_ID" not in env
+    assert pod["nodeSelector"] == {"role": "backup-server"} and pod["securityContext"]["runAsNonRoot"]
 
 
 def test_recycle_job_name_fits_a_long_run_name():
