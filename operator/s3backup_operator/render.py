@@ -291,4 +291,3 @@ def render_run_now_job(spec: BackupSpec, config: OperatorConfig, request: str) -
         },
         "spec": job_spec,
     }
-

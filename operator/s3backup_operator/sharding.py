@@ -11,6 +11,9 @@ garbage collector removes it with the run), named after it (creating it twice is
 created when any shard failed. So **nothing is recycled in a run where any shard failed**; the remote
 copies of deleted files stay until a later run in which every shard succeeds. The recycle step has
 the whole prefix's guards too (empty source, `--max-recycle` over every shard's candidates).
+
+Here: the Indexed Job and the labels (imported by render.py); recycle_step.py renders the final step from
+the run's Job, shard_status.py makes one status.lastRun of the shards and the step, handlers.py drives it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from s3backup_operator.spec import BackupSpec
 
-GROUP = "s3backup.dev"
+GROUP = "s3backup.dev"  # render.GROUP (render imports this module)
 #: On the recycle Job: the step it is ("recycle") and the run (its Job's name) it finishes.
 STEP_LABEL = f"{GROUP}/step"
 RUN_LABEL = f"{GROUP}/run"
@@ -96,10 +99,6 @@ def run_of(recycle_job: dict[str, Any]) -> str:
 def completed_indexes(job: dict[str, Any]) -> set[int]:
     """status.completedIndexes ("0-2,4") as a set."""
     return _index_set(((job.get("status") or {}).get("completedIndexes")) or "")
-
-
-def failed_indexes(job: dict[str, Any]) -> set[int]:
-    return _index_set(((job.get("status") or {}).get("failedIndexes")) or "")
 
 
 def _index_set(text: str) -> set[int]:
