@@ -150,3 +150,24 @@ def test_three_shards_each_file_once_one_recycle_and_a_summed_status(cluster, op
     jobs = cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/run={third['metadata']['name']}")
     assert jobs == [] and cluster.get("job", f"{third['metadata']['name']}-recycle", "-n", namespace) is None
     assert deleted in bucket_keys(s3, prefix)
+
+    # 7. Two shards instead of three: nothing is uploaded again, the deletion the failed run kept is recycled
+    # now, and the Pushgateway group of the shard that is gone is pruned.
+    manifest["spec"]["transfer"] = {"shards": 2}
+    cluster.apply(manifest)
+    wait_for(lambda: cluster.get("cronjob", f"{name}-s3backup", "-n", namespace)["spec"]["jobTemplate"]["spec"][
+        "completions"] == 2, "the CronJob re-rendered for two shards")
+    fourth = run(cluster, namespace, name)
+    assert fourth["spec"]["completions"] == 2 and condition(fourth, "Complete"), json.dumps(fourth["status"])
+    recycle_job(cluster, namespace, fourth)
+    status = last_run(cluster, namespace, name, fourth["metadata"]["name"])
+    assert (status["result"], status["shards"], status["filesUploaded"], status["filesRecycled"]) == (
+        "Succeeded", 2, 0, 1), status
+    assert sorted(bucket_keys(s3, prefix)) == sorted(set(FILES) - {gone, deleted})
+
+    def shard_groups() -> set[str]:
+        with urllib.request.urlopen(pushgateway.url + "/api/v1/metrics", timeout=5) as response:
+            groups = [group["labels"] for group in json.load(response)["data"]]
+        return {labels.get("shard", "") for labels in groups
+                if labels.get("backup") == name and labels.get("namespace") == namespace}
+    wait_for(lambda: shard_groups() == {"0", "1"}, "the group of shard 2 pruned")
