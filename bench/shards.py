@@ -2,7 +2,7 @@
 """Scale-out benchmark: one `s3backup sync` process against `--shard I/N` over 2 and 4 processes.
 
     .venv/bin/python bench/shards.py --files 20000                 # a quick check (a minute or two)
-    .venv/bin/python bench/shards.py --files 1000000 --out BENCH-shards.md   # the full scenario (a quiet machine)
+    .venv/bin/python bench/shards.py --files 1000000 --out /tmp/shards.txt   # the full scenario (a quiet machine)
 
 For each shard count (1, 2, 4 by default) on its own fresh prefix of one SeaweedFS (behind bench/s3proxy.py,
 which counts the requests): a first run that uploads everything, a no-change run, and a run after 1% of the
