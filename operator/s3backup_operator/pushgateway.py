@@ -1,8 +1,9 @@
 """A backup's metrics groups in the Pushgateway: deleted when its S3Backup goes away, pruned when N changes.
 
 A backup pushes one group (job="s3backup", namespace, backup), or with `spec.transfer.shards: N > 1` one
-group per shard (label `shard`, "0" to "N-1"). The URL handling (credentials sent as basic auth,
-`redact_url`) is the syncer's, in `s3backup_syncer.metrics`: both talk to the same gateway.
+group per shard (label `shard`, "0" to "N-1") and one of the final recycle step (`shard="recycle"`).
+The URL handling (credentials sent as basic auth, `redact_url`) is the syncer's, in `s3backup_syncer.metrics`:
+both talk to the same gateway.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from prometheus_client import delete_from_gateway
-from s3backup_syncer.metrics import JOB, gateway_target, redact_url
+from s3backup_syncer.metrics import JOB, RECYCLE_STEP_SHARD, gateway_target, redact_url
 
 __all__ = ["delete_group", "prune_shard_groups", "redact_url", "stale_groups"]
 
@@ -30,9 +31,11 @@ def _own(groups: Iterable[Labels], namespace: str, backup: str) -> list[Labels]:
 
 def stale_groups(groups: Iterable[Labels], namespace: str, backup: str, shards: int) -> list[Labels]:
     """The groups of this backup that a backup of `shards` shards no longer pushes (pure): with N > 1 its
-    unsharded group and shards >= N, with N = 1 every shard's. They would add to the dashboard's sums."""
+    unsharded group and shards >= N, with N = 1 every shard's and the recycle step's. They would add to the
+    dashboard's sums."""
     base = {"namespace": namespace, "backup": backup}
-    pushed = [base] if shards == 1 else [{**base, "shard": str(index)} for index in range(shards)]
+    labels = [*map(str, range(shards)), RECYCLE_STEP_SHARD]
+    pushed = [base] if shards == 1 else [{**base, "shard": label} for label in labels]
     return [labels for labels in _own(groups, namespace, backup) if labels not in pushed]
 
 

@@ -18,8 +18,10 @@ from typing import Any
 from s3backup_operator.render import CONTAINER_NAME, TERMINATION_LOG, bounded_name
 from s3backup_operator.sharding import RECYCLE_STEP, RUN_ID_ENV, RUN_LABEL, STEP_LABEL, shard_count
 
-#: `s3backup sync` options that `s3backup recycle` takes too, with the same meaning.
-SHARED_OPTIONS = ("--endpoint-url", "--region", "--path-style", "--max-recycle")
+#: `s3backup sync` options that `s3backup recycle` takes too, with the same meaning (the metrics' ones push
+#: the step's own group, next to the shards').
+SHARED_OPTIONS = ("--endpoint-url", "--region", "--path-style", "--max-recycle", "--pushgateway", "--backup-name",
+                  "--backup-namespace")
 #: Labels the API server and the Job controller put on a Job and its template: never copied.
 _JOB_CONTROLLER_LABELS = ("controller-uid", "job-name")
 

@@ -129,6 +129,10 @@ def test_three_shards_each_file_once_one_recycle_and_a_summed_status(cluster, op
         "files_recycled"] == 1
     status = last_run(cluster, namespace, name, second["metadata"]["name"])
     assert (status["result"], status["filesRecycled"], status["filesUploaded"]) == ("Succeeded", 1, 0)
+    metrics = urllib.request.urlopen(pushgateway.url + "/metrics", timeout=5).read().decode()
+    assert [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith("s3backup_last_run_files{") and 'outcome="recycled"' in line
+            and f'backup="{name}"' in line and 'shard="recycle"' in line] == [1.0]  # the step's own group
     assert sorted(bucket_keys(s3, prefix)) == sorted(set(FILES) - {gone})
 
     # 6. One shard fails (a file only shard 2 owns is unreadable): that shard is named, and nothing is
@@ -170,4 +174,4 @@ def test_three_shards_each_file_once_one_recycle_and_a_summed_status(cluster, op
             groups = [group["labels"] for group in json.load(response)["data"]]
         return {labels.get("shard", "") for labels in groups
                 if labels.get("backup") == name and labels.get("namespace") == namespace}
-    wait_for(lambda: shard_groups() == {"0", "1"}, "the group of shard 2 pruned")
+    wait_for(lambda: shard_groups() == {"0", "1", "recycle"}, "the group of shard 2 pruned")

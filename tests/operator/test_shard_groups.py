@@ -33,11 +33,11 @@ def test_only_a_sharded_run_has_a_shard_label():
 
 def test_stale_groups_are_those_the_current_shard_count_does_not_push():
     base = {"job": "s3backup", "namespace": "ns", "backup": "b"}
-    groups = [base, *({**base, "shard": str(i)} for i in range(4)), {**base, "backup": "other", "shard": "5"},
-              {"job": "other", "namespace": "ns", "backup": "b"}]
+    groups = [base, *({**base, "shard": str(i)} for i in range(4)), {**base, "shard": "recycle"},
+              {**base, "backup": "other", "shard": "5"}, {"job": "other", "namespace": "ns", "backup": "b"}]
     own = {"namespace": "ns", "backup": "b"}
     assert stale_groups(groups, "ns", "b", 2) == [own, {**own, "shard": "2"}, {**own, "shard": "3"}]
-    assert stale_groups(groups, "ns", "b", 1) == [{**own, "shard": str(i)} for i in range(4)]
+    assert stale_groups(groups, "ns", "b", 1) == [{**own, "shard": shard} for shard in ("0", "1", "2", "3", "recycle")]
     assert stale_groups(groups, "ns", "b", 4) == [own]
 
 

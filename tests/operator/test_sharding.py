@@ -136,6 +136,7 @@ def test_recycle_job_is_the_runs_own_pod_running_the_final_step(config):
     backup = sharded_backup(3)
     backup["spec"]["destination"]["caBundle"] = {"configMapKeyRef": {"name": "corporate-ca"}}
     backup["spec"]["job"] = {"nodeSelector": {"role": "backup-server"}, "backoffLimit": 4}
+    backup["spec"]["metrics"] = {"pushgatewayURL": "http://pgw.monitoring:9091"}
     run = live_run_job(config, backup)
     job = render_recycle_job(run)
     validate_builtin(job)
@@ -153,6 +154,9 @@ def test_recycle_job_is_the_runs_own_pod_running_the_final_step(config):
         "recycle", "s3://my-backups/cluster-a/db", RUN, 3)
     assert parsed.max_recycle == "10%" and parsed.endpoint_url == "https://s3.example.com" and parsed.path_style
     assert parsed.region == "eu-west-1" and option(args, "--summary-json") == "/dev/termination-log"
+    # Its own metrics group, next to the shards' (shard="recycle").
+    assert (parsed.pushgateway, parsed.backup_name, parsed.backup_namespace) == (
+        "http://pgw.monitoring:9091", "db-dumps", "backups")
     # The run's S3 connection and pod settings; not the user's volume: the step reads only the shards' results.
     assert {"name": "source", "emptyDir": {}} in pod["volumes"]
     assert all("persistentVolumeClaim" not in volume for volume in pod["volumes"])
