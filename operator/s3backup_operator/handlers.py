@@ -26,7 +26,7 @@ from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.policy import NOT_ALLOWED
 from s3backup_operator.policy import check as check_policy
 from s3backup_operator.pushgateway import delete_group, prune_shard_groups, redact_url
-from s3backup_operator.recycle_step import render_recycle_job
+from s3backup_operator.recycle_step import render_recycle_job, run_destination
 from s3backup_operator.render import (
     BACKUP_LABEL,
     CHILD_SELECTOR,
@@ -330,11 +330,12 @@ class Reconciler:
             self.report_run(backup, run, logger)
 
     def _later_run(self, backup: dict[str, Any], run_job: dict[str, Any]) -> bool:
-        """Whether a later run of the backup has started: a run's final step is never made after that. A late
-        recycle could delete the copy of a file that came back, unchanged, after the run."""
-        started = run_job["metadata"].get("creationTimestamp") or ""
+        """Whether a later run to the same destination has started: a run's final step is never made after
+        that. A late recycle could delete the copy of a file that came back, unchanged, after the run."""
+        started, destination = run_job["metadata"].get("creationTimestamp") or "", run_destination(run_job)
         jobs = self.api.list_jobs(run_job["metadata"]["namespace"], {BACKUP_LABEL: backup["metadata"]["name"]})
-        return any(not is_recycle_job(j) and (j["metadata"].get("creationTimestamp") or "") > started for j in jobs)
+        return any((j["metadata"].get("creationTimestamp") or "") > started and run_destination(j) == destination
+                   for j in jobs)
 
     def start_recycle(self, run_job: dict[str, Any], logger: logging.Logger) -> None:
         """Make the run's recycle Job, from the run's own Job (recycle_step.py), owned by it. A fixed name:

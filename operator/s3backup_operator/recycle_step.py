@@ -38,6 +38,13 @@ def recycle_args(sync_args: list[str], run_id: str, count: int) -> list[str]:
     return ["recycle", url, f"--run-id={run_id}", f"--shards={count}", *shared, f"--summary-json={TERMINATION_LOG}"]
 
 
+def run_destination(job: Mapping[str, Any]) -> str | None:
+    """The s3:// URL a run's Job syncs to (its syncer container's arguments), or None for another Job."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == CONTAINER_NAME), [])
+    return args[2] if len(args) > 2 and args[0] == "sync" else None
+
+
 def _own_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
     return {key: value for key, value in (labels or {}).items()
             if not key.startswith("batch.kubernetes.io/") and key not in _JOB_CONTROLLER_LABELS}

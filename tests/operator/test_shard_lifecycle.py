@@ -47,11 +47,13 @@ def finish(cluster: Cluster, job_name: str, outcome: str, end: str, **status: An
         "active": None, "startTime": "2026-11-26T02:44:00Z", "conditions": conditions, **extra, **status}})
 
 
-def post_run(cluster: Cluster, name: str, results: dict[int, tuple[dict[str, Any], int]]) -> dict[str, Any]:
+def post_run(cluster: Cluster, name: str, results: dict[int, tuple[dict[str, Any], int]],
+             created: str | None = None) -> dict[str, Any]:
     """An Indexed Job of the CronJob's template, with one finished pod per index."""
     template = cronjob(cluster)["spec"]["jobTemplate"]
+    when = {"creationTimestamp": created} if created else {}
     job = cluster.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
-                                "metadata": {"name": name, "namespace": NS, **template["metadata"]},
+                                "metadata": {"name": name, "namespace": NS, **template["metadata"], **when},
                                 "spec": template["spec"], "status": {"active": 3}})
     for index, (message, exit_code) in results.items():
         post_pod(cluster, job, f"{name}-{index}-x", {COMPLETION_INDEX_LABEL: str(index)}, message, exit_code)
@@ -111,3 +113,15 @@ def test_recycle_once_after_all_shards_and_never_after_a_failed_one(cluster, run
         assert backup_status(cluster)["lastSuccessfulTime"] == "2026-11-26T02:46:00Z"
         time.sleep(1)
         assert recycle_jobs(cluster, "db-dumps-s3backup-2") == []
+
+        # A run that completes after a later run has started gets no recycle step: a late recycle could delete
+        # the copy of a file that came back, unchanged, in between.
+        post_run(cluster, "db-dumps-s3backup-4", {}, created="2099-01-02T02:00:00Z")
+        post_run(cluster, "db-dumps-s3backup-3", {i: (summary(), 0) for i in range(3)}, created="2099-01-01T02:00:00Z")
+        finish(cluster, "db-dumps-s3backup-3", "Complete", "2099-01-01T02:45:00Z", completedIndexes="0-2",
+               succeeded=3)
+        last = wait_for(lambda: (lambda r: r if r.get("jobName") == "db-dumps-s3backup-3" else None)(
+            backup_status(cluster).get("lastRun") or {}), what="the superseded run in the status")
+        assert (last["result"], last["failedShards"], last["recycleResult"]) == ("Partial", [], "Skipped")
+        assert last["message"] == "recycle step not run: a later run has started"
+        assert recycle_jobs(cluster, "db-dumps-s3backup-3") == []
