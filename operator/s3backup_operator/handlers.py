@@ -25,7 +25,8 @@ from s3backup_operator.kubeapi import ApiError, KubeApi
 from s3backup_operator.metrics import BackupState, OperatorMetrics
 from s3backup_operator.policy import NOT_ALLOWED
 from s3backup_operator.policy import check as check_policy
-from s3backup_operator.pushgateway import delete_group, redact_url
+from s3backup_operator.pushgateway import delete_group, prune_shard_groups, redact_url
+from s3backup_operator.recycle_step import render_recycle_job, run_destination
 from s3backup_operator.render import (
     BACKUP_LABEL,
     CHILD_SELECTOR,
@@ -39,6 +40,8 @@ from s3backup_operator.render import (
     render_run_now_job,
 )
 from s3backup_operator.restore_handlers import register_restores
+from s3backup_operator.shard_status import recycle_due, sharded_last_run
+from s3backup_operator.sharding import is_recycle_job, run_of, shard_count
 from s3backup_operator.spec import BackupSpec, Credentials, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
@@ -244,6 +247,9 @@ class Reconciler:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
             return
+        if shard_count(job) > 1 or is_recycle_job(job):
+            self.sharded_job_changed(job, logger)
+            return
         meta = job["metadata"]
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
         if not backup_name:
@@ -253,6 +259,12 @@ class Reconciler:
         backup = self.api.get_backup(meta["namespace"], backup_name)
         if run is None or backup is None or backup["metadata"].get("deletionTimestamp"):
             return
+        self.report_run(backup, run, logger)
+
+    def report_run(self, backup: dict[str, Any], run: dict[str, Any], logger: logging.Logger) -> None:
+        """A finished run -> its Event and status.lastRun / lastSuccessfulTime (once: only when the status moves)."""
+        meta = backup["metadata"]
+        backup_name = meta["name"]
         status_patch = status_patch_for_run(backup.get("status") or {}, run)
         if status_patch:
             # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
@@ -265,6 +277,77 @@ class Reconciler:
             self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
             logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
                         f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
+            previous = ((backup.get("status") or {}).get("lastRun") or {}).get("shards", 1)
+            if run.get("shards", 1) != previous:
+                self.prune_metrics(backup, run.get("shards", 1), logger)
+
+    def prune_metrics(self, backup: dict[str, Any], shards: int, logger: logging.Logger) -> None:
+        """The first run after a change of spec.transfer.shards has pushed its groups: drop those the backup
+        no longer pushes, which would add to the dashboard's sums. Best effort: a failure is logged only."""
+        meta = backup["metadata"]
+        gateway = pushgateway_of(backup, self.config.default_pushgateway_url)
+        if not gateway:
+            return
+        try:
+            pruned = prune_shard_groups(gateway, meta["namespace"], meta["name"], shards, timeout=5)
+        except Exception as error:  # any network failure: the groups stay until the S3Backup is deleted
+            logger.warning(f"Pushgateway groups of earlier shard counts not pruned at {redact_url(gateway)}: "
+                           f"{type(error).__name__}")
+            return
+        if pruned:
+            logger.info(f"S3Backup {meta['name']}: {pruned} Pushgateway group(s) of an earlier shard count deleted")
+
+    def sharded_job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
+        """A finished Job of a sharded run (sharding.py): its shards' Indexed Job, or its final recycle step.
+
+        When every shard succeeded, the recycle Job is made and the status waits for it; when one failed, no
+        recycle Job is ever made and the status names the failed shards at once.
+        """
+        meta = job["metadata"]
+        backup = self._live_owner(meta)
+        if backup is None:
+            return
+        recycle_job, skipped = None, ""
+        if is_recycle_job(job):
+            run_job, recycle_job = self.api.get_job(meta["namespace"], run_of(job)), job
+            if run_job is None:
+                return
+        else:
+            run_job = job
+            if recycle_due(run_job):
+                if ((backup.get("status") or {}).get("lastRun") or {}).get("jobName") == meta["name"]:
+                    return  # reported already: its recycle Job (if any) is never made again
+                if not self._later_run(backup, run_job):
+                    self.start_recycle(run_job, logger)
+                    return  # the status waits for the recycle Job
+                skipped = "a later run has started"
+        namespace = meta["namespace"]
+        pods = self.api.list_pods(namespace, {"job-name": run_job["metadata"]["name"]})
+        recycle_pods = self.api.list_pods(namespace, {"job-name": recycle_job["metadata"]["name"]}) \
+            if recycle_job else []
+        run = sharded_last_run(run_job, pods, recycle_job, recycle_pods, skipped)
+        if run is not None:
+            self.report_run(backup, run, logger)
+
+    def _later_run(self, backup: dict[str, Any], run_job: dict[str, Any]) -> bool:
+        """Whether a later run to the same destination has started: a run's final step is never made after
+        that. A late recycle could delete the copy of a file that came back, unchanged, after the run."""
+        started, destination = run_job["metadata"].get("creationTimestamp") or "", run_destination(run_job)
+        jobs = self.api.list_jobs(run_job["metadata"]["namespace"], {BACKUP_LABEL: backup["metadata"]["name"]})
+        return any((j["metadata"].get("creationTimestamp") or "") > started and run_destination(j) == destination
+                   for j in jobs)
+
+    def start_recycle(self, run_job: dict[str, Any], logger: logging.Logger) -> None:
+        """Make the run's recycle Job, from the run's own Job (recycle_step.py), owned by it. A fixed name:
+        made once, whoever asks again."""
+        manifest = render_recycle_job(run_job)
+        manifest["metadata"]["ownerReferences"] = [{
+            "apiVersion": "batch/v1", "kind": "Job", "name": run_job["metadata"]["name"],
+            "uid": run_job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": False,
+        }]
+        if self.api.create_job(manifest):
+            logger.info(f"Job {manifest['metadata']['name']} created: the final recycle step of "
+                        f"{run_job['metadata']['name']}")
 
     def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from s3backup_operator.config import OperatorConfig
+from s3backup_operator.sharding import indexed_job_spec, sharded
 from s3backup_operator.spec import (
     SOURCE_MOUNT,
     BackupSpec,
@@ -244,6 +245,8 @@ def _job_spec(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
     job: dict[str, Any] = {"backoffLimit": spec.job.backoff_limit, "template": pod_template(spec, config)}
     if spec.job.active_deadline_seconds:
         job["activeDeadlineSeconds"] = spec.job.active_deadline_seconds
+    if sharded(spec):  # one Indexed Job of N pods (sharding.py)
+        job = indexed_job_spec(job, spec.transfer.shards, spec.job.backoff_limit, CONTAINER_NAME)
     return job
 
 

@@ -24,6 +24,7 @@ from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_ca
 from s3backup_syncer.errors import UserError
 from s3backup_syncer.etag import validate_part_size
 from s3backup_syncer.filters import Filters
+from s3backup_syncer.shards import MAX_SHARDS
 
 from s3backup_operator.schedule import ScheduleError, expected_interval_seconds, format_duration, resolve
 from s3backup_operator.schedule import validate_time_zone as _validate_time_zone
@@ -41,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "destination": {"prefix": "", "forcePathStyle": False},
     "compare": "md5",
     "recycle": {"maxDelete": "50%"},
-    "transfer": {"partSize": "auto", "concurrency": 4},
+    "transfer": {"partSize": "auto", "concurrency": 4, "shards": 1},
     "job": {
         "backoffLimit": 2,
         "startingDeadlineSeconds": 3600,
@@ -124,6 +125,7 @@ class Transfer:
     part_size: str = "auto"
     concurrency: int = 4
     bwlimit: str = ""
+    shards: int = 1  # N > 1: one Indexed Job of N pods per run, `--shard I/N` each (sharding.py)
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,8 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
                         max_delete=str(spec["recycle"]["maxDelete"])),
         transfer=Transfer(part_size=str(spec["transfer"]["partSize"]),
                           concurrency=_integer(spec["transfer"]["concurrency"], "spec.transfer.concurrency"),
-                          bwlimit=str(spec["transfer"].get("bwlimit") or "")),
+                          bwlimit=str(spec["transfer"].get("bwlimit") or ""),
+                          shards=_integer(spec["transfer"]["shards"], "spec.transfer.shards")),
         job=job_settings_from(spec["job"]),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
     )
@@ -520,6 +523,8 @@ def check(spec: BackupSpec) -> None:
     if transfer.part_size != "auto":
         part_size = _syncer_accepts("spec.transfer.partSize", lambda: parse_size(transfer.part_size))
         _syncer_accepts("spec.transfer.partSize", lambda: validate_part_size(part_size))
+    if not 1 <= transfer.shards <= MAX_SHARDS:
+        raise InvalidSpec("InvalidSpec", f"spec.transfer.shards: must be 1 to {MAX_SHARDS}, not {transfer.shards}")
     bwlimit = None
     if transfer.bwlimit:
         bwlimit = _syncer_accepts("spec.transfer.bwlimit", lambda: parse_size(transfer.bwlimit))

@@ -54,6 +54,14 @@ def summary_count(summary: dict[str, Any] | None, key: str) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
+def outcome_of(summary: dict[str, Any] | None, job_outcome: str) -> str:
+    """A run's result: the syncer's summary when there is one (so "partial" is told apart), else the Job's
+    condition ("Complete" or "Failed": the pod may have been killed before writing anything)."""
+    if summary is not None:
+        return _RESULTS.get(str(summary.get("result")), FAILED)
+    return SUCCEEDED if job_outcome == "Complete" else FAILED
+
+
 def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """status.lastRun for a finished Job, or None while it still runs.
 
@@ -66,10 +74,7 @@ def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] 
     job_status = job.get("status") or {}
     attempt = last_attempt(pods)
     summary = parse_summary((attempt or {}).get("message"))
-    if summary is not None:
-        result = _RESULTS.get(str(summary.get("result")), FAILED)
-    else:
-        result = SUCCEEDED if outcome == "Complete" else FAILED
+    result = outcome_of(summary, outcome)
     completion = job_status.get("completionTime") or (attempt or {}).get("finishedAt")
     if not completion:
         conditions = [c for c in job_status.get("conditions") or [] if c.get("type") == outcome]

@@ -244,6 +244,10 @@ def add_recycle_command(commands) -> None:
     recycle.add_argument("--concurrency", type=int, default=8, metavar="N")
     recycle.add_argument("--dry-run", action="store_true", help="print what would be recycled; delete nothing")
     _add_output_arguments(recycle)
+    metrics = recycle.add_argument_group("metrics (the step's own group: the shards' grouping key, shard=\"recycle\")")
+    metrics.add_argument("--pushgateway", metavar="URL", help="push what the step recycled, or why it refused")
+    metrics.add_argument("--backup-name", metavar="NAME", help="the backup's name in metrics (default: BUCKET/PREFIX)")
+    metrics.add_argument("--backup-namespace", metavar="NS", help="a namespace label for the metrics")
 
 
 def _shard_count(text: str) -> int:
@@ -284,7 +288,21 @@ def run_recycle_command(args: argparse.Namespace) -> int:
               + (f"; recycling refused: {summary.recycle_blocked}" if summary.recycle_blocked else ""),
               file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)
+    push_recycle_step_metrics(args, summary)
     return summary.exit_code
+
+
+def push_recycle_step_metrics(args: argparse.Namespace, summary: Summary) -> None:
+    if not args.pushgateway:
+        return
+    from .metrics import RECYCLE_STEP_SHARD, push_recycle_metrics
+
+    grouping = {"backup": args.backup_name or args.destination.removeprefix("s3://").strip("/")}
+    if args.backup_namespace:
+        grouping = {"namespace": args.backup_namespace, **grouping}
+    warning = push_recycle_metrics(args.pushgateway, {**grouping, "shard": RECYCLE_STEP_SHARD}, summary)
+    if warning:
+        log.warning(warning)
 
 
 def options_from_args(args: argparse.Namespace) -> SyncOptions:
@@ -358,6 +376,16 @@ def write_summary(summary: Summary, path: str | None) -> None:
         log.warning("cannot write the summary to %s: %s", path, exc.strerror)
 
 
+def _shard_label(text: str | None) -> str | None:
+    """The `shard` grouping label of a `--shard I/N` run with N > 1 ("I"), else None (a bad --shard too:
+    that run failed with its own message)."""
+    try:
+        shard = parse_shard(text) if text else Shard()
+    except ConfigError:
+        return None
+    return None if shard.whole else str(shard.index)
+
+
 def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | None) -> None:
     if not args.pushgateway:
         return
@@ -367,6 +395,9 @@ def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | N
     grouping = {"backup": name}
     if args.backup_namespace:
         grouping = {"namespace": args.backup_namespace, **grouping}
+    shard = _shard_label(args.shard)
+    if shard is not None:  # each shard its own group, so that shards never overwrite each other's metrics
+        grouping["shard"] = shard
     warning = push_run_metrics(args.pushgateway, grouping, summary, interval)
     if warning:
         log.warning(warning)

@@ -105,6 +105,25 @@ def run_metrics_registry(summary: Summary, expected_interval_seconds: float | No
     return registry
 
 
+#: The `shard` grouping label of the final step of a sharded run (`s3backup recycle`).
+RECYCLE_STEP_SHARD = "recycle"
+
+
+def recycle_metrics_registry(summary: Summary) -> CollectorRegistry:
+    """What the final step of a sharded run pushes, in its own group next to the shards': only what it did
+    (recycled files and bytes, a refusal). No timestamps, results or scanned files: those are the shards',
+    and the dashboard's sums over a backup's groups stay right."""
+    registry = CollectorRegistry(auto_describe=True)
+    Gauge("s3backup_last_run_files", "Files of the last run by outcome (uploaded, unchanged, recycled, failed, "
+          "excluded).", ["outcome"], registry=registry).labels(outcome="recycled").set(summary.files_recycled)
+    Gauge("s3backup_last_run_bytes", "Bytes of the last run by outcome (uploaded, unchanged, recycled, failed).",
+          ["outcome"], registry=registry).labels(outcome="recycled").set(summary.bytes_recycled)
+    Gauge("s3backup_last_run_recycle_blocked",
+          "1 if a safety guard refused the last run's due deletions (empty source, failures, cap), else 0.",
+          registry=registry).set(bool(summary.recycle_blocked))
+    return registry
+
+
 def push_run_metrics(
     gateway_url: str,
     grouping: dict[str, str],
@@ -116,12 +135,24 @@ def push_run_metrics(
 
     A dry run changes nothing, metrics included: it pushes nothing and returns None.
     """
+    return _push(gateway_url, grouping, summary, lambda: run_metrics_registry(summary, expected_interval_seconds),
+                 timeout)
+
+
+def push_recycle_metrics(gateway_url: str, grouping: dict[str, str], summary: Summary,
+                         timeout: float = 10) -> str | None:
+    """Push what the final step of a sharded run did (recycle_metrics_registry); as push_run_metrics."""
+    return _push(gateway_url, grouping, summary, lambda: recycle_metrics_registry(summary), timeout)
+
+
+def _push(gateway_url: str, grouping: dict[str, str], summary: Summary, registry_of: Callable[[], CollectorRegistry],
+          timeout: float) -> str | None:
     if summary.dry_run:
         return None
     password = ""
     try:
         url, handler, password = gateway_target(gateway_url)
-        registry = run_metrics_registry(summary, expected_interval_seconds)
+        registry = registry_of()
         pushadd_to_gateway(url, job=JOB, registry=registry, grouping_key=grouping, timeout=timeout, handler=handler)
     except Exception as exc:  # a metrics problem must never fail the backup
         reason = _describe(exc, timeout)

@@ -34,7 +34,7 @@ def test_the_basic_example_gets_the_crds_defaults(cluster, backups_namespace):
     spec = stored["spec"]
     assert spec["compare"] == "md5"
     assert spec["suspend"] is False
-    assert spec["transfer"] == {"partSize": "auto", "concurrency": 4}
+    assert spec["transfer"] == {"partSize": "auto", "concurrency": 4, "shards": 1}
     assert spec["recycle"] == {"maxDelete": "50%"}
     assert spec["job"]["backoffLimit"] == 2
     assert spec["source"]["subPath"] == ""
