@@ -10,6 +10,7 @@ from tests.cluster.support import (
     FILES,
     NODE,
     bucket_keys,
+    delete_namespace,
     finished_job,
     last_run,
     make_credentials,
@@ -39,7 +40,7 @@ def test_the_cronjob_controller_starts_a_scheduled_run(cluster, operator, s3):
     status = cluster.get("s3backup", "minutely", "-n", namespace)["status"]
     assert status.get("lastScheduleTime")
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_deleting_the_backup_removes_its_cronjob_jobs_and_pods(cluster, operator, s3):
@@ -58,7 +59,7 @@ def test_deleting_the_backup_removes_its_cronjob_jobs_and_pods(cluster, operator
     wait_for(lambda: not cluster.items("pods", "-n", namespace), "the pods gone (garbage collector, kubelet)")
     # Nothing in the bucket is touched.
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_a_restricted_namespace_runs_backups(cluster, operator, s3):
@@ -78,7 +79,7 @@ def test_a_restricted_namespace_runs_backups(cluster, operator, s3):
     assert not events, [event["message"] for event in events]
     assert last_run(cluster, namespace, "locked-down", job["metadata"]["name"])["result"] == "Succeeded"
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3):
@@ -100,4 +101,4 @@ def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3):
     assert run["result"] == "Succeeded", (run, [cluster.pod_log(pod) for pod in pods])
     assert (run["filesUploaded"], run["filesFailed"]) == (len(FILES), 0)
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)

@@ -10,46 +10,41 @@ from tests.cluster.support import (
     CHART,
     FILES,
     bucket_keys,
+    condition,
+    delete_namespace,
     finished_job,
     last_run,
     make_credentials,
     make_namespace,
     make_volume,
     run_now,
+    wait_condition,
     wait_for,
 )
 from tests.cluster.support import backup_manifest as manifest
-
-
-def condition(cluster, namespace: str, name: str, kind: str = "Ready") -> dict:
-    backup = cluster.get("s3backup", name, "-n", namespace) or {}
-    return next((c for c in backup.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
 
 def test_a_missing_secret_shows_until_it_is_created(cluster, operator, s3):
     namespace = make_namespace(cluster, "no-secret")
     claim = make_volume(cluster, namespace, "data", FILES)
     cluster.apply(manifest(namespace, "waiting", claim, s3, f"no-secret-{os.getpid()}"))
-    ready = wait_for(lambda: condition(cluster, namespace, "waiting").get("reason") == "CredentialsSecretNotFound"
-                     and condition(cluster, namespace, "waiting"), "Ready=False CredentialsSecretNotFound")
-    assert ready["status"] == "False"
+    wait_condition(cluster, "s3backup", "waiting", namespace, "False", "CredentialsSecretNotFound")
     assert s3.secret_key not in str(cluster.get("s3backup", "waiting", "-n", namespace))
     make_credentials(cluster, namespace, s3)
-    # The operator re-checks with a backoff (S3BACKUP_RETRY_DELAY, 60 s by default).
-    wait_for(lambda: condition(cluster, namespace, "waiting").get("status") == "True", "Ready=True", timeout=150,
-             every=2)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    # The operator re-checks with a backoff (S3BACKUP_RETRY_DELAY: conftest.RETRY_DELAY here, 60 s by default).
+    wait_for(lambda: condition(cluster, "s3backup", "waiting", namespace).get("status") == "True", "Ready=True",
+             timeout=150, every=2)
+    delete_namespace(cluster, namespace)
 
 
 def test_an_invalid_schedule_is_reported_and_makes_no_cronjob(cluster, operator, s3):
     namespace = make_namespace(cluster, "bad-schedule")
     make_credentials(cluster, namespace, s3)
     cluster.apply(manifest(namespace, "never", "data", s3, "never", schedule="0 25 * * *"))
-    ready = wait_for(lambda: condition(cluster, namespace, "never").get("reason") == "InvalidSchedule"
-                     and condition(cluster, namespace, "never"), "Ready=False InvalidSchedule")
-    assert ready["status"] == "False" and "spec.schedule" in ready["message"]
+    ready = wait_condition(cluster, "s3backup", "never", namespace, "False", "InvalidSchedule")
+    assert "spec.schedule" in ready["message"]
     assert cluster.get("cronjob", "never-s3backup", "-n", namespace) is None
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_an_operator_restart_picks_up_changes_made_meanwhile(cluster, operator, s3):
@@ -71,7 +66,7 @@ def test_an_operator_restart_picks_up_changes_made_meanwhile(cluster, operator, 
              .get("schedule") == "30 4 * * *", "the CronJob updated by the restarted operator", timeout=90)
     job = finished_job(cluster, namespace, run_now(cluster, namespace, "steady")["metadata"]["name"])
     assert last_run(cluster, namespace, "steady", job["metadata"]["name"])["result"] == "Succeeded"
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_two_replicas_with_peering_run_each_request_once(cluster, operator, s3, pushgateway):
@@ -93,7 +88,7 @@ def test_two_replicas_with_peering_run_each_request_once(cluster, operator, s3, 
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
     cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values", "--set", "replicas=1")
     wait_operator_ready(cluster, replicas=1)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_helm_upgrade_then_uninstall(cluster, operator, s3):

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, wait_operator_ready
 from tests.cluster.support import (
-    CHART,
     FILES,
     GROUP,
     NODE,
     backup_manifest,
+    condition,
+    delete_namespace,
     finished_job,
+    handled,
     last_run,
     make_credentials,
     make_namespace,
@@ -28,18 +29,6 @@ from tests.cluster.support import (
 )
 
 IMAGE_UID = 65532  # the user restore pods run as (the image's USER, the chart's default)
-KOPF_DIFFBASE = f"operator.{GROUP}/last-handled-configuration"
-
-
-@pytest.fixture(scope="module")
-def installed(cluster, operator, pushgateway):
-    """The operator, installed again if an earlier module (test_5: `helm uninstall`) took it away."""
-    if cluster.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0:
-        cluster.helm("install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                     "--set", f"pushgatewayURL={pushgateway.url}", "--set", "logFormat=plain",
-                     "--set", "logLevel=verbose")
-    wait_operator_ready(cluster)
-    return RELEASE
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +36,7 @@ def namespace(cluster, installed, s3):
     name = make_namespace(cluster, "restore")
     make_credentials(cluster, name, s3)
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def ready(cluster, kind: str, name: str, namespace: str) -> dict:
-    conditions = ((cluster.get(kind, name, "-n", namespace) or {}).get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Ready"), {})
+    delete_namespace(cluster, name)
 
 
 def events_of(cluster, namespace: str, kind: str, name: str) -> list[dict]:
@@ -73,7 +57,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
     source = make_volume(cluster, namespace, "dumps", FILES)
     source_dir = cluster.node_dir(NODE, f"/srv/{namespace}-dumps")
     cluster.apply(backup_manifest(namespace, backup, source, s3, prefix))
-    wait_for(lambda: ready(cluster, "s3backup", backup, namespace).get("status") == "True", "the S3Backup Ready")
+    wait_for(lambda: condition(cluster, "s3backup", backup, namespace).get("status") == "True", "the S3Backup Ready")
     job = finished_job(cluster, namespace, run_now(cluster, namespace, backup)["metadata"]["name"])
     run = last_run(cluster, namespace, backup, job["metadata"]["name"])
     assert (run["result"], run["filesUploaded"]) == ("Succeeded", len(FILES))
@@ -125,7 +109,7 @@ def test_host_path_is_not_allowed_by_default(cluster, s3, namespace):
     manifest["spec"]["source"]["volume"] = {"hostPath": {"path": "/"}}
     cluster.apply(manifest)
     condition = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
-        ready(cluster, "s3backup", name, namespace)), "Ready=False")
+        condition(cluster, "s3backup", name, namespace)), "Ready=False")
     assert condition["reason"] == "NotAllowed", condition
     assert "hostPath" in condition["message"]
 
@@ -133,14 +117,12 @@ def test_host_path_is_not_allowed_by_default(cluster, s3, namespace):
     request = "refused-1"
     cluster.kubectl("annotate", "s3backup", name, "-n", namespace, f"{GROUP}/run-now={request}", "--overwrite")
 
-    def handled():
-        annotations = (cluster.get("s3backup", name, "-n", namespace) or {})["metadata"].get("annotations") or {}
-        return request in annotations.get(KOPF_DIFFBASE, "")
-    wait_for(handled, "the operator to handle the run-now request", timeout=60)
+    wait_for(lambda: handled(cluster, "s3backup", name, namespace, request),
+             "the operator to handle the run-now request", timeout=60)
     for kind in ("cronjobs", "jobs", "pods"):
         assert not cluster.items(kind, "-n", namespace, "-l", f"{GROUP}/backup={name}"), kind
     assert cluster.get("cronjob", f"{name}-s3backup", "-n", namespace) is None
     status = (cluster.get("s3backup", name, "-n", namespace) or {}).get("status") or {}
     assert status.get("lastRunNowRequest") != request
-    assert ready(cluster, "s3backup", name, namespace)["reason"] == "NotAllowed"
+    assert condition(cluster, "s3backup", name, namespace)["reason"] == "NotAllowed"
 
