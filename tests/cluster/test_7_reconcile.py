@@ -18,7 +18,7 @@ from s3backup_operator.kubeapi import FIELD_MANAGER, ApiError, KubeApi
 from s3backup_syncer.metrics import push_run_metrics
 from s3backup_syncer.report import Summary
 
-from tests.cluster.conftest import operator_metrics
+from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_metrics, wait_rollout
 from tests.cluster.support import (
     FILES,
     GROUP,
@@ -128,6 +128,23 @@ def test_a_deleted_cronjob_comes_back_and_a_foreign_one_is_not_taken(cluster, s3
     assert "ownerReferences" not in after["metadata"]
 
 
+def test_an_incomplete_secret_shows_until_it_is_completed(cluster, s3, installed):
+    namespace = make_namespace(cluster, "reconcile-secret")
+    try:
+        cluster.kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
+                        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}")
+        cluster.apply(backup_manifest(namespace, "db", "data", s3, "reconcile-secret"))
+        ready = wait_condition(cluster, "s3backup", "db", namespace, "False", "CredentialsSecretIncomplete")
+        assert "AWS_SECRET_ACCESS_KEY" in ready["message"] and s3.access_key not in json.dumps(ready)
+        assert children(cluster, namespace, "db")["cronjobs"] == []
+        cluster.kubectl("patch", "secret", "s3-credentials", "-n", namespace, "--type=merge",
+                        "-p", json.dumps({"stringData": {"AWS_SECRET_ACCESS_KEY": s3.secret_key}}))
+        wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=90)  # retried
+        assert s3.secret_key not in json.dumps(cluster.get("s3backup", "db", "-n", namespace))
+    finally:
+        delete_namespace(cluster, namespace)
+
+
 def test_an_invalid_spec_after_a_valid_one_keeps_the_last_good_cronjob(cluster, s3, namespace):
     """February 31st passes the schema (five valid fields) but never comes: the operator refuses it."""
     cluster.apply(backup_manifest(namespace, "db", "data", s3, "reconcile-invalid", schedule="0 0 31 2 *"))
@@ -192,9 +209,10 @@ def test_a_failed_run_after_a_good_one_then_deletion(cluster, s3, pushgateway, n
     assert "no-such-bucket" in run["message"] and "does not exist" in run["message"]
     assert cluster.get("s3backup", "db", "-n", namespace)["status"]["lastSuccessfulTime"] == success_time
 
-    events = wait_for(lambda: (lambda e: e if len(e) == 2 else None)(
-        [e for e in cluster.items("events", "-n", namespace, "--field-selector", "involvedObject.kind=S3Backup")
-         if e.get("reportingComponent") == "s3backup-operator"]), "two run Events")
+    def run_events() -> list[dict]:
+        return [e for e in cluster.items("events", "-n", namespace, "--field-selector", "involvedObject.kind=S3Backup")
+                if e.get("reportingComponent") == "s3backup-operator"]
+    events = wait_for(lambda: (lambda e: e if len(e) == 2 else None)(run_events()), "two run Events")
     by_job = {e["message"].split()[1]: (e["type"], e["reason"]) for e in events}
     assert by_job == {good["metadata"]["name"]: ("Normal", "BackupSucceeded"),
                       bad["metadata"]["name"]: ("Warning", "BackupFailed")}
@@ -204,7 +222,14 @@ def test_a_failed_run_after_a_good_one_then_deletion(cluster, s3, pushgateway, n
     series = wait_for(lambda: (lambda s: s if s.get("s3backup_operator_backup_last_result{Failed}") == 1 else None)(
         backup_series(operator_metrics(cluster), namespace, "db", key="result")), "the failed run on /metrics")
     assert series["s3backup_operator_backup_last_success_timestamp_seconds"] == at(success_time)
+    assert series["s3backup_operator_backup_last_run_timestamp_seconds"] == at(run["completionTime"])
     assert series["s3backup_operator_backup_last_result{Succeeded}"] == 0
+
+    # A restarted operator replays every Job: no second Event for any run.
+    cluster.kubectl("rollout", "restart", f"deployment/{RELEASE}", "-n", OPERATOR_NAMESPACE)
+    wait_rollout(cluster)
+    poke(cluster, namespace, "db", "restarted")
+    assert len(run_events()) == 2
 
     # Deletion: its Pushgateway group goes, another backup's group of the namespace stays.
     assert push_run_metrics(pushgateway.url, {"namespace": namespace, "backup": "someone-else"},
@@ -267,6 +292,7 @@ def test_run_now_waits_for_a_blocked_run(cluster, s3, namespace):
         assert second != first
         finished_job(cluster, namespace, second)
         assert (last_run(cluster, namespace, "db", second)["filesUploaded"]) == 0  # all there from the first
+        poke(cluster, namespace, "db", "after")  # the same request value, seen again: not a new run
         assert sorted(children(cluster, namespace, "db")["jobs"]) == sorted([first, second])
         assert {pod["spec"]["nodeName"] for job in (first, second) for pod in job_pods(cluster, namespace, job)} == {
             NODE}

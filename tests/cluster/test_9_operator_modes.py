@@ -195,3 +195,17 @@ def test_without_secret_checks_the_cronjob_is_made(cluster, s3, namespace):
         cluster.apply(backup_manifest(namespace, "db", "data", s3, "modes-unchecked"))
         wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady")
         assert children(cluster, namespace, "db")["cronjobs"] == ["db-s3backup"]
+
+
+def test_the_periodic_resync_finds_a_late_secret(cluster, s3, namespace):
+    """With a retry delay longer than the test, the periodic re-check (S3BACKUP_RESYNC_INTERVAL) is what finds
+    a Secret created after the S3Backup."""
+    with chart_values(cluster, "--set", "extraEnv[0].name=S3BACKUP_RETRY_DELAY", "--set-string",
+                      "extraEnv[0].value=3600", "--set", "extraEnv[1].name=S3BACKUP_RESYNC_INTERVAL",
+                      "--set-string", "extraEnv[1].value=5") as pod:
+        env = {item["name"]: item.get("value") for item in pod["spec"]["containers"][0]["env"]}
+        assert (env["S3BACKUP_RETRY_DELAY"], env["S3BACKUP_RESYNC_INTERVAL"]) == ("3600", "5")
+        cluster.apply(backup_manifest(namespace, "db", "data", s3, "modes-resync"))
+        wait_condition(cluster, "s3backup", "db", namespace, "False", "CredentialsSecretNotFound")
+        make_credentials(cluster, namespace, s3)
+        wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=90)

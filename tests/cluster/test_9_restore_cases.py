@@ -114,3 +114,27 @@ def test_files_that_differ_make_a_partial_restore(cluster, s3, namespace):
                                if e.get("reportingComponent") == "s3backup-operator"], "the restore's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "RestorePartial")], json.dumps(events)
     assert "set spec.overwrite to replace them" in events[0]["message"]
+
+
+def test_a_restore_pod_that_cannot_be_scheduled_is_reported(cluster, s3, namespace):
+    """The backup's nodeSelector matches no node: the scheduler leaves the restore pod Pending, RunBlocked says
+    why; once a node matches, the pod runs and RunBlocked turns False."""
+    make_credentials(cluster, namespace, s3)
+    hold = f"{GROUP}/hold-{namespace}"
+    cluster.apply(backup_manifest(namespace, "db", "data", s3, f"restores-blocked-{os.getpid()}",
+                                  nodeSelector={hold: "yes"}))
+    target = cluster.node_dir(NODE, f"/srv/{namespace}-target")
+    target.mkdir(parents=True)
+    os.chown(target, 65532, 65532)
+    make_volume(cluster, namespace, "target", {})
+    cluster.apply(restore_manifest(namespace))
+    try:
+        blocked = wait_condition(cluster, "s3restore", "back", namespace, "True", "Unschedulable",
+                                 type_="RunBlocked")
+        assert blocked["message"].startswith("pod back-restore-")
+        wait_condition(cluster, "s3restore", "back", namespace, "True", "JobCreated")
+        cluster.kubectl("label", "node", NODE, f"{hold}=yes")
+        wait_condition(cluster, "s3restore", "back", namespace, "False", "PodStarted", type_="RunBlocked")
+        finished_job(cluster, namespace, "back-restore")
+    finally:
+        cluster.kubectl("label", "node", NODE, f"{hold}-", check=False)
