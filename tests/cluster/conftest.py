@@ -12,13 +12,22 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.cluster.support import CHART, REPO, Cluster, parse_exports, wait_for
+from tests.cluster.support import (
+    CHART,
+    REPO,
+    Cluster,
+    delete_namespace,
+    make_credentials,
+    make_namespace,
+    parse_exports,
+    wait_for,
+)
 
 RELEASE, OPERATOR_NAMESPACE = "s3backup", "s3backup-system"
 #: The operator's retry delay in these tests (S3BACKUP_RETRY_DELAY; 60 s by default): a missing Secret, S3Backup
@@ -121,3 +130,20 @@ def wait_rollout(cluster: Cluster) -> list[dict]:
     """After a `helm upgrade`: the Deployment's new pod, alone and running (not the old one, still running)."""
     cluster.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", OPERATOR_NAMESPACE, "--timeout=120s")
     return wait_operator_ready(cluster)
+
+
+@pytest.fixture
+def new_namespace(cluster, s3) -> Iterator[Callable[..., str]]:
+    """`new_namespace(base, labels=None, credentials=True)`: a fresh namespace (with the S3 credentials Secret),
+    deleted after the test."""
+    made: list[str] = []
+
+    def make(base: str, labels: dict[str, str] | None = None, credentials: bool = True) -> str:
+        name = make_namespace(cluster, base, labels)
+        made.append(name)
+        if credentials:
+            make_credentials(cluster, name, s3)
+        return name
+    yield make
+    for name in made:
+        delete_namespace(cluster, name)

@@ -237,3 +237,23 @@ def handled(cluster: Cluster, kind: str, name: str, namespace: str, text: str) -
     """Whether kopf has handled a version of the resource that contains `text` (its last-handled annotation)."""
     meta = (cluster.get(kind, name, "-n", namespace) or {}).get("metadata") or {}
     return text in (meta.get("annotations") or {}).get(f"operator.{GROUP}/last-handled-configuration", "")
+
+
+def operator_events(cluster: Cluster, namespace: str, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The operator's own Events on resources of `kind` (or on one of them), not kopf's reports of retries."""
+    selector = f"involvedObject.kind={kind}" + (f",involvedObject.name={name}" if name else "")
+    return [event for event in cluster.items("events", "-n", namespace, "--field-selector", selector)
+            if event.get("reportingComponent") == "s3backup-operator"]
+
+
+def finished_restore(cluster: Cluster, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:
+    """The status of an S3Restore once its phase is Succeeded or Failed (its pods' status and logs if never)."""
+    def finished():
+        status = (cluster.get("s3restore", name, "-n", namespace) or {}).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+    try:
+        return wait_for(finished, f"S3Restore {namespace}/{name} finished", timeout=timeout)
+    except AssertionError:
+        pods = cluster.items("pods", "-n", namespace, "-l", f"{GROUP}/restore={name}")
+        detail = "\n".join(json.dumps(pod.get("status"), indent=1) + cluster.pod_log(pod) for pod in pods)
+        raise AssertionError(f"S3Restore {name} did not finish; its pods:\n{detail}") from None

@@ -4,7 +4,6 @@ finished run and restore leaves one Event on its resource."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -19,11 +18,13 @@ from tests.cluster.support import (
     condition,
     delete_namespace,
     finished_job,
+    finished_restore,
     handled,
     last_run,
     make_credentials,
     make_namespace,
     make_volume,
+    operator_events,
     run_now,
     wait_for,
 )
@@ -37,13 +38,6 @@ def namespace(cluster, installed, s3):
     make_credentials(cluster, name, s3)
     yield name
     delete_namespace(cluster, name)
-
-
-def events_of(cluster, namespace: str, kind: str, name: str) -> list[dict]:
-    """The operator's own Events on one resource (not kopf's reports of a handler's retries)."""
-    return [event for event in cluster.items("events", "-n", namespace, "--field-selector",
-                                             f"involvedObject.kind={kind},involvedObject.name={name}")
-            if event.get("reportingComponent") == "s3backup-operator"]
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -63,7 +57,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
     assert (run["result"], run["filesUploaded"]) == ("Succeeded", len(FILES))
 
     # One Normal BackupSucceeded Event on the S3Backup, naming the run's Job.
-    events = wait_for(lambda: events_of(cluster, namespace, "S3Backup", backup), "the S3Backup's Event")
+    events = wait_for(lambda: operator_events(cluster, namespace, "S3Backup", backup), "the S3Backup's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "BackupSucceeded")]
     assert job["metadata"]["name"] in events[0]["message"]
 
@@ -76,15 +70,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
                    "metadata": {"name": "back", "namespace": namespace},
                    "spec": {"backupRef": {"name": backup}, "target": {"persistentVolumeClaim": {"claimName": target}}}})
 
-    def finished():
-        status = (cluster.get("s3restore", "back", "-n", namespace) or {}).get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-    try:
-        status = wait_for(finished, "the S3Restore finished", timeout=120)
-    except AssertionError:
-        pods = cluster.items("pods", "-n", namespace, "-l", f"{GROUP}/restore=back")
-        raise AssertionError("restore did not finish:\n" + "\n".join(
-            json.dumps(pod.get("status"), indent=1) + cluster.pod_log(pod) for pod in pods)) from None
+    status = finished_restore(cluster, namespace, "back")
     restore_job = cluster.get("job", status["jobName"], "-n", namespace)
     assert any(c["type"] == "Complete" and c["status"] == "True" for c in restore_job["status"]["conditions"])
     assert restore_job["metadata"]["ownerReferences"][0]["kind"] == "S3Restore"
@@ -97,7 +83,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
     assert tree(target_dir) == tree(source_dir)
     assert sorted(tree(target_dir)) == sorted(FILES)
 
-    events = wait_for(lambda: events_of(cluster, namespace, "S3Restore", "back"), "the S3Restore's Event")
+    events = wait_for(lambda: operator_events(cluster, namespace, "S3Restore", "back"), "the S3Restore's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "RestoreSucceeded")]
     assert f"{len(FILES)} files" in events[0]["message"]
     shutil.rmtree(target_dir, ignore_errors=True)

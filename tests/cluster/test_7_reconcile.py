@@ -27,14 +27,12 @@ from tests.cluster.support import (
     bucket_keys,
     children,
     condition,
-    delete_namespace,
     finished_job,
     handled,
     job_pods,
     last_run,
-    make_credentials,
-    make_namespace,
     make_volume,
+    operator_events,
     run_now,
     wait_condition,
     wait_for,
@@ -42,11 +40,8 @@ from tests.cluster.support import (
 
 
 @pytest.fixture
-def namespace(cluster, installed, s3):
-    name = make_namespace(cluster, "reconcile")
-    make_credentials(cluster, name, s3)
-    yield name
-    delete_namespace(cluster, name)
+def namespace(installed, new_namespace):
+    return new_namespace("reconcile")
 
 
 def args_of(cronjob: dict) -> list[str]:
@@ -128,21 +123,18 @@ def test_a_deleted_cronjob_comes_back_and_a_foreign_one_is_not_taken(cluster, s3
     assert "ownerReferences" not in after["metadata"]
 
 
-def test_an_incomplete_secret_shows_until_it_is_completed(cluster, s3, installed):
-    namespace = make_namespace(cluster, "reconcile-secret")
-    try:
-        cluster.kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
-                        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}")
-        cluster.apply(backup_manifest(namespace, "db", "data", s3, "reconcile-secret"))
-        ready = wait_condition(cluster, "s3backup", "db", namespace, "False", "CredentialsSecretIncomplete")
-        assert "AWS_SECRET_ACCESS_KEY" in ready["message"] and s3.access_key not in json.dumps(ready)
-        assert children(cluster, namespace, "db")["cronjobs"] == []
-        cluster.kubectl("patch", "secret", "s3-credentials", "-n", namespace, "--type=merge",
-                        "-p", json.dumps({"stringData": {"AWS_SECRET_ACCESS_KEY": s3.secret_key}}))
-        wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=90)  # retried
-        assert s3.secret_key not in json.dumps(cluster.get("s3backup", "db", "-n", namespace))
-    finally:
-        delete_namespace(cluster, namespace)
+def test_an_incomplete_secret_shows_until_it_is_completed(cluster, s3, installed, new_namespace):
+    namespace = new_namespace("reconcile-secret", credentials=False)
+    cluster.kubectl("create", "secret", "generic", "s3-credentials", "-n", namespace,
+                    f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}")
+    cluster.apply(backup_manifest(namespace, "db", "data", s3, "reconcile-secret"))
+    ready = wait_condition(cluster, "s3backup", "db", namespace, "False", "CredentialsSecretIncomplete")
+    assert "AWS_SECRET_ACCESS_KEY" in ready["message"] and s3.access_key not in json.dumps(ready)
+    assert children(cluster, namespace, "db")["cronjobs"] == []
+    cluster.kubectl("patch", "secret", "s3-credentials", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"stringData": {"AWS_SECRET_ACCESS_KEY": s3.secret_key}}))
+    wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=90)  # retried
+    assert s3.secret_key not in json.dumps(cluster.get("s3backup", "db", "-n", namespace))
 
 
 def test_an_invalid_spec_after_a_valid_one_keeps_the_last_good_cronjob(cluster, s3, namespace):
@@ -210,8 +202,7 @@ def test_a_failed_run_after_a_good_one_then_deletion(cluster, s3, pushgateway, n
     assert cluster.get("s3backup", "db", "-n", namespace)["status"]["lastSuccessfulTime"] == success_time
 
     def run_events() -> list[dict]:
-        return [e for e in cluster.items("events", "-n", namespace, "--field-selector", "involvedObject.kind=S3Backup")
-                if e.get("reportingComponent") == "s3backup-operator"]
+        return operator_events(cluster, namespace, "S3Backup")
     events = wait_for(lambda: (lambda e: e if len(e) == 2 else None)(run_events()), "two run Events")
     by_job = {e["message"].split()[1]: (e["type"], e["reason"]) for e in events}
     assert by_job == {good["metadata"]["name"]: ("Normal", "BackupSucceeded"),

@@ -16,13 +16,10 @@ from tests.cluster.support import (
     backup_manifest,
     bucket_keys,
     children,
-    delete_namespace,
     finished_job,
     handled,
     job_pods,
     last_run,
-    make_credentials,
-    make_namespace,
     make_volume,
     run_now,
     wait_condition,
@@ -34,11 +31,8 @@ HOST_NODE = "node-b"
 
 
 @pytest.fixture
-def namespace(cluster, installed, s3):
-    name = make_namespace(cluster, "tenancy")
-    make_credentials(cluster, name, s3)
-    yield name
-    delete_namespace(cluster, name)
+def namespace(installed, new_namespace):
+    return new_namespace("tenancy")
 
 
 def host_path_backup(namespace: str, name: str, s3, prefix: str) -> dict:
@@ -65,61 +59,56 @@ def test_a_service_account_is_refused_by_default_and_no_pod_is_made(cluster, s3,
     assert_refused_and_nothing_runs(cluster, namespace, "escalate", "spec.job.serviceAccountName")
 
 
-def test_what_the_admin_allows_runs_in_the_listed_namespace_only(cluster, s3, namespace):
+def test_what_the_admin_allows_runs_in_the_listed_namespace_only(cluster, s3, namespace, new_namespace):
     """policy.allowHostPath and policy.allowServiceAccountName for one namespace: a hostPath backup with its own
     service account runs there, on the node's files; the same spec elsewhere is refused, and a CronJob made for a
     spec that was allowed is deleted when the spec turns to a refused one."""
-    elsewhere = make_namespace(cluster, "tenancy-other")
-    make_credentials(cluster, elsewhere, s3)
+    elsewhere = new_namespace("tenancy-other")
     files = cluster.node_dir(HOST_NODE, HOST_PATH)
     files.mkdir(parents=True, exist_ok=True)
     (files / "node.txt").write_text(f"{HOST_NODE}\n")
     files.chmod(0o755)
     prefix = f"tenancy-host-{os.getpid()}"
-    try:
-        with chart_values(cluster, "--set", f"policy.allowHostPath={{{namespace}}}",
-                          "--set", f"policy.allowServiceAccountName={{{namespace}}}") as pod:
-            env = {item["name"]: item.get("value") for item in pod["spec"]["containers"][0]["env"]}
-            assert (env["S3BACKUP_ALLOW_HOST_PATH"], env["S3BACKUP_ALLOW_SERVICE_ACCOUNT_NAME"]) == (namespace,) * 2
-            cluster.kubectl("create", "serviceaccount", "writer", "-n", namespace)
-            manifest = host_path_backup(namespace, "node-files", s3, prefix)
-            manifest["spec"]["job"]["serviceAccountName"] = "writer"
-            cluster.apply(manifest)
-            wait_condition(cluster, "s3backup", "node-files", namespace, "True", "CronJobReady")
-            job = finished_job(cluster, namespace, run_now(cluster, namespace, "node-files")["metadata"]["name"])
-            (backup_pod,) = job_pods(cluster, namespace, job["metadata"]["name"])
-            assert backup_pod["spec"]["serviceAccountName"] == "writer"
-            assert backup_pod["spec"]["nodeName"] == HOST_NODE
-            assert last_run(cluster, namespace, "node-files", job["metadata"]["name"])["result"] == "Succeeded"
-            assert sorted(bucket_keys(s3, prefix)) == ["node.txt"]
+    with chart_values(cluster, "--set", f"policy.allowHostPath={{{namespace}}}",
+                      "--set", f"policy.allowServiceAccountName={{{namespace}}}") as pod:
+        env = {item["name"]: item.get("value") for item in pod["spec"]["containers"][0]["env"]}
+        assert (env["S3BACKUP_ALLOW_HOST_PATH"], env["S3BACKUP_ALLOW_SERVICE_ACCOUNT_NAME"]) == (namespace,) * 2
+        cluster.kubectl("create", "serviceaccount", "writer", "-n", namespace)
+        manifest = host_path_backup(namespace, "node-files", s3, prefix)
+        manifest["spec"]["job"]["serviceAccountName"] = "writer"
+        cluster.apply(manifest)
+        wait_condition(cluster, "s3backup", "node-files", namespace, "True", "CronJobReady")
+        job = finished_job(cluster, namespace, run_now(cluster, namespace, "node-files")["metadata"]["name"])
+        (backup_pod,) = job_pods(cluster, namespace, job["metadata"]["name"])
+        assert backup_pod["spec"]["serviceAccountName"] == "writer"
+        assert backup_pod["spec"]["nodeName"] == HOST_NODE
+        assert last_run(cluster, namespace, "node-files", job["metadata"]["name"])["result"] == "Succeeded"
+        assert sorted(bucket_keys(s3, prefix)) == ["node.txt"]
 
-            # The same spec in a namespace the policy does not name: refused, nothing runs.
-            cluster.apply(host_path_backup(elsewhere, "node-files", s3, prefix + "-elsewhere"))
-            assert_refused_and_nothing_runs(cluster, elsewhere, "node-files", "spec.source.volume.hostPath")
-            # A spec that was allowed (a PVC) gets its CronJob; turned into a hostPath, the CronJob goes.
-            cluster.apply(backup_manifest(elsewhere, "turns", "data", s3, prefix + "-turns"))
-            wait_condition(cluster, "s3backup", "turns", elsewhere, "True", "CronJobReady")
-            assert children(cluster, elsewhere, "turns")["cronjobs"] == ["turns-s3backup"]
-            cluster.kubectl("patch", "s3backup", "turns", "-n", elsewhere, "--type=merge", "-p", json.dumps(
-                {"spec": {"source": {"volume": {"persistentVolumeClaim": None, "hostPath": {"path": HOST_PATH}}}}}))
-            ready = wait_condition(cluster, "s3backup", "turns", elsewhere, "False", "NotAllowed")
-            assert "CronJob turns-s3backup deleted" in ready["message"]
-            wait_for(lambda: not children(cluster, elsewhere, "turns")["cronjobs"], "the refused spec's CronJob gone")
+        # The same spec in a namespace the policy does not name: refused, nothing runs.
+        cluster.apply(host_path_backup(elsewhere, "node-files", s3, prefix + "-elsewhere"))
+        assert_refused_and_nothing_runs(cluster, elsewhere, "node-files", "spec.source.volume.hostPath")
+        # A spec that was allowed (a PVC) gets its CronJob; turned into a hostPath, the CronJob goes.
+        cluster.apply(backup_manifest(elsewhere, "turns", "data", s3, prefix + "-turns"))
+        wait_condition(cluster, "s3backup", "turns", elsewhere, "True", "CronJobReady")
+        assert children(cluster, elsewhere, "turns")["cronjobs"] == ["turns-s3backup"]
+        cluster.kubectl("patch", "s3backup", "turns", "-n", elsewhere, "--type=merge", "-p", json.dumps(
+            {"spec": {"source": {"volume": {"persistentVolumeClaim": None, "hostPath": {"path": HOST_PATH}}}}}))
+        ready = wait_condition(cluster, "s3backup", "turns", elsewhere, "False", "NotAllowed")
+        assert "CronJob turns-s3backup deleted" in ready["message"]
+        wait_for(lambda: not children(cluster, elsewhere, "turns")["cronjobs"], "the refused spec's CronJob gone")
 
-            # An S3Restore with a service account: allowed here, refused there.
-            for where in (namespace, elsewhere):
-                cluster.apply({"apiVersion": f"{GROUP}/v1alpha1", "kind": "S3Restore",
-                               "metadata": {"name": "back", "namespace": where},
-                               "spec": {"source": {"bucket": "abc"}, "job": {"serviceAccountName": "writer"},
-                                        "target": {"persistentVolumeClaim": {"claimName": "nowhere"}}}})
-            restore_job = wait_condition(cluster, "s3restore", "back", namespace, "True", "JobCreated")
-            assert restore_job
-            jobs = cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/restore=back")
-            assert [j["spec"]["template"]["spec"]["serviceAccountName"] for j in jobs] == ["writer"]
-            wait_condition(cluster, "s3restore", "back", elsewhere, "False", "NotAllowed")
-            assert not cluster.items("jobs", "-n", elsewhere)
-    finally:
-        delete_namespace(cluster, elsewhere)
+        # An S3Restore with a service account: allowed here, refused there.
+        for where in (namespace, elsewhere):
+            cluster.apply({"apiVersion": f"{GROUP}/v1alpha1", "kind": "S3Restore",
+                           "metadata": {"name": "back", "namespace": where},
+                           "spec": {"source": {"bucket": "abc"}, "job": {"serviceAccountName": "writer"},
+                                    "target": {"persistentVolumeClaim": {"claimName": "nowhere"}}}})
+        wait_condition(cluster, "s3restore", "back", namespace, "True", "JobCreated")
+        jobs = cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/restore=back")
+        assert [j["spec"]["template"]["spec"]["serviceAccountName"] for j in jobs] == ["writer"]
+        wait_condition(cluster, "s3restore", "back", elsewhere, "False", "NotAllowed")
+        assert not cluster.items("jobs", "-n", elsewhere)
     # The allowance withdrawn (the chart's values as before): the CronJob made under it is deleted.
     ready = wait_condition(cluster, "s3backup", "node-files", namespace, "False", "NotAllowed", timeout=90)
     assert "spec.source.volume.hostPath" in ready["message"]

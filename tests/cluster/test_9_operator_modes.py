@@ -28,11 +28,9 @@ from tests.cluster.support import (
     backup_manifest,
     children,
     condition,
-    delete_namespace,
     finished_job,
     last_run,
     make_credentials,
-    make_namespace,
     make_volume,
     run_now,
     wait_condition,
@@ -41,10 +39,8 @@ from tests.cluster.support import (
 
 
 @pytest.fixture
-def namespace(cluster, installed, s3):
-    name = make_namespace(cluster, "modes")
-    yield name
-    delete_namespace(cluster, name)
+def namespace(installed, new_namespace):
+    return new_namespace("modes", credentials=False)
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -129,29 +125,25 @@ def test_the_console_script_logs_in_through_a_kubeconfig(cluster, s3, namespace,
         assert secret not in stdout + stderr
 
 
-def test_a_list_of_namespaces_is_all_the_operator_sees(cluster, s3, namespace):
+def test_a_list_of_namespaces_is_all_the_operator_sees(cluster, s3, namespace, new_namespace):
     """watchNamespaces: RBAC in those namespaces only, and S3Backups elsewhere are not touched."""
-    other = make_namespace(cluster, "modes-other")
-    try:
-        for where in (namespace, other):
-            make_credentials(cluster, where, s3)
-        with chart_values(cluster, "--set", f"watchNamespaces={{{namespace}}}") as pod:
-            assert f"--namespace={namespace}" in pod["spec"]["containers"][0]["args"]
-            account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}"
-            for where, expected in ((namespace, "yes"), (other, "no")):
-                answer = cluster.kubectl("auth", "can-i", f"--as={account}", "create", "cronjobs.batch", "-n", where,
-                                         check=False).stdout.strip()
-                assert answer == expected, (where, answer)
-            for where in (other, namespace):
-                cluster.apply(backup_manifest(where, "db", "data", s3, f"modes-list-{where}"))
-            # Slow to start: kopf asks to list namespaces (forbidden here) nine times, with its backoff, before it
-            # falls back to the listed ones.
-            wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=240)
-            assert children(cluster, other, "db")["cronjobs"] == []
-            untouched = cluster.get("s3backup", "db", "-n", other)
-            assert not untouched.get("status") and not untouched["metadata"].get("finalizers")
-    finally:
-        delete_namespace(cluster, other)
+    other = new_namespace("modes-other")
+    make_credentials(cluster, namespace, s3)
+    with chart_values(cluster, "--set", f"watchNamespaces={{{namespace}}}") as pod:
+        assert f"--namespace={namespace}" in pod["spec"]["containers"][0]["args"]
+        account = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}"
+        for where, expected in ((namespace, "yes"), (other, "no")):
+            answer = cluster.kubectl("auth", "can-i", f"--as={account}", "create", "cronjobs.batch", "-n", where,
+                                     check=False).stdout.strip()
+            assert answer == expected, (where, answer)
+        for where in (other, namespace):
+            cluster.apply(backup_manifest(where, "db", "data", s3, f"modes-list-{where}"))
+        # Slow to start: kopf asks to list namespaces (forbidden here) nine times, with its backoff, before it
+        # falls back to the listed ones.
+        wait_condition(cluster, "s3backup", "db", namespace, "True", "CronJobReady", timeout=240)
+        assert children(cluster, other, "db")["cronjobs"] == []
+        untouched = cluster.get("s3backup", "db", "-n", other)
+        assert not untouched.get("status") and not untouched["metadata"].get("finalizers")
 
 
 def test_a_forbidden_secret_lookup_is_not_an_error(cluster, s3, namespace):

@@ -14,11 +14,11 @@ from tests.cluster.support import (
     GROUP,
     NODE,
     backup_manifest,
-    delete_namespace,
     finished_job,
+    finished_restore,
     make_credentials,
-    make_namespace,
     make_volume,
+    operator_events,
     run_now,
     wait_condition,
     wait_for,
@@ -26,10 +26,8 @@ from tests.cluster.support import (
 
 
 @pytest.fixture
-def namespace(cluster, installed):
-    name = make_namespace(cluster, "restores")
-    yield name
-    delete_namespace(cluster, name)
+def namespace(installed, new_namespace):
+    return new_namespace("restores", credentials=False)
 
 
 def restore_manifest(namespace: str, **spec: object) -> dict:
@@ -99,19 +97,14 @@ def test_files_that_differ_make_a_partial_restore(cluster, s3, namespace):
         os.chown(path, 65532, 65532)  # the restore pod's user owns the target, as with fsGroup on a fresh volume
     cluster.apply(restore_manifest(namespace))
 
-    def finished():
-        status = (cluster.get("s3restore", "back", "-n", namespace) or {}).get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-    status = wait_for(finished, "the restore finished", timeout=240)
+    status = finished_restore(cluster, namespace, "back", timeout=240)
     assert (status["phase"], status["result"], status["filesConflicting"]) == ("Failed", "Partial", 1), status
     assert (target_dir / "a.txt").read_bytes() == mine
     for relative, content in FILES.items():
         if relative != "a.txt":
             assert (target_dir / relative).read_bytes() == content
     wait_condition(cluster, "s3restore", "back", namespace, "False", "Partial", type_="Restored")
-    events = wait_for(lambda: [e for e in cluster.items("events", "-n", namespace, "--field-selector",
-                                                        "involvedObject.kind=S3Restore")
-                               if e.get("reportingComponent") == "s3backup-operator"], "the restore's Event")
+    events = wait_for(lambda: operator_events(cluster, namespace, "S3Restore"), "the restore's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "RestorePartial")], json.dumps(events)
     assert "set spec.overwrite to replace them" in events[0]["message"]
 
