@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods, wait_operator_ready
+from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods, wait_operator_ready, wait_rollout
 from tests.cluster.support import (
     CHART,
     FILES,
@@ -91,7 +91,7 @@ def test_helm_upgrade_then_uninstall(cluster, operator, s3):
     wait_for(lambda: cluster.get("cronjob", "kept-s3backup", "-n", namespace), "the CronJob")
     cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values",
                  "--set", "logLevel=debug")
-    (pod,) = wait_operator_ready(cluster)
+    (pod,) = wait_rollout(cluster)  # the new pod, not the old one still running
     assert "--debug" in pod["spec"]["containers"][0]["args"]
     history = cluster.helm("history", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json").stdout
     assert '"status":"deployed"' in history.replace(" ", "")

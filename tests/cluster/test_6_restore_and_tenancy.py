@@ -94,10 +94,10 @@ def test_host_path_is_not_allowed_by_default(cluster, s3, namespace):
     manifest = backup_manifest(namespace, name, "unused", s3, f"escalate-{os.getpid()}")
     manifest["spec"]["source"]["volume"] = {"hostPath": {"path": "/"}}
     cluster.apply(manifest)
-    condition = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
+    refused = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
         condition(cluster, "s3backup", name, namespace)), "Ready=False")
-    assert condition["reason"] == "NotAllowed", condition
-    assert "hostPath" in condition["message"]
+    assert refused["reason"] == "NotAllowed", refused
+    assert "hostPath" in refused["message"]
 
     # A run-now request, handled (kopf records the annotation it has seen) and refused: nothing runs.
     request = "refused-1"
