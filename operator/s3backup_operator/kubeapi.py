@@ -205,6 +205,12 @@ class KubeApi:
         return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, RESTORE_PLURAL,
                              name)
 
-    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any],
+                             resource_version: str | None = None) -> None:
+        """With `resource_version`, only if the S3Restore is still that version (else ApiError 409): for a status
+        computed from a read of it, such as its whole conditions list."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, RESTORE_PLURAL,
-                   name, {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+                   name, body, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)

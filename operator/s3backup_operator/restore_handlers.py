@@ -8,6 +8,7 @@ spec is immutable: a CEL rule in the CRD; the operator holds to it where that ru
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import kopf
@@ -116,6 +117,9 @@ class RestoreReconciler:
 
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """The restore Job changed: phase, times and (once over) counts to the status, and one Event."""
+        again_on_conflict(lambda: self._job_changed(job, logger))
+
+    def _job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         meta = job["metadata"]
         restore_name = (meta.get("labels") or {}).get(RESTORE_LABEL)
         if not restore_name or meta["name"] != restore_job_name(restore_name):
@@ -141,7 +145,8 @@ class RestoreReconciler:
             except ApiError as error:
                 self.base.metrics.reconcile_errors.labels(reason="EventFailed").inc()
                 logger.warning(f"S3Restore {restore_name}: no Event for Job {meta['name']}: {error}")
-        api.patch_restore_status(meta["namespace"], restore_name, status_patch)
+        api.patch_restore_status(meta["namespace"], restore_name, status_patch,
+                                 resource_version=restore["metadata"].get("resourceVersion"))
         if progress["phase"] in FINISHED_PHASES:
             logger.info(f"S3Restore {restore_name}: {restore_message(progress)}")
 
@@ -149,6 +154,9 @@ class RestoreReconciler:
     def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         """A restore pod that cannot start (unschedulable, e.g. a ReadWriteOnce claim in use on another node; a
         missing Secret; the image) -> RunBlocked=True on its S3Restore, and False again once it starts."""
+        again_on_conflict(lambda: self._pod_changed(event_type, pod, logger))
+
+    def _pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         meta = pod["metadata"]
         restore_name = (meta.get("labels") or {}).get(RESTORE_LABEL)
         if not restore_name:
@@ -172,7 +180,26 @@ class RestoreReconciler:
                                 f"pod {meta['name']} is no longer blocked")
         else:
             return
-        self.base.api.patch_restore_status(meta["namespace"], restore_name, {"conditions": new})
+        self.base.api.patch_restore_status(meta["namespace"], restore_name, {"conditions": new},
+                                           resource_version=restore["metadata"].get("resourceVersion"))
+
+
+CONFLICT_ATTEMPTS = 5
+
+
+def again_on_conflict(update: Callable[[], None]) -> None:
+    """Run a read-compute-write of an S3Restore's status again when the write meets a newer version (HTTP 409).
+
+    The Job's and the pod's handlers run concurrently and both write the whole conditions list: without the
+    precondition, one would drop the other's condition (a RunBlocked lost to the Job's phase update).
+    """
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            update()
+            return
+        except ApiError as error:
+            if error.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
 
 
 def register_restores(registry: kopf.OperatorRegistry, base: Reconciler) -> RestoreReconciler:

@@ -54,8 +54,8 @@ class Cluster:
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return self.run("kubectl", *args, check=check, input=input)
 
-    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("helm", *args, check=check, timeout=300)
+    def helm(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run("helm", *args, check=check, input=input, timeout=300)
 
     def get(self, *args: str) -> dict[str, Any] | None:
         """`kubectl get ... -o json`, or None when it is not there."""
@@ -198,3 +198,62 @@ def bucket_keys(s3, prefix: str) -> dict[str, str]:
     listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
     keys = {item["Key"][len(prefix) + 1:]: item["ETag"].strip('"') for item in listing.get("Contents", [])}
     return {key: etag for key, etag in keys.items() if not key.startswith(".s3backup/")}
+
+
+# Shared by several test modules: conditions, pods of a Job, namespaces, the installed chart's values.
+
+def condition(cluster: Cluster, kind: str, name: str, namespace: str, type_: str = "Ready") -> dict:
+    """The condition `type_` of a resource's status (S3Backup, S3Restore), or {}."""
+    found = cluster.get(kind, name, "-n", namespace) or {}
+    return next((c for c in (found.get("status") or {}).get("conditions") or [] if c["type"] == type_), {})
+
+
+def wait_condition(cluster: Cluster, kind: str, name: str, namespace: str, status: str, reason: str,
+                   type_: str = "Ready", timeout: float = 60) -> dict:
+    """Wait until the condition `type_` has `status` and `reason`; return it."""
+    def reached():
+        found = condition(cluster, kind, name, namespace, type_)
+        return found if (found.get("status"), found.get("reason")) == (status, reason) else None
+    return wait_for(reached, f"{kind} {namespace}/{name}: {type_}={status} ({reason})", timeout=timeout)
+
+
+def job_pods(cluster: Cluster, namespace: str, job_name: str) -> list[dict[str, Any]]:
+    return cluster.items("pods", "-n", namespace, "-l", f"job-name={job_name}")
+
+
+def delete_namespace(cluster: Cluster, namespace: str) -> None:
+    """Delete without waiting (its finalizers may take a while; each test makes namespaces of its own)."""
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def children(cluster: Cluster, namespace: str, backup: str) -> dict[str, list[str]]:
+    """The names of an S3Backup's CronJobs, Jobs and Pods (by the operator's label)."""
+    return {kind: [item["metadata"]["name"] for item in cluster.items(kind, "-n", namespace, "-l",
+                                                                     f"{GROUP}/backup={backup}")]
+            for kind in ("cronjobs", "jobs", "pods")}
+
+
+def handled(cluster: Cluster, kind: str, name: str, namespace: str, text: str) -> bool:
+    """Whether kopf has handled a version of the resource that contains `text` (its last-handled annotation)."""
+    meta = (cluster.get(kind, name, "-n", namespace) or {}).get("metadata") or {}
+    return text in (meta.get("annotations") or {}).get(f"operator.{GROUP}/last-handled-configuration", "")
+
+
+def operator_events(cluster: Cluster, namespace: str, kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The operator's own Events on resources of `kind` (or on one of them), not kopf's reports of retries."""
+    selector = f"involvedObject.kind={kind}" + (f",involvedObject.name={name}" if name else "")
+    return [event for event in cluster.items("events", "-n", namespace, "--field-selector", selector)
+            if event.get("reportingComponent") == "s3backup-operator"]
+
+
+def finished_restore(cluster: Cluster, namespace: str, name: str, timeout: float = 120) -> dict[str, Any]:
+    """The status of an S3Restore once its phase is Succeeded or Failed (its pods' status and logs if never)."""
+    def finished():
+        status = (cluster.get("s3restore", name, "-n", namespace) or {}).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+    try:
+        return wait_for(finished, f"S3Restore {namespace}/{name} finished", timeout=timeout)
+    except AssertionError:
+        pods = cluster.items("pods", "-n", namespace, "-l", f"{GROUP}/restore={name}")
+        detail = "\n".join(json.dumps(pod.get("status"), indent=1) + cluster.pod_log(pod) for pod in pods)
+        raise AssertionError(f"S3Restore {name} did not finish; its pods:\n{detail}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from tests.cluster.support import make_namespace, wait_for
+from tests.cluster.support import delete_namespace, make_namespace, wait_for
 
 IMAGE = "ghcr.io/s3backup/s3backup:0.1.0"
 
@@ -80,7 +80,7 @@ def test_a_pod_gets_its_env_volumes_user_and_status(cluster):
     assert "Read-only file system" in (out / "readonly").read_text()
     # Mount points missing on the host were made in the container's view only (an overlay), as in an image.
     assert {path: Path(path).exists() for path in host_had_mount_points} == host_had_mount_points
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_a_pod_of_another_image_fails_with_a_clear_reason(cluster):
@@ -95,7 +95,7 @@ def test_a_pod_of_another_image_fails_with_a_clear_reason(cluster):
     state = wait_for(waiting, "the pod's waiting state")
     assert state["reason"] == "ErrImagePull"
     assert "runs only the project's image (ghcr.io/s3backup/s3backup" in state["message"]
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)
 
 
 def test_init_containers_run_in_order_before_the_containers(cluster):
@@ -120,4 +120,4 @@ def test_init_containers_run_in_order_before_the_containers(cluster):
     assert pod["status"]["phase"] == "Succeeded"
     assert [s["state"]["terminated"]["reason"] for s in pod["status"]["initContainerStatuses"]] == ["Completed"] * 2
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "one\ntwo\n"
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    delete_namespace(cluster, namespace)

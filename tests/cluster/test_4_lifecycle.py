@@ -12,8 +12,6 @@ from tests.cluster.support import (
     bucket_keys,
     finished_job,
     last_run,
-    make_credentials,
-    make_namespace,
     make_volume,
     run_now,
     wait_for,
@@ -21,9 +19,8 @@ from tests.cluster.support import (
 from tests.cluster.support import backup_manifest as manifest
 
 
-def test_the_cronjob_controller_starts_a_scheduled_run(cluster, operator, s3):
-    namespace = make_namespace(cluster, "every-minute")
-    make_credentials(cluster, namespace, s3)
+def test_the_cronjob_controller_starts_a_scheduled_run(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("every-minute")
     claim = make_volume(cluster, namespace, "data", FILES)
     prefix = f"cron-{os.getpid()}"
     cluster.apply(manifest(namespace, "minutely", claim, s3, prefix, schedule="* * * * *"))
@@ -39,12 +36,10 @@ def test_the_cronjob_controller_starts_a_scheduled_run(cluster, operator, s3):
     status = cluster.get("s3backup", "minutely", "-n", namespace)["status"]
     assert status.get("lastScheduleTime")
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def test_deleting_the_backup_removes_its_cronjob_jobs_and_pods(cluster, operator, s3):
-    namespace = make_namespace(cluster, "deletion")
-    make_credentials(cluster, namespace, s3)
+def test_deleting_the_backup_removes_its_cronjob_jobs_and_pods(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("deletion")
     claim = make_volume(cluster, namespace, "data", FILES)
     prefix = f"deletion-{os.getpid()}"
     cluster.apply(manifest(namespace, "doomed", claim, s3, prefix))
@@ -58,17 +53,15 @@ def test_deleting_the_backup_removes_its_cronjob_jobs_and_pods(cluster, operator
     wait_for(lambda: not cluster.items("pods", "-n", namespace), "the pods gone (garbage collector, kubelet)")
     # Nothing in the bucket is touched.
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def test_a_restricted_namespace_runs_backups(cluster, operator, s3):
-    namespace = make_namespace(cluster, "restricted", {"pod-security.kubernetes.io/enforce": "restricted",
-                                                       "pod-security.kubernetes.io/warn": "restricted"})
+def test_a_restricted_namespace_runs_backups(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("restricted", {"pod-security.kubernetes.io/enforce": "restricted",
+                                             "pod-security.kubernetes.io/warn": "restricted"})
     # The control: Pod Security is enforced here, a root pod is refused.
     refused = cluster.kubectl("run", "root-pod", "-n", namespace, "--image=ghcr.io/s3backup/s3backup:0.1.0",
                               "--restart=Never", "--", "s3backup", "--help", check=False)
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
-    make_credentials(cluster, namespace, s3)
     claim = make_volume(cluster, namespace, "data", FILES)
     prefix = f"restricted-{os.getpid()}"
     cluster.apply(manifest(namespace, "locked-down", claim, s3, prefix))
@@ -78,14 +71,12 @@ def test_a_restricted_namespace_runs_backups(cluster, operator, s3):
     assert not events, [event["message"] for event in events]
     assert last_run(cluster, namespace, "locked-down", job["metadata"]["name"])["result"] == "Succeeded"
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3):
+def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3, new_namespace):
     """A fresh ext4 volume has a root-owned 0700 lost+found; the backup pod (uid 65532) cannot read it.
     The run must still succeed, without it."""
-    namespace = make_namespace(cluster, "lost-found")
-    make_credentials(cluster, namespace, s3)
+    namespace = new_namespace("lost-found")
     claim = make_volume(cluster, namespace, "data", FILES)
     lost = cluster.node_dir(NODE, f"/srv/{namespace}-data") / "lost+found"
     lost.mkdir()
@@ -100,4 +91,3 @@ def test_a_root_only_lost_and_found_is_skipped(cluster, operator, s3):
     assert run["result"] == "Succeeded", (run, [cluster.pod_log(pod) for pod in pods])
     assert (run["filesUploaded"], run["filesFailed"]) == (len(FILES), 0)
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -5,56 +5,46 @@ from __future__ import annotations
 
 import os
 
-from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods, wait_operator_ready
+from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, operator_pods, wait_operator_ready, wait_rollout
 from tests.cluster.support import (
     CHART,
     FILES,
     bucket_keys,
+    condition,
     finished_job,
     last_run,
     make_credentials,
     make_namespace,
     make_volume,
     run_now,
+    wait_condition,
     wait_for,
 )
 from tests.cluster.support import backup_manifest as manifest
 
 
-def condition(cluster, namespace: str, name: str, kind: str = "Ready") -> dict:
-    backup = cluster.get("s3backup", name, "-n", namespace) or {}
-    return next((c for c in backup.get("status", {}).get("conditions", []) if c["type"] == kind), {})
-
-
-def test_a_missing_secret_shows_until_it_is_created(cluster, operator, s3):
-    namespace = make_namespace(cluster, "no-secret")
+def test_a_missing_secret_shows_until_it_is_created(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("no-secret", credentials=False)
     claim = make_volume(cluster, namespace, "data", FILES)
     cluster.apply(manifest(namespace, "waiting", claim, s3, f"no-secret-{os.getpid()}"))
-    ready = wait_for(lambda: condition(cluster, namespace, "waiting").get("reason") == "CredentialsSecretNotFound"
-                     and condition(cluster, namespace, "waiting"), "Ready=False CredentialsSecretNotFound")
-    assert ready["status"] == "False"
+    wait_condition(cluster, "s3backup", "waiting", namespace, "False", "CredentialsSecretNotFound")
     assert s3.secret_key not in str(cluster.get("s3backup", "waiting", "-n", namespace))
     make_credentials(cluster, namespace, s3)
-    # The operator re-checks with a backoff (S3BACKUP_RETRY_DELAY, 60 s by default).
-    wait_for(lambda: condition(cluster, namespace, "waiting").get("status") == "True", "Ready=True", timeout=150,
-             every=2)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    # The operator re-checks with a backoff (S3BACKUP_RETRY_DELAY: conftest.RETRY_DELAY here, 60 s by default).
+    wait_for(lambda: condition(cluster, "s3backup", "waiting", namespace).get("status") == "True", "Ready=True",
+             timeout=150, every=2)
 
 
-def test_an_invalid_schedule_is_reported_and_makes_no_cronjob(cluster, operator, s3):
-    namespace = make_namespace(cluster, "bad-schedule")
-    make_credentials(cluster, namespace, s3)
+def test_an_invalid_schedule_is_reported_and_makes_no_cronjob(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("bad-schedule")
     cluster.apply(manifest(namespace, "never", "data", s3, "never", schedule="0 25 * * *"))
-    ready = wait_for(lambda: condition(cluster, namespace, "never").get("reason") == "InvalidSchedule"
-                     and condition(cluster, namespace, "never"), "Ready=False InvalidSchedule")
-    assert ready["status"] == "False" and "spec.schedule" in ready["message"]
+    ready = wait_condition(cluster, "s3backup", "never", namespace, "False", "InvalidSchedule")
+    assert "spec.schedule" in ready["message"]
     assert cluster.get("cronjob", "never-s3backup", "-n", namespace) is None
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def test_an_operator_restart_picks_up_changes_made_meanwhile(cluster, operator, s3):
-    namespace = make_namespace(cluster, "restart")
-    make_credentials(cluster, namespace, s3)
+def test_an_operator_restart_picks_up_changes_made_meanwhile(cluster, operator, s3, new_namespace):
+    namespace = new_namespace("restart")
     claim = make_volume(cluster, namespace, "data", FILES)
     prefix = f"restart-{os.getpid()}"
     cluster.apply(manifest(namespace, "steady", claim, s3, prefix))
@@ -71,18 +61,16 @@ def test_an_operator_restart_picks_up_changes_made_meanwhile(cluster, operator, 
              .get("schedule") == "30 4 * * *", "the CronJob updated by the restarted operator", timeout=90)
     job = finished_job(cluster, namespace, run_now(cluster, namespace, "steady")["metadata"]["name"])
     assert last_run(cluster, namespace, "steady", job["metadata"]["name"])["result"] == "Succeeded"
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def test_two_replicas_with_peering_run_each_request_once(cluster, operator, s3, pushgateway):
+def test_two_replicas_with_peering_run_each_request_once(cluster, operator, s3, pushgateway, new_namespace):
     cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values", "--set", "replicas=2")
     wait_operator_ready(cluster, replicas=2)
     peering = wait_for(lambda: (cluster.get("clusterkopfpeering", "s3backup-operator") or {}).get("status"),
                        "both replicas in the peering object")
     wait_for(lambda: len((cluster.get("clusterkopfpeering", "s3backup-operator") or {}).get("status") or {}) >= 2,
              f"two peers (have {peering})")
-    namespace = make_namespace(cluster, "peers")
-    make_credentials(cluster, namespace, s3)
+    namespace = new_namespace("peers")
     claim = make_volume(cluster, namespace, "data", FILES)
     prefix = f"peers-{os.getpid()}"
     cluster.apply(manifest(namespace, "shared", claim, s3, prefix))
@@ -93,7 +81,6 @@ def test_two_replicas_with_peering_run_each_request_once(cluster, operator, s3, 
     assert sorted(bucket_keys(s3, prefix)) == sorted(FILES)
     cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values", "--set", "replicas=1")
     wait_operator_ready(cluster, replicas=1)
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def test_helm_upgrade_then_uninstall(cluster, operator, s3):
@@ -104,7 +91,7 @@ def test_helm_upgrade_then_uninstall(cluster, operator, s3):
     wait_for(lambda: cluster.get("cronjob", "kept-s3backup", "-n", namespace), "the CronJob")
     cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values",
                  "--set", "logLevel=debug")
-    (pod,) = wait_operator_ready(cluster)
+    (pod,) = wait_rollout(cluster)  # the new pod, not the old one still running
     assert "--debug" in pod["spec"]["containers"][0]["args"]
     history = cluster.helm("history", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json").stdout
     assert '"status":"deployed"' in history.replace(" ", "")

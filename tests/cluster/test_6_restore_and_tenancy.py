@@ -4,42 +4,32 @@ finished run and restore leaves one Event on its resource."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, wait_operator_ready
 from tests.cluster.support import (
-    CHART,
     FILES,
     GROUP,
     NODE,
     backup_manifest,
+    condition,
+    delete_namespace,
     finished_job,
+    finished_restore,
+    handled,
     last_run,
     make_credentials,
     make_namespace,
     make_volume,
+    operator_events,
     run_now,
     wait_for,
 )
 
 IMAGE_UID = 65532  # the user restore pods run as (the image's USER, the chart's default)
-KOPF_DIFFBASE = f"operator.{GROUP}/last-handled-configuration"
-
-
-@pytest.fixture(scope="module")
-def installed(cluster, operator, pushgateway):
-    """The operator, installed again if an earlier module (test_5: `helm uninstall`) took it away."""
-    if cluster.helm("status", RELEASE, "-n", OPERATOR_NAMESPACE, check=False).returncode != 0:
-        cluster.helm("install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
-                     "--set", f"pushgatewayURL={pushgateway.url}", "--set", "logFormat=plain",
-                     "--set", "logLevel=verbose")
-    wait_operator_ready(cluster)
-    return RELEASE
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +37,7 @@ def namespace(cluster, installed, s3):
     name = make_namespace(cluster, "restore")
     make_credentials(cluster, name, s3)
     yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def ready(cluster, kind: str, name: str, namespace: str) -> dict:
-    conditions = ((cluster.get(kind, name, "-n", namespace) or {}).get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Ready"), {})
-
-
-def events_of(cluster, namespace: str, kind: str, name: str) -> list[dict]:
-    """The operator's own Events on one resource (not kopf's reports of a handler's retries)."""
-    return [event for event in cluster.items("events", "-n", namespace, "--field-selector",
-                                             f"involvedObject.kind={kind},involvedObject.name={name}")
-            if event.get("reportingComponent") == "s3backup-operator"]
+    delete_namespace(cluster, name)
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -73,13 +51,13 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
     source = make_volume(cluster, namespace, "dumps", FILES)
     source_dir = cluster.node_dir(NODE, f"/srv/{namespace}-dumps")
     cluster.apply(backup_manifest(namespace, backup, source, s3, prefix))
-    wait_for(lambda: ready(cluster, "s3backup", backup, namespace).get("status") == "True", "the S3Backup Ready")
+    wait_for(lambda: condition(cluster, "s3backup", backup, namespace).get("status") == "True", "the S3Backup Ready")
     job = finished_job(cluster, namespace, run_now(cluster, namespace, backup)["metadata"]["name"])
     run = last_run(cluster, namespace, backup, job["metadata"]["name"])
     assert (run["result"], run["filesUploaded"]) == ("Succeeded", len(FILES))
 
     # One Normal BackupSucceeded Event on the S3Backup, naming the run's Job.
-    events = wait_for(lambda: events_of(cluster, namespace, "S3Backup", backup), "the S3Backup's Event")
+    events = wait_for(lambda: operator_events(cluster, namespace, "S3Backup", backup), "the S3Backup's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "BackupSucceeded")]
     assert job["metadata"]["name"] in events[0]["message"]
 
@@ -92,15 +70,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
                    "metadata": {"name": "back", "namespace": namespace},
                    "spec": {"backupRef": {"name": backup}, "target": {"persistentVolumeClaim": {"claimName": target}}}})
 
-    def finished():
-        status = (cluster.get("s3restore", "back", "-n", namespace) or {}).get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-    try:
-        status = wait_for(finished, "the S3Restore finished", timeout=120)
-    except AssertionError:
-        pods = cluster.items("pods", "-n", namespace, "-l", f"{GROUP}/restore=back")
-        raise AssertionError("restore did not finish:\n" + "\n".join(
-            json.dumps(pod.get("status"), indent=1) + cluster.pod_log(pod) for pod in pods)) from None
+    status = finished_restore(cluster, namespace, "back")
     restore_job = cluster.get("job", status["jobName"], "-n", namespace)
     assert any(c["type"] == "Complete" and c["status"] == "True" for c in restore_job["status"]["conditions"])
     assert restore_job["metadata"]["ownerReferences"][0]["kind"] == "S3Restore"
@@ -113,7 +83,7 @@ def test_backup_run_leaves_one_event_and_restore_brings_the_files_back(cluster, 
     assert tree(target_dir) == tree(source_dir)
     assert sorted(tree(target_dir)) == sorted(FILES)
 
-    events = wait_for(lambda: events_of(cluster, namespace, "S3Restore", "back"), "the S3Restore's Event")
+    events = wait_for(lambda: operator_events(cluster, namespace, "S3Restore", "back"), "the S3Restore's Event")
     assert [(e["type"], e["reason"]) for e in events] == [("Normal", "RestoreSucceeded")]
     assert f"{len(FILES)} files" in events[0]["message"]
     shutil.rmtree(target_dir, ignore_errors=True)
@@ -124,23 +94,21 @@ def test_host_path_is_not_allowed_by_default(cluster, s3, namespace):
     manifest = backup_manifest(namespace, name, "unused", s3, f"escalate-{os.getpid()}")
     manifest["spec"]["source"]["volume"] = {"hostPath": {"path": "/"}}
     cluster.apply(manifest)
-    condition = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
-        ready(cluster, "s3backup", name, namespace)), "Ready=False")
-    assert condition["reason"] == "NotAllowed", condition
-    assert "hostPath" in condition["message"]
+    refused = wait_for(lambda: (lambda c: c if c.get("status") == "False" else None)(
+        condition(cluster, "s3backup", name, namespace)), "Ready=False")
+    assert refused["reason"] == "NotAllowed", refused
+    assert "hostPath" in refused["message"]
 
     # A run-now request, handled (kopf records the annotation it has seen) and refused: nothing runs.
     request = "refused-1"
     cluster.kubectl("annotate", "s3backup", name, "-n", namespace, f"{GROUP}/run-now={request}", "--overwrite")
 
-    def handled():
-        annotations = (cluster.get("s3backup", name, "-n", namespace) or {})["metadata"].get("annotations") or {}
-        return request in annotations.get(KOPF_DIFFBASE, "")
-    wait_for(handled, "the operator to handle the run-now request", timeout=60)
+    wait_for(lambda: handled(cluster, "s3backup", name, namespace, request),
+             "the operator to handle the run-now request", timeout=60)
     for kind in ("cronjobs", "jobs", "pods"):
         assert not cluster.items(kind, "-n", namespace, "-l", f"{GROUP}/backup={name}"), kind
     assert cluster.get("cronjob", f"{name}-s3backup", "-n", namespace) is None
     status = (cluster.get("s3backup", name, "-n", namespace) or {}).get("status") or {}
     assert status.get("lastRunNowRequest") != request
-    assert ready(cluster, "s3backup", name, namespace)["reason"] == "NotAllowed"
+    assert condition(cluster, "s3backup", name, namespace)["reason"] == "NotAllowed"
 

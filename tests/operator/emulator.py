@@ -1,15 +1,16 @@
 """kmock's KubernetesEmulator on a real loopback port, in its own thread and event loop.
 
-The operator under test (kopf, via KopfRunner) runs in another thread and talks to it over HTTP, like to
-a kube-apiserver. The test itself plays "the cluster": it posts Jobs and Pods as the CronJob and Job
-controllers would, with plain HTTP requests (`Cluster`).
+Only for what a real API server cannot be made to do on demand (tests/operator/test_client.py: faults injected
+into its answers, and the operator's own requests seen as sent; tests/operator/test_shard_lifecycle.py: events
+replayed, runs overtaken); everything else runs on the real control plane
+(tests/cluster/). The operator under test (kopf, via KopfRunner) runs in another thread and talks to it over
+HTTP, like to a kube-apiserver; the test talks to it with plain HTTP requests (`Cluster`).
 
 Where the emulator is not a kube-apiserver (the tests assume these; see README.md, "How it is tested, and what
 the tests cannot show"):
 - no garbage collection: deleting an owner leaves its dependents (the tests check ownerReferences instead);
 - no defaults: neither the CRD's schema defaults nor the built-in ones (the operator must not rely on them);
-- GET /api/v1/namespaces cannot be parsed by kmock 0.8: `ApiServerLikeEmulator` serves a fixed list itself
-  (`namespaces`), enough for kopf's `-n` mode, with a watch that never reports changes;
+- GET /api/v1/namespaces cannot be parsed by kmock 0.8 (kopf's `-n` mode is tested on the real cluster only);
 - no validation of bodies; no uid, resourceVersion, generation or creationTimestamp. `ApiServerLikeEmulator`
   adds the minimum kopf and the operator rely on: a new resourceVersion on every write (else kopf waits
   its consistency timeout after each own patch), uid/creationTimestamp/generation on create, and
@@ -42,7 +43,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp.web
 import attrs
 import kmock
 
@@ -75,27 +75,6 @@ class ApiServerLikeEmulator(kmock.KubernetesEmulator):
     """The emulator, plus the metadata kube-apiserver maintains (see the module docstring)."""
 
     _versions = itertools.count(100)
-    namespaces: tuple[str, ...] = ()  # what GET /api/v1/namespaces lists (kopf's -n mode asks for it)
-
-    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if raw_request.method == "GET" and raw_request.path == "/api/v1/namespaces":
-            return await self._serve_namespaces(raw_request)
-        return await super().__call__(raw_request)
-
-    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        """kmock 0.8 cannot parse this path (it reads "namespaces" as the namespace segment): served here."""
-        items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "uid": f"ns-{name}"}}
-                 for name in self.namespaces]
-        if raw_request.query.get("watch") not in ("true", "1"):
-            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
-                                              "metadata": {"resourceVersion": "1"}, "items": items})
-        response = aiohttp.web.StreamResponse()
-        await response.prepare(raw_request)
-        for item in items:
-            await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
-        while raw_request.transport is not None and not raw_request.transport.is_closing():
-            await asyncio.sleep(0.1)  # a quiet watch, open until the client goes
-        return response
 
     async def _handle(self, request: kmock.Request):  # type: ignore[override]
         if request.method == "PATCH" and request.headers.get("Content-Type", "").startswith(APPLY_PATCH):
@@ -207,9 +186,6 @@ class Cluster:
 
     def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("PATCH", path, body)
-
-    def delete(self, path: str) -> dict[str, Any]:
-        return self.request("DELETE", path)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:

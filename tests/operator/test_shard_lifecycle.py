@@ -4,6 +4,7 @@ only when every shard succeeded, and reports the run as one."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -14,9 +15,31 @@ from s3backup_operator.sharding import COMPLETION_INDEX_LABEL, RUN_LABEL
 
 from tests.operator.conftest import TEST_IMAGE, make_backup
 from tests.operator.emulator import Cluster, wait_for
-from tests.operator.test_lifecycle import BACKUPS, JOBS, NS, PODS, backup_status, create_secret, cronjob
+
+NS = "backups"
+BACKUPS = f"/apis/s3backup.dev/v1alpha1/namespaces/{NS}/s3backups"
+CRONJOBS = f"/apis/batch/v1/namespaces/{NS}/cronjobs"
+JOBS = f"/apis/batch/v1/namespaces/{NS}/jobs"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+SECRETS = f"/api/v1/namespaces/{NS}/secrets"
 
 pytestmark = pytest.mark.timeout(90)
+
+
+def create_secret(cluster: Cluster) -> None:
+    cluster.create(SECRETS, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials", "namespace": NS},
+        "type": "Opaque", "data": {key: base64.b64encode(b"test-value").decode()
+                                   for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    })
+
+
+def backup_status(cluster: Cluster, name: str = "db-dumps") -> dict[str, Any]:
+    return (cluster.get(f"{BACKUPS}/{name}") or {}).get("status") or {}
+
+
+def cronjob(cluster: Cluster, name: str = "db-dumps-s3backup") -> dict[str, Any] | None:
+    return cluster.get(f"{CRONJOBS}/{name}")
 
 
 def summary(**fields: Any) -> dict[str, Any]:
