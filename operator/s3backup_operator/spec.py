@@ -72,11 +72,18 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Source:
-    volume: Mapping[str, Any]  # a Kubernetes volume source, passed through as it is
+    volume: Mapping[str, Any]  # a Kubernetes volume source, passed through as it is ({} while it fans out)
     sub_path: str = ""
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     follow_symlinks: bool = False
+    host_path: str = ""  # spec.source.hostPath.path: one run per node matching node_selector (targets.py)
+    node_selector: Mapping[str, str] | None = None  # spec.source.nodeSelector (with host_path only)
+
+    @property
+    def fans_out(self) -> bool:
+        """True when the resource stands for several runs (targets.py), not one CronJob of its own."""
+        return bool(self.host_path)
 
     @property
     def directory(self) -> str:
@@ -175,6 +182,15 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """spec.hooks.before: a command the backup pod runs before the sync (an init container: same pod, same
+    volumes, the sync starts only when it exits 0). `image` "" = the operator's image."""
+
+    command: tuple[str, ...]
+    image: str = ""
+
+
+@dataclass(frozen=True)
 class BackupSpec:
     """One S3Backup, parsed and checked: everything downstream reads this, never the raw spec."""
 
@@ -191,6 +207,8 @@ class BackupSpec:
     transfer: Transfer
     job: JobSettings
     pushgateway_url: str = ""  # spec.metrics.pushgatewayURL; "" = the operator's default
+    hook_before: Hook | None = None  # spec.hooks.before
+    target: str = ""  # set by targets.py on one run of a fan-out: a node's name; "" for the resource itself
 
     @property
     def identity(self) -> str:
@@ -304,6 +322,9 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             includes=tuple(str(pattern) for pattern in source["include"] or ()),
             excludes=tuple(str(pattern) for pattern in source["exclude"] or ()),
             follow_symlinks=bool(source["followSymlinks"]),
+            host_path=str((source.get("hostPath") or {}).get("path") or ""),
+            node_selector={str(k): str(v) for k, v in source["nodeSelector"].items()}
+            if source.get("nodeSelector") else None,
         ),
         destination=destination_from(spec["destination"]),
         compare=str(spec["compare"]),
@@ -314,7 +335,23 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
                           bwlimit=str(spec["transfer"].get("bwlimit") or "")),
         job=job_settings_from(spec["job"]),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
+        hook_before=hook_from((spec.get("hooks") or {}).get("before")),
     )
+
+
+def hook_from(raw: Any) -> Hook | None:
+    """spec.hooks.before (None when absent). The command is passed as it is: no shell unless it names one."""
+    if not raw:
+        return None
+    command = raw.get("command") or []
+    if not isinstance(command, list) or not command or not all(isinstance(part, str) for part in command):
+        raise InvalidSpec("InvalidSpec", "spec.hooks.before.command: a non-empty list of strings")
+    if any("\0" in part for part in command):
+        raise InvalidSpec("InvalidSpec", "spec.hooks.before.command: must not contain a NUL character")
+    image = str(raw.get("image") or "")
+    if image and (any(char.isspace() for char in image) or len(image) > 1024):
+        raise InvalidSpec("InvalidSpec", f"spec.hooks.before.image: invalid image {image[:100]!r}")
+    return Hook(command=tuple(command), image=image)
 
 
 def destination_from(destination: Mapping[str, Any]) -> Destination:
@@ -459,6 +496,17 @@ def _check_pod_settings(job: JobSettings) -> None:
             raise InvalidSpec("InvalidSpec", f"spec.job.proxy.{field}: must be one line")
 
 
+def check_source_kind(source: Source) -> None:
+    """Exactly one of spec.source.volume and spec.source.hostPath (with nodeSelector); CEL rules too."""
+    if bool(source.volume) == bool(source.host_path):
+        raise InvalidSpec("InvalidSpec", "spec.source: set exactly one of volume, hostPath")
+    if bool(source.host_path) != bool(source.node_selector):
+        raise InvalidSpec("InvalidSpec", "spec.source.nodeSelector: required with hostPath, and only with it")
+    path = source.host_path
+    if path and (not path.startswith("/") or ".." in path.split("/") or "\0" in path):
+        raise InvalidSpec("InvalidSpec", f"spec.source.hostPath.path {path[:100]!r}: an absolute path without '..'")
+
+
 def check_endpoint(url: str, field: str = "spec.destination.endpoint") -> None:
     """What boto3 refuses when the syncer makes its client (or on its first request): the syncer has no
     parser of its own for these (yet), so this mirrors botocore's checks with botocore's functions."""
@@ -489,6 +537,7 @@ def check(spec: BackupSpec) -> None:
     if destination.sse_kms_key_id and destination.sse != "aws:kms":
         raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
     check_job(spec.job)
+    check_source_kind(source)
     if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
     option_values = {

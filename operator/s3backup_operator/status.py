@@ -6,11 +6,13 @@ import datetime
 import json
 from typing import Any
 
-from s3backup_operator.render import CONTAINER_NAME
+from s3backup_operator.render import CONTAINER_NAME, HOOK_CONTAINER_NAME
 
 #: lastRun.result values (the syncer's "success" / "partial" / "error", in Kubernetes' words).
 SUCCEEDED, PARTIAL, FAILED = "Succeeded", "Partial", "Failed"
 _RESULTS = {"success": SUCCEEDED, "partial": PARTIAL, "error": FAILED}
+#: lastRun.reason of a run whose spec.hooks.before failed (the sync container never ran).
+HOOK_FAILED = "HookFailed"
 
 
 def now_iso() -> str:
@@ -36,6 +38,15 @@ def last_attempt(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The terminated state of the Job's latest attempt (pods with restartPolicy Never: one per attempt)."""
     finished = [state for state in map(_terminated, pods) if state]
     return max(finished, key=lambda state: state.get("finishedAt") or "", default=None)
+
+
+def hook_failure(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest terminated state of a `hooks.before` init container that exited non-zero, else None."""
+    failed = [(status.get("state") or {}).get("terminated") or {}
+              for pod in pods for status in (pod.get("status") or {}).get("initContainerStatuses") or []
+              if status.get("name") == HOOK_CONTAINER_NAME]
+    failed = [state for state in failed if state.get("exitCode") not in (None, 0)]
+    return max(failed, key=lambda state: state.get("finishedAt") or "", default=None)
 
 
 def parse_summary(message: str | None) -> dict[str, Any] | None:
@@ -84,7 +95,15 @@ def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] 
         "filesRecycled": summary_count(summary, "files_recycled"),
         "filesFailed": summary_count(summary, "files_failed"),
     }
-    if summary is None:
+    hook = hook_failure(pods) if summary is None else None
+    if hook is not None and (hook.get("finishedAt") or "") < ((attempt or {}).get("finishedAt") or ""):
+        hook = None  # a later attempt got past its hook
+    if hook is not None:  # the sync never started; the hook's own output stays in its log (it may hold secrets)
+        run["reason"] = HOOK_FAILED
+        run["message"] = (f"spec.hooks.before exited with code {hook['exitCode']}; the sync did not run "
+                          f"(see the logs of container {HOOK_CONTAINER_NAME})")
+        attempt = hook
+    elif summary is None:
         run["message"] = "no summary from the syncer (see the pod's logs)"
     elif summary.get("error"):
         run["message"] = str(summary["error"])[:300]

@@ -188,6 +188,9 @@ INVALID = {
     "pod label value too long": _set("spec.job.podLabels", {"team": "x" * 64}),
     "pod annotation not a string": _set("spec.job.podAnnotations", {"sidecar.istio.io/inject": False}),
     "priority class with capitals": _set("spec.job.priorityClassName", "High"),
+    # Placement and consistent capture
+    "hook without command": _set("spec.hooks", {"before": {"image": "postgres:17"}}),
+    "hook with an empty command": _set("spec.hooks.before", {"command": []}),
 }
 
 

@@ -1,0 +1,52 @@
+"""One S3Backup -> the runs it stands for (pure): each target is a BackupSpec of its own, rendered by the
+same `render_cronjob` as any other.
+
+`source.volume`: the resource itself, one target (unchanged). `source.hostPath` + `source.nodeSelector`: one
+target per matching node, its hostPath volume, pinned to that node, under `PREFIX/<node name>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from s3backup_operator.affinity import pin_to_node
+from s3backup_operator.spec import BackupSpec
+
+
+def matches(labels: Mapping[str, str] | None, selector: Mapping[str, str] | None) -> bool:
+    """A plain nodeSelector (every key=value present), as the scheduler reads `nodeSelector`."""
+    labels = labels or {}
+    return all(labels.get(key) == value for key, value in (selector or {}).items())
+
+
+def matching_nodes(spec: BackupSpec, nodes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The names of the Nodes a hostPath backup runs on: matching its nodeSelector, not being deleted."""
+    names = {node["metadata"]["name"] for node in nodes
+             if not node["metadata"].get("deletionTimestamp")
+             and matches(node["metadata"].get("labels"), spec.source.node_selector)}
+    return sorted(names)
+
+
+def target_prefix(prefix: str, key: str) -> str:
+    """PREFIX/<key>: each target under its own prefix, never overlapping another's."""
+    return posixpath.join(prefix.strip("/"), key) if prefix.strip("/") else key
+
+
+def node_target(spec: BackupSpec, node: str) -> BackupSpec:
+    """The run on one node: its hostPath, required on that node, under PREFIX/<node>/."""
+    source = dataclasses.replace(spec.source, volume={"hostPath": {"path": spec.source.host_path,
+                                                                   "type": "Directory"}},
+                                 host_path="", node_selector=None)
+    destination = dataclasses.replace(spec.destination, prefix=target_prefix(spec.destination.prefix, node))
+    job = dataclasses.replace(spec.job, affinity=pin_to_node(spec.job.affinity, node))
+    return dataclasses.replace(spec, source=source, destination=destination, job=job, target=node)
+
+
+def targets(spec: BackupSpec, node_names: Iterable[str] = ()) -> dict[str, BackupSpec]:
+    """{target key: its BackupSpec}; {"": spec} for a resource that does not fan out."""
+    if not spec.source.fans_out:
+        return {"": spec}
+    return {node: node_target(spec, node) for node in sorted(set(node_names))}
