@@ -11,8 +11,10 @@ thread pool, so the event loop is never blocked.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +35,12 @@ from s3backup_operator.render import (
     MANAGED_BY,
     PLURAL,
     RUN_NOW_ANNOTATION,
+    TARGET_LABEL,
     VERSION,
     cronjob_name,
     render_cronjob,
     render_run_now_job,
+    run_name,
 )
 from s3backup_operator.restore_handlers import register_restores
 from s3backup_operator.spec import BackupSpec, Credentials, InvalidSpec, parse, pushgateway_of, schedule_interval
@@ -48,7 +52,10 @@ from s3backup_operator.status import (
     ready_condition,
     set_condition,
     status_patch_for_run,
+    status_patch_for_target_run,
+    targets_patch,
 )
+from s3backup_operator.targets import matching_nodes, targets
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 ClientConfigFn = Callable[[], Configuration]
@@ -77,6 +84,13 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self._api = api
+        #: (namespace, name) of the S3Backups that fan out over Nodes: what a Node joining or leaving concerns.
+        self.fan_outs: set[tuple[str, str]] = set()
+        self._node_labels: dict[str, dict[str, str]] = {}
+        self._status_locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
+
+    def _status_lock(self, namespace: str, name: str) -> threading.Lock:
+        return self._status_locks[(namespace, name)]
 
     @property
     def api(self) -> KubeApi:
@@ -178,10 +192,17 @@ class Reconciler:
             if generation is not None:
                 patch.status["observedGeneration"] = generation
 
+        fan_out: dict[str, str] | None = None
         try:
             spec = self.admit(body)
             self.check_credentials(spec)
-            action, _ = self.apply_cronjob(spec, body, logger)
+            if spec.source.fans_out:
+                fan_out = self.apply_targets(spec, body, logger)
+            else:
+                action, _ = self.apply_cronjob(spec, body, logger)
+                if status.get("targets"):  # it fanned out before: its targets' CronJobs go
+                    self.remove_cronjobs(body, keep={name}, logger=logger)
+                    patch.status["targets"] = None
         except InvalidSpec as problem:
             self.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
@@ -189,6 +210,9 @@ class Reconciler:
             if problem.reason == NOT_ALLOWED:
                 try:
                     removed = self.remove_refused_cronjob(body)
+                    if status.get("targets"):
+                        removed = bool(self.remove_cronjobs(body, keep=set(), logger=logger)) or removed
+                        patch.status["targets"] = None
                 except ApiError as error:
                     raise kopf.TemporaryError(f"deleting CronJob {name!r} of a refused spec: {error}",
                                               delay=self.config.retry_delay) from None
@@ -206,6 +230,11 @@ class Reconciler:
             self.metrics.reconcile_errors.labels(reason="ApiError").inc()
             set_ready(False, "ApiError", f"Kubernetes API request failed (retrying): {error}")
             raise kopf.TemporaryError(f"reconciling CronJob {name!r}: {error}", delay=self.config.retry_delay) from None
+        if fan_out is not None:
+            self.fan_outs.add((spec.namespace, spec.name))
+            for key, value in self.fan_out_status(spec, status, fan_out, generation).items():
+                patch.status[key] = value
+            return
         zone = f" ({spec.time_zone})" if spec.time_zone else ""
         patch.status["cronJobName"] = name
         patch.status["schedule"] = spec.schedule
@@ -216,6 +245,94 @@ class Reconciler:
         if action != "unchanged":
             logger.info(f"CronJob {name} {action} (schedule {spec.schedule}{zone}, suspend={spec.suspend})")
 
+    def fan_out_targets(self, spec: BackupSpec) -> dict[str, BackupSpec]:
+        """The runs a fan-out stands for now: one per Node matching its nodeSelector."""
+        return targets(spec, matching_nodes(spec, self.api.list_nodes(spec.source.node_selector or {})))
+
+    def apply_targets(self, spec: BackupSpec, backup: dict[str, Any], logger: logging.Logger) -> dict[str, str]:
+        """A fan-out: one CronJob per target (applied as any other), the CronJobs of targets gone deleted.
+        Returns {target: CronJob name}."""
+        cronjobs: dict[str, str] = {}
+        for key, variant in self.fan_out_targets(spec).items():
+            action, _ = self.apply_cronjob(variant, backup, logger)
+            cronjobs[key] = cronjob_name(run_name(variant))
+            if action != "unchanged":
+                logger.info(f"CronJob {cronjobs[key]} {action} (target {key})")
+        self.remove_cronjobs(backup, keep=set(cronjobs.values()), logger=logger)
+        return cronjobs
+
+    def remove_cronjobs(self, backup: dict[str, Any], keep: set[str], logger: logging.Logger) -> list[str]:
+        """Delete this S3Backup's CronJobs (those it controls) not named in `keep`: targets that left, or the
+        single CronJob of a resource that now fans out. Running Jobs finish."""
+        meta = backup["metadata"]
+        removed = []
+        for cronjob in self.api.list_cronjobs(meta["namespace"], {BACKUP_LABEL: meta["name"]}):
+            owners = [ref for ref in cronjob["metadata"].get("ownerReferences") or [] if ref.get("controller")]
+            name = cronjob["metadata"]["name"]
+            if name in keep or not owners or owners[0].get("uid") != meta.get("uid"):
+                continue
+            if self.api.delete_cronjob(meta["namespace"], name):
+                removed.append(name)
+                logger.info(f"CronJob {name} deleted (its target left)")
+        return removed
+
+    def fan_out_status(self, spec: BackupSpec, status: dict[str, Any], cronjobs: dict[str, str],
+                       generation: int | None) -> dict[str, Any]:
+        """The status of a fan-out after its CronJobs were applied: per target, and Ready."""
+        zone = f" ({spec.time_zone})" if spec.time_zone else ""
+        nodes = ", ".join(cronjobs)
+        if not cronjobs:
+            ready, reason = False, "NoTargets"
+            selector = ",".join(f"{k}={v}" for k, v in (spec.source.node_selector or {}).items())
+            message = f"no Node matches spec.source.nodeSelector {selector}: nothing runs"
+        elif spec.suspend:
+            ready, reason, message = True, "Suspended", f"{len(cronjobs)} CronJobs (nodes {nodes}) are suspended"
+        else:
+            ready, reason = True, "CronJobsReady"
+            message = f"{len(cronjobs)} CronJobs (nodes {nodes}) run at {spec.schedule}{zone}"
+        update = {"cronJobName": None, "schedule": spec.schedule,
+                  "targets": targets_patch(status.get("targets"), cronjobs),
+                  "conditions": ready_condition(status.get("conditions"), ready, reason, message, generation)}
+        if generation is not None:
+            update["observedGeneration"] = generation
+        return update
+
+    def refresh_targets(self, backup: dict[str, Any], logger: logging.Logger) -> None:
+        """Re-apply a fan-out's CronJobs outside kopf's handlers (a Node joined, left or was relabelled)."""
+        meta = backup["metadata"]
+        try:
+            spec = self.admit(backup)
+        except InvalidSpec:
+            return  # its Ready condition already says why; the next reconcile handles it
+        if not spec.source.fans_out:
+            self.fan_outs.discard((meta["namespace"], meta["name"]))
+            return
+        status = backup.get("status") or {}
+        update = self.fan_out_status(spec, status, self.apply_targets(spec, backup, logger), meta.get("generation"))
+        self.api.patch_backup_status(meta["namespace"], meta["name"], update)
+
+    def nodes_changed(self, event_type: str, node: dict[str, Any], logger: logging.Logger) -> None:
+        """A Node joined, left or changed its labels: refresh every fan-out (heartbeats change nothing here)."""
+        meta = node["metadata"]
+        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        labels = None if gone else dict(meta.get("labels") or {})
+        if self._node_labels.get(meta["name"]) == labels:
+            return
+        if labels is None:
+            self._node_labels.pop(meta["name"], None)
+        else:
+            self._node_labels[meta["name"]] = labels
+        for namespace, name in sorted(self.fan_outs):
+            backup = self.api.get_backup(namespace, name)
+            if backup is None or backup["metadata"].get("deletionTimestamp"):
+                self.fan_outs.discard((namespace, name))
+                continue
+            try:
+                self.refresh_targets(backup, logger)
+            except ApiError as error:  # the resync and the next Node event try again
+                logger.warning(f"S3Backup {namespace}/{name}: targets not refreshed after Node {meta['name']} "
+                               f"changed: {error}")
+
     def run_now(self, body: dict[str, Any], request: str, patch: kopf.Patch, logger: logging.Logger) -> None:
         """Start the one-off Job for this run-now request (once per distinct annotation value).
 
@@ -224,6 +341,9 @@ class Reconciler:
         if (body.get("status") or {}).get("lastRunNowRequest") == request:
             return
         spec = self.admit(body)
+        if spec.source.fans_out:
+            self.run_now_targets(spec, body, request, patch, logger)
+            return
         job = render_run_now_job(spec, self.config, request)
         try:
             jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
@@ -240,6 +360,27 @@ class Reconciler:
         patch.status["lastRunNowRequest"] = request
         patch.status["lastRunNowJobName"] = job["metadata"]["name"]
 
+    def run_now_targets(self, spec: BackupSpec, body: dict[str, Any], request: str, patch: kopf.Patch,
+                        logger: logging.Logger) -> None:
+        """run-now for a fan-out: one Job per current target, once no run of the resource is in progress."""
+        try:
+            jobs = [render_run_now_job(variant, self.config, request)
+                    for variant in self.fan_out_targets(spec).values()]
+            names = {job["metadata"]["name"] for job in jobs}
+            running = [j["metadata"]["name"] for j in self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
+                       if not job_finished(j) and j["metadata"]["name"] not in names]
+            if running:
+                raise kopf.TemporaryError(f"run-now waits for the running Job {running[0]}",
+                                          delay=self.config.retry_delay)
+            for job in jobs:
+                kopf.append_owner_reference(job, owner=body)
+                if self.api.create_job(job):
+                    logger.info(f"run-now: Job {job['metadata']['name']} created")
+        except ApiError as error:
+            raise kopf.TemporaryError(f"creating the run-now Jobs: {error}", delay=self.config.retry_delay) from None
+        patch.status["lastRunNowRequest"] = request
+        patch.status["lastRunNowJobName"] = ",".join(sorted(names))
+
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
@@ -250,21 +391,30 @@ class Reconciler:
             return
         pods = self.api.list_pods(meta["namespace"], {"job-name": meta["name"]})
         run = last_run(job, pods)
-        backup = self.api.get_backup(meta["namespace"], backup_name)
-        if run is None or backup is None or backup["metadata"].get("deletionTimestamp"):
+        if run is None:
             return
-        status_patch = status_patch_for_run(backup.get("status") or {}, run)
-        if status_patch:
-            # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
-            # failed status patch (retried with the next event) cannot lose it; its own failure is logged only.
-            try:
-                self.api.create_event(run_event(backup, run, now_iso()))
-            except ApiError as error:
-                self.metrics.reconcile_errors.labels(reason="EventFailed").inc()
-                logger.warning(f"S3Backup {backup_name}: no Event for run {run['jobName']}: {error}")
-            self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
-            logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
-                        f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
+        # One status writer per S3Backup at a time: a fan-out's runs end together, and each derives the
+        # resource's lastRun / lastSuccessfulTime from every target's entry (read, compute, patch).
+        with self._status_lock(meta["namespace"], backup_name):
+            backup = self.api.get_backup(meta["namespace"], backup_name)
+            if backup is None or backup["metadata"].get("deletionTimestamp"):
+                return
+            target = (meta.get("annotations") or {}).get(TARGET_LABEL)
+            if target:  # one run of a fan-out: its target's entry, and the resource's own view of them
+                status_patch = status_patch_for_target_run(backup.get("status") or {}, target, run)
+            else:
+                status_patch = status_patch_for_run(backup.get("status") or {}, run)
+            if status_patch:
+                # Once per run: only when the status moves to it, and by a fixed name. Before the status, so a
+                # failed status patch (retried with the next event) cannot lose it; its own failure is logged only.
+                try:
+                    self.api.create_event(run_event(backup, run, now_iso()))
+                except ApiError as error:
+                    self.metrics.reconcile_errors.labels(reason="EventFailed").inc()
+                    logger.warning(f"S3Backup {backup_name}: no Event for run {run['jobName']}: {error}")
+                self.api.patch_backup_status(meta["namespace"], backup_name, status_patch)
+                logger.info(f"S3Backup {backup_name}: run {run['jobName']} {run['result']}, "
+                            f"{run['filesUploaded']} files uploaded, {run['filesFailed']} failed")
 
     def _live_owner(self, meta: dict[str, Any]) -> dict[str, Any] | None:
         """The S3Backup a labelled child belongs to, unless it is gone or being deleted."""
@@ -285,7 +435,12 @@ class Reconciler:
         backup_name = backup["metadata"]["name"]
         if event_type == "DELETED":
             try:
-                action, _ = self.apply_cronjob(self.admit(backup), backup, logger)
+                spec = self.admit(backup)
+                if spec.source.fans_out:
+                    self.refresh_targets(backup, logger)
+                    logger.info(f"CronJob {meta['name']} was deleted: the targets' CronJobs applied again")
+                    return
+                action, _ = self.apply_cronjob(spec, backup, logger)
                 logger.info(f"CronJob {meta['name']} was deleted: {action} again")
             except (InvalidSpec, ApiError) as problem:
                 logger.warning(f"CronJob {meta['name']} was deleted and not recreated: {problem}")
@@ -344,6 +499,7 @@ class Reconciler:
         meta, status = body["metadata"], body.get("status") or {}
         if event_type == "DELETED":
             self.metrics.forget(meta["namespace"], meta["name"])
+            self.fan_outs.discard((meta["namespace"], meta["name"]))
             return
         ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         interval = schedule_interval(body)
@@ -462,6 +618,13 @@ def register(
     def cronjob_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         update = lambda: reconciler.cronjob_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
         update_status_from("CronJob", update, body, logger)
+
+    @kopf.on.event("", "v1", "nodes", registry=registry, id="nodes-changed")
+    def node_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        """source.hostPath fan-outs follow the Nodes that match their nodeSelector (kopf serves cluster-scoped
+        kinds in either mode; the resync timer re-applies the same, should an event be missed)."""
+        update = lambda: reconciler.nodes_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
+        update_status_from("Node", update, body, logger)
 
     register_restores(registry, reconciler)
     return reconciler

@@ -158,6 +158,15 @@ class KubeApi:
                                 propagation_policy="Background")
         return deleted is not None
 
+    def list_cronjobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.batch.list_namespaced_cron_job, namespace, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
+    # Nodes (source.hostPath fan-out)
+    def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.core.list_node, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
     # Jobs and Pods
     def create_job(self, manifest: dict[str, Any]) -> bool:
         """Create the Job; False if one of that name exists (a retried handler: the same request)."""
@@ -195,6 +204,10 @@ class KubeApi:
     # S3Backups
     def get_backup(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """Every S3Backup the operator can see (a Node that joins or leaves concerns hostPath ones anywhere)."""
+        return self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL).get("items") or []
 
     def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,

@@ -175,3 +175,37 @@ def pod_blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
                 and condition.get("reason") == "Unschedulable":
             return "Unschedulable", str(condition.get("message") or "the pod cannot be scheduled")
     return None
+
+
+# A fan-out (source.hostPath): one entry per target under status.targets, and the resource's own view of them.
+
+def targets_patch(current: dict[str, Any] | None, cronjobs: dict[str, str]) -> dict[str, Any]:
+    """status.targets as a merge patch: each current target with its CronJob, the targets gone removed."""
+    patch: dict[str, Any] = {key: None for key in current or {} if key not in cronjobs}
+    patch.update({key: {"cronJobName": name} for key, name in cronjobs.items()})
+    return patch
+
+
+def status_patch_for_target_run(current: dict[str, Any], target: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The status patch for a finished run of one target, or {} if that target already shows it or a newer one.
+
+    The target's entry moves as `status_patch_for_run` moves a single backup's status. `lastRun` is the newest
+    run of any target; `lastSuccessfulTime` the oldest of the targets' last successes (the backup is only as
+    fresh as its stalest node), set once every target has one.
+    """
+    targets = dict(current.get("targets") or {})
+    entry = status_patch_for_run(targets.get(target) or {}, run)
+    if not entry:
+        return {}
+    targets[target] = {**(targets.get(target) or {}), **entry}
+    patch: dict[str, Any] = {"targets": {target: entry}}
+    previous = current.get("lastRun") or {}
+    if (run.get("completionTime") or "", run["jobName"]) > (previous.get("completionTime") or "",
+                                                           previous.get("jobName", "")):
+        patch["lastRun"] = run
+    successes = [(value or {}).get("lastSuccessfulTime") for value in targets.values()]
+    if successes and all(successes):
+        oldest = min(successes)
+        if oldest != current.get("lastSuccessfulTime"):
+            patch["lastSuccessfulTime"] = oldest
+    return patch

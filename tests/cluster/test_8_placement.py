@@ -12,6 +12,7 @@ import pytest
 from tests.cluster.conftest import OPERATOR_NAMESPACE, RELEASE, wait_operator_ready
 from tests.cluster.support import (
     CHART,
+    GROUP,
     backup_manifest,
     bucket_keys,
     finished_job,
@@ -105,3 +106,119 @@ def test_a_failing_hook_fails_the_run_and_nothing_is_synced(cluster, s3, hook_na
     assert [(e["type"], e["reason"]) for e in events] == [("Warning", "HookFailed")]
     assert "leaked-hook-output-7f3a" not in events[0]["message"]
     assert bucket_keys(s3, prefix) == {}
+
+
+# --- source.hostPath + source.nodeSelector: one run per matching node ------------------------------------
+
+#: node-a and node-b (README.md, "Testing on a real control plane (`tests/cluster/`)")
+SELECTOR = {"role": "backup-server"}
+NODE_FILES = {node: {f"{node}.txt": f"only on {node}\n".encode(), f"logs/{node}-1.log": node.encode() * 500}
+              for node in ("node-a", "node-b", "node-c")}
+
+
+@pytest.fixture(scope="module")
+def fan_out_namespace(cluster, installed, s3, pushgateway):
+    """A namespace where the operator's policy allows hostPath (and only there), as an admin would set it."""
+    name = make_namespace(cluster, "fanout")
+    make_credentials(cluster, name, s3)
+    cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values",
+                 "--set", f"policy.allowHostPath={{{name}}}")
+    wait_for(lambda: name in str(operator_env(cluster)), "the operator's new policy", timeout=60)
+    wait_operator_ready(cluster)
+    yield name
+    cluster.helm("upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--reuse-values",
+                 "--set", "policy.allowHostPath=false")
+    wait_operator_ready(cluster)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def operator_env(cluster) -> list[dict]:
+    pods = [pod for pod in cluster.items("pods", "-n", OPERATOR_NAMESPACE,
+                                         "-l", f"app.kubernetes.io/instance={RELEASE}")
+            if pod["status"].get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp")]
+    return [env for pod in pods for env in pod["spec"]["containers"][0].get("env", [])
+            if env["name"] == "S3BACKUP_ALLOW_HOST_PATH"]
+
+
+def target_cronjobs(cluster, namespace: str, name: str) -> dict[str, str]:
+    """{target node: CronJob name} of the backup's CronJobs."""
+    return {cronjob["metadata"]["annotations"][f"{GROUP}/target"]: cronjob["metadata"]["name"]
+            for cronjob in cluster.items("cronjobs", "-n", namespace, "-l", f"{GROUP}/backup={name}")
+            if not cronjob["metadata"].get("deletionTimestamp")}
+
+
+def status_targets(cluster, namespace: str, name: str) -> dict:
+    return ((cluster.get("s3backup", name, "-n", namespace) or {}).get("status") or {}).get("targets") or {}
+
+
+def test_host_path_fans_out_to_each_matching_node_under_its_own_prefix(cluster, s3, fan_out_namespace):
+    namespace, name, prefix = fan_out_namespace, "servers", f"fanout-{os.getpid()}"
+    path = f"/var/backups/{namespace}"
+    for node, files in NODE_FILES.items():  # node-c holds files too: they must not be backed up
+        for relative, content in files.items():
+            target = cluster.node_dir(node, path) / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    manifest = backup_manifest(namespace, name, "unused", s3, prefix)
+    manifest["spec"]["source"] = {"hostPath": {"path": path}, "nodeSelector": SELECTOR}
+    cluster.apply(manifest)
+    condition = wait_for(lambda: (lambda c: c if c.get("status") == "True" else None)(
+        ready(cluster, name, namespace)), "the S3Backup Ready")
+    assert condition["reason"] == "CronJobsReady" and "node-a, node-b" in condition["message"], condition
+    cronjobs = target_cronjobs(cluster, namespace, name)
+    assert sorted(cronjobs) == ["node-a", "node-b"]
+    assert cluster.get("cronjob", f"{name}-s3backup", "-n", namespace) is None  # no CronJob of its own
+
+    # One run-now: one Job per node, each pod on its node.
+    request = "fan-out-1"
+    cluster.kubectl("annotate", "s3backup", name, "-n", namespace, f"{GROUP}/run-now={request}", "--overwrite")
+    jobs = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+        [job for job in cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/backup={name}")
+         if job["metadata"].get("annotations", {}).get(f"{GROUP}/run-now") == request]), "two run-now Jobs")
+    for job in jobs:
+        node = job["metadata"]["annotations"][f"{GROUP}/target"]
+        finished = finished_job(cluster, namespace, job["metadata"]["name"])
+        pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}")
+        assert {pod["spec"]["nodeName"] for pod in pods} == {node}
+        assert any(c["type"] == "Complete" and c["status"] == "True" for c in finished["status"]["conditions"]), \
+            "\n".join(cluster.pod_log(pod) for pod in pods)
+
+    # Each node's files under PREFIX/<node>/, and nothing else (node-c's files nowhere).
+    expected = sorted(f"{node}/{relative}" for node in ("node-a", "node-b") for relative in NODE_FILES[node])
+    stored = sorted(key for key in bucket_keys(s3, prefix) if "/.s3backup/" not in key)  # each run's own cache
+    assert stored == expected
+    for node in ("node-a", "node-b"):
+        for relative, content in NODE_FILES[node].items():
+            assert s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{node}/{relative}")["Body"].read() == content
+
+    # The status shows each node's last run; lastRun is the newest of them, lastSuccessfulTime the oldest.
+    def both_reported():
+        found = status_targets(cluster, namespace, name)
+        runs = {node: (entry.get("lastRun") or {}) for node, entry in found.items()}
+        return found if all(run.get("result") == "Succeeded" for run in runs.values()) and len(runs) == 2 else None
+    targets = wait_for(both_reported, "both nodes' last runs in the status")
+    assert sorted(targets) == ["node-a", "node-b"]
+    for node, entry in targets.items():
+        assert entry["cronJobName"] == cronjobs[node]
+        assert entry["lastRun"]["filesUploaded"] == len(NODE_FILES[node])
+        assert entry["lastRun"]["jobName"].startswith(f"{name}-{node}-now-")
+    status = cluster.get("s3backup", name, "-n", namespace)["status"]
+    assert status["lastSuccessfulTime"] == min(entry["lastSuccessfulTime"] for entry in targets.values())
+    assert status["lastRun"]["jobName"] in {entry["lastRun"]["jobName"] for entry in targets.values()}
+
+
+def test_a_node_that_joins_or_leaves_gains_or_loses_its_run(cluster, s3, fan_out_namespace):
+    namespace, name = fan_out_namespace, "servers"  # the resource of the test above
+    assert sorted(target_cronjobs(cluster, namespace, name)) == ["node-a", "node-b"]
+    try:
+        cluster.kubectl("label", "node", "node-c", "role=backup-server", "--overwrite")
+        wait_for(lambda: sorted(target_cronjobs(cluster, namespace, name)) == ["node-a", "node-b", "node-c"],
+                 "node-c's CronJob")
+        wait_for(lambda: "node-c" in status_targets(cluster, namespace, name), "node-c in the status")
+        assert "node-a, node-b, node-c" in ready(cluster, name, namespace)["message"]
+    finally:
+        cluster.kubectl("label", "node", "node-c", "role-")
+    wait_for(lambda: sorted(target_cronjobs(cluster, namespace, name)) == ["node-a", "node-b"],
+             "node-c's CronJob gone")
+    wait_for(lambda: sorted(status_targets(cluster, namespace, name)) == ["node-a", "node-b"],
+             "node-c gone from the status")

@@ -358,6 +358,16 @@ def test_secret_access_follows_rbac_check_secrets(rendered, case):
     assert grants_secrets is check
 
 
+@pytest.mark.parametrize("case", ["all-features", "all-features-cluster-wide"])
+def test_nodes_are_read_cluster_wide_in_either_mode(rendered, case):
+    """source.hostPath fans out over the matching Nodes, a cluster-scoped kind: read, never written."""
+    docs = rendered[case]["docs"]
+    for verb in ("get", "list", "watch"):
+        assert allowed(docs, verb, "", "nodes", None), verb
+    for verb in ("patch", "update", "delete", "create"):
+        assert not allowed(docs, verb, "", "nodes", None), verb
+
+
 def test_rbac_never_grants_more_than_the_operator_needs(rendered):
     """No wildcard, no secret listing or writing, nothing on workloads the operator does not manage."""
     for name, case in rendered.items():

@@ -1,0 +1,156 @@
+"""source.hostPath fan-out: one S3Backup -> one BackupSpec per matching node, rendered like any other (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from s3backup_operator.affinity import pin_to_node
+from s3backup_operator.config import Policy
+from s3backup_operator.policy import check as check_policy
+from s3backup_operator.render import render_cronjob, render_run_now_job
+from s3backup_operator.spec import InvalidSpec, parse
+from s3backup_operator.status import status_patch_for_target_run, targets_patch
+from s3backup_operator.targets import matching_nodes, targets
+
+from tests.operator.conftest import make_backup, option
+from tests.operator.schema_tools import validate_builtin
+
+HOST_PATH = {"hostPath": {"path": "/var/backups"}, "nodeSelector": {"role": "backup-server"}}
+
+
+def node(name, deleting=False, **labels):
+    meta = {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-26T02:00:00Z"
+    return {"metadata": meta}
+
+
+NODES = [node("node-a", role="backup-server"), node("node-b", role="backup-server"), node("node-c"),
+         node("node-d", deleting=True, role="backup-server")]
+
+
+def fan_out(**changes):
+    return parse(make_backup(source=HOST_PATH, **changes))
+
+
+def test_only_the_matching_nodes_that_stay_are_targets():
+    spec = fan_out()
+    assert spec.source.fans_out and spec.source.volume == {}
+    assert matching_nodes(spec, NODES) == ["node-a", "node-b"]
+
+
+def test_a_volume_source_is_its_own_single_target():
+    spec = parse(make_backup())
+    assert targets(spec, ["node-a"]) == {"": spec}
+
+
+def _pod(manifest):
+    spec = manifest["spec"]
+    return (spec["jobTemplate"]["spec"] if manifest["kind"] == "CronJob" else spec)["template"]["spec"]
+
+
+def test_each_node_gets_its_own_cronjob_pinned_to_it_under_its_own_prefix(config):
+    variants = targets(fan_out(), ["node-b", "node-a"])
+    assert list(variants) == ["node-a", "node-b"]
+    names = set()
+    for name, variant in variants.items():
+        cronjob = render_cronjob(variant, config)
+        validate_builtin(cronjob)
+        names.add(cronjob["metadata"]["name"])
+        assert cronjob["metadata"]["labels"]["s3backup.dev/backup"] == "db-dumps"  # the owner, as for any run
+        assert cronjob["metadata"]["labels"]["s3backup.dev/target"] == name
+        assert cronjob["metadata"]["annotations"] == {"s3backup.dev/target": name}
+        assert cronjob["spec"]["jobTemplate"]["metadata"]["annotations"] == {"s3backup.dev/target": name}
+        pod = _pod(cronjob)
+        assert pod["volumes"][0] == {"name": "source", "hostPath": {"path": "/var/backups", "type": "Directory"}}
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [name]}]}]
+        args = pod["containers"][0]["args"]
+        assert args[1:3] == ["/data", f"s3://my-backups/cluster-a/db/{name}"]
+        assert option(args, "--backup-name") == f"db-dumps/{name}"  # one metrics group per node
+        job = render_run_now_job(variant, config, "r1")
+        assert job["metadata"]["annotations"]["s3backup.dev/target"] == name
+        assert job["metadata"]["name"].startswith(f"db-dumps-{name}-now-")
+    assert names == {"db-dumps-node-a-s3backup", "db-dumps-node-b-s3backup"}
+
+
+def test_the_prefix_of_a_target_without_a_prefix_is_the_node_name(config):
+    [variant] = targets(parse(make_backup(source=HOST_PATH, destination={
+        "bucket": "my-backups", "credentialsSecretRef": {"name": "s"}})), ["node-a"]).values()
+    assert variant.destination.url == "s3://my-backups/node-a"
+
+
+def test_a_long_node_name_keeps_names_and_labels_within_kubernetes_limits(config):
+    long = "ip-10-0-0-1." + "compute." * 20 + "internal"
+    [variant] = targets(fan_out(), [long]).values()
+    cronjob = render_cronjob(variant, config)
+    validate_builtin(cronjob)
+    assert len(cronjob["metadata"]["name"]) <= 52
+    assert len(cronjob["metadata"]["labels"]["s3backup.dev/target"]) <= 63
+    assert cronjob["metadata"]["annotations"]["s3backup.dev/target"] == long
+
+
+def test_pinning_keeps_the_users_own_node_requirements():
+    user = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]},
+        {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["nvme"]}]}]}},
+        "podAntiAffinity": {"x": 1}}
+    pinned = pin_to_node(user, "node-a")
+    terms = pinned["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    field = {"key": "metadata.name", "operator": "In", "values": ["node-a"]}
+    assert [term["matchFields"] for term in terms] == [[field], [field]]  # ANDed into each ORed term
+    assert terms[0]["matchExpressions"][0]["values"] == ["ssd"]
+    assert pinned["podAntiAffinity"] == {"x": 1}
+    assert "matchFields" not in user["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]  # the user's spec is not changed
+
+
+@pytest.mark.parametrize("source", [
+    {"hostPath": {"path": "/var/backups"}},
+    {"volume": {"emptyDir": {}}, "nodeSelector": {"role": "x"}},
+    {"volume": {"emptyDir": {}}, **HOST_PATH},
+    {"hostPath": {"path": "var/backups"}, "nodeSelector": {"role": "x"}},
+    {"hostPath": {"path": "/var/../etc"}, "nodeSelector": {"role": "x"}},
+    {},
+])
+def test_a_source_must_be_exactly_one_kind(source):
+    with pytest.raises(InvalidSpec) as raised:
+        parse(make_backup(source=source))
+    assert "spec.source" in raised.value.message
+
+
+def test_a_fan_out_needs_the_admins_host_path_allowance():
+    spec = fan_out()
+    with pytest.raises(InvalidSpec) as raised:
+        check_policy(spec, Policy.from_env({}))
+    assert raised.value.reason == "NotAllowed" and "spec.source.hostPath" in raised.value.message
+    check_policy(spec, Policy.from_env({"S3BACKUP_ALLOW_HOST_PATH": "backups"}))
+
+
+def run(job, completion, result="Succeeded"):
+    return {"jobName": job, "result": result, "completionTime": completion, "filesUploaded": 1}
+
+
+def test_the_status_shows_each_targets_last_run_the_newest_run_and_the_oldest_success():
+    status = {"targets": targets_patch(None, {"node-a": "a-cj", "node-b": "b-cj"})}
+    first = status_patch_for_target_run(status, "node-a", run("a-1", "2026-11-26T02:00:10Z"))
+    assert first == {"targets": {"node-a": {"lastRun": run("a-1", "2026-11-26T02:00:10Z"),
+                                            "lastSuccessfulTime": "2026-11-26T02:00:10Z"}},
+                     "lastRun": run("a-1", "2026-11-26T02:00:10Z")}  # node-b has no success yet
+    status = {"targets": {"node-a": {"cronJobName": "a-cj", **first["targets"]["node-a"]},
+                          "node-b": {"cronJobName": "b-cj"}}, "lastRun": first["lastRun"]}
+    second = status_patch_for_target_run(status, "node-b", run("b-1", "2026-11-26T02:00:20Z"))
+    assert second["lastRun"]["jobName"] == "b-1"
+    assert second["lastSuccessfulTime"] == "2026-11-26T02:00:10Z"  # the stalest node's
+    status["targets"]["node-b"].update(second["targets"]["node-b"])
+    status.update(lastRun=second["lastRun"], lastSuccessfulTime=second["lastSuccessfulTime"])
+    # A replayed event of an older run changes nothing; a failed newer run moves lastRun, not the success time.
+    assert status_patch_for_target_run(status, "node-a", run("a-0", "2026-11-26T01:00:00Z")) == {}
+    failed = status_patch_for_target_run(status, "node-a", run("a-2", "2026-11-27T02:00:00Z", "Failed"))
+    assert failed["lastRun"]["jobName"] == "a-2" and "lastSuccessfulTime" not in failed
+    assert failed["targets"] == {"node-a": {"lastRun": run("a-2", "2026-11-27T02:00:00Z", "Failed")}}
+
+
+def test_targets_that_left_are_removed_from_the_status():
+    current = {"node-a": {"cronJobName": "a", "lastRun": {}}, "node-c": {"cronJobName": "c"}}
+    assert targets_patch(current, {"node-a": "a", "node-b": "b"}) == {
+        "node-c": None, "node-a": {"cronJobName": "a"}, "node-b": {"cronJobName": "b"}}
