@@ -21,6 +21,14 @@ from typing import Any
 import kopf
 from kubernetes.client import Configuration
 
+from s3backup_operator.affinity import (
+    PLACEMENT_ANNOTATION,
+    claim_name,
+    placed_at_run_time,
+    placement_patch,
+    single_node,
+    volume_node,
+)
 from s3backup_operator.config import OperatorConfig
 from s3backup_operator.events import run_event
 from s3backup_operator.kubeapi import ApiError, KubeApi
@@ -55,7 +63,7 @@ from s3backup_operator.status import (
     status_patch_for_target_run,
     targets_patch,
 )
-from s3backup_operator.targets import matching_nodes, targets
+from s3backup_operator.targets import matching_nodes, pinned_to_node, targets
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 ClientConfigFn = Callable[[], Configuration]
@@ -160,6 +168,9 @@ class Reconciler:
         A CronJob of that name that this S3Backup does not control is never taken over.
         """
         manifest = render_cronjob(spec, self.config)
+        claim = self.single_node_claim(spec)
+        if claim:
+            manifest = placed_at_run_time(manifest, claim)
         kopf.append_owner_reference(manifest, owner=backup)  # controller, blockOwnerDeletion: the GC's link
         name = manifest["metadata"]["name"]
         live = self.api.get_cronjob(spec.namespace, name)
@@ -175,6 +186,41 @@ class Reconciler:
             return "created", applied
         version = (applied.get("metadata") or {}).get("resourceVersion")
         return ("unchanged" if version == live["metadata"].get("resourceVersion") else "updated"), applied
+
+    def single_node_claim(self, spec: BackupSpec) -> str:
+        """The source's claim if it can only be mounted on one node (ReadWriteOnce), else "".
+
+        Access modes are immutable, so reading them when the CronJob is applied is enough; the node is
+        decided per run (`place_job`). A claim not (yet) there or not readable counts as not tied to a node.
+        """
+        claim = claim_name(spec.source.volume)
+        if not claim:
+            return ""
+        try:
+            return claim if single_node(self.api.get_claim(spec.namespace, claim)) else ""
+        except ApiError as error:
+            if error.status == 403:  # an older chart without the right: as before, the scheduler decides
+                return ""
+            raise
+
+    def volume_node(self, namespace: str, claim: str) -> str | None:
+        """The node of the running pod that mounts `claim`, now."""
+        return volume_node(claim, self.api.list_pods(namespace, {}), MANAGED_BY)
+
+    def place_job(self, job: dict[str, Any], logger: logging.Logger) -> None:
+        """A scheduled run of a ReadWriteOnce source, created suspended: pin it to the node of the claim's
+        running pod (if any), then start it."""
+        meta = job["metadata"]
+        claim = (meta.get("annotations") or {}).get(PLACEMENT_ANNOTATION)
+        if not claim or placement_patch(job, None) is None:
+            return
+        node = self.volume_node(meta["namespace"], claim)
+        patch = placement_patch(job, node)
+        if patch is not None:
+            self.api.patch_job(meta["namespace"], meta["name"], patch)
+            where = f"on node {node}, with the pod that mounts claim {claim}" if node else \
+                f"where the scheduler puts it (no running pod mounts claim {claim})"
+            logger.info(f"Job {meta['name']} started {where}")
 
     def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: logging.Logger) -> None:
         """Parse, check the Secret, apply the CronJob; the outcome goes to the Ready condition.
@@ -344,6 +390,13 @@ class Reconciler:
         if spec.source.fans_out:
             self.run_now_targets(spec, body, request, patch, logger)
             return
+        try:
+            claim = self.single_node_claim(spec)
+            node = self.volume_node(spec.namespace, claim) if claim else None
+        except ApiError as error:
+            raise kopf.TemporaryError(f"placing the run-now Job: {error}", delay=self.config.retry_delay) from None
+        if node:  # a ReadWriteOnce claim in use: run where it is mounted
+            spec = pinned_to_node(spec, node)
         job = render_run_now_job(spec, self.config, request)
         try:
             jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
@@ -384,6 +437,7 @@ class Reconciler:
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
+            self.place_job(job, logger)
             return
         meta = job["metadata"]
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)

@@ -190,6 +190,14 @@ class KubeApi:
             raise
         return True
 
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of a Job (a suspended run: its node affinity, then suspend false)."""
+        self._call(self.batch.patch_namespaced_job, name, namespace, patch, field_manager=FIELD_MANAGER,
+                   _content_type=MERGE_PATCH)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.batch.read_namespaced_job, name, namespace)
 

@@ -35,6 +35,11 @@ def target_prefix(prefix: str, key: str) -> str:
     return posixpath.join(prefix.strip("/"), key) if prefix.strip("/") else key
 
 
+def pinned_to_node(spec: BackupSpec, node: str) -> BackupSpec:
+    """The same run, required on `node` (a ReadWriteOnce claim's pod is there)."""
+    return dataclasses.replace(spec, job=dataclasses.replace(spec.job, affinity=pin_to_node(spec.job.affinity, node)))
+
+
 def node_target(spec: BackupSpec, node: str) -> BackupSpec:
     """The run on one node: its hostPath, required on that node, under PREFIX/<node>/."""
     source = dataclasses.replace(spec.source, volume={"hostPath": {"path": spec.source.host_path,

@@ -222,3 +222,121 @@ def test_a_node_that_joins_or_leaves_gains_or_loses_its_run(cluster, s3, fan_out
              "node-c's CronJob gone")
     wait_for(lambda: sorted(status_targets(cluster, namespace, name)) == ["node-a", "node-b"],
              "node-c gone from the status")
+
+
+# --- A ReadWriteOnce claim in use: each run goes to the node of the pod that mounts it -------------------
+
+IMAGE = "ghcr.io/s3backup/s3backup:0.1.0"  # the project's image: what the process kubelet runs
+
+
+@pytest.fixture(scope="module")
+def rwo_namespace(cluster, installed, s3):
+    name = make_namespace(cluster, "rwo")
+    make_credentials(cluster, name, s3)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def shared_claim(cluster, namespace: str, name: str) -> str:
+    """A ReadWriteOnce claim on a hostPath PersistentVolume without node affinity: the scheduler alone would put
+    a pod mounting it on any node, and each node has its own directory behind it (the process kubelet)."""
+    cluster.apply({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{name}"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/srv/{namespace}-{name}"},
+                 "claimRef": {"namespace": namespace, "name": name}},
+    })
+    cluster.apply({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": f"{namespace}-{name}",
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    wait_for(lambda: (cluster.get("pvc", name, "-n", namespace) or {}).get("status", {}).get("phase") == "Bound",
+             f"claim {namespace}/{name} bound")
+    return name
+
+
+def run_app(cluster, namespace: str, claim: str, node: str, files: dict[str, bytes]) -> None:
+    """The application: a running pod on `node` that mounts the claim, with `files` in the volume there."""
+    for relative, content in files.items():
+        target = cluster.node_dir(node, f"/srv/{namespace}-{claim}") / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"app-{node}", "namespace": namespace},
+        "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "app", "image": IMAGE, "command": ["sh", "-c", "exec sleep 3600"],
+                                 "volumeMounts": [{"name": "data", "mountPath": "/var/lib/app"}]}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+    })
+    wait_for(lambda: (cluster.get("pod", f"app-{node}", "-n", namespace) or {}).get("status", {}).get("phase")
+             == "Running", f"the application pod on {node}")
+
+
+def pinned_node(job: dict) -> list[str]:
+    affinity = job["spec"]["template"]["spec"].get("affinity") or {}
+    terms = (affinity.get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution", {}).get(
+        "nodeSelectorTerms") or []
+    return [value for term in terms for field in term.get("matchFields") or [] for value in field["values"]]
+
+
+def scheduled_job(cluster, namespace: str, name: str, seen: set[str]) -> dict:
+    """The next Job the CronJob starts (not a run-now one, not one in `seen`), once finished."""
+    def new():
+        for job in cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/backup={name}"):
+            if job["metadata"]["name"] not in seen and f"{GROUP}/run-now" not in job["metadata"].get("annotations", {}):
+                return job
+        return None
+    job = wait_for(new, "a scheduled Job", timeout=150, every=2)
+    return finished_job(cluster, namespace, job["metadata"]["name"], timeout=120)
+
+
+FILES_B = {"on-b.txt": b"written by the app on node-b\n"}
+FILES_C = {"on-c.txt": b"written by the app on node-c\n"}
+
+
+def test_runs_of_a_claim_in_use_go_to_its_pods_node_decided_at_run_time(cluster, s3, rwo_namespace):
+    namespace, name, prefix = rwo_namespace, "app-data", f"rwo-{os.getpid()}"
+    claim = shared_claim(cluster, namespace, "data")
+    run_app(cluster, namespace, claim, "node-b", FILES_B)
+    cluster.apply(backup_manifest(namespace, name, claim, s3, prefix, schedule="* * * * *"))
+    wait_for(lambda: ready(cluster, name, namespace).get("status") == "True", "the S3Backup Ready")
+    template = cluster.get("cronjob", f"{name}-s3backup", "-n", namespace)["spec"]["jobTemplate"]
+    assert template["spec"]["suspend"] is True  # the operator places each run, then starts it
+    assert template["metadata"]["annotations"][f"{GROUP}/place-with-claim"] == claim
+
+    # A run-now Job is pinned when it is made.
+    job = finished_job(cluster, namespace, run_now(cluster, namespace, name)["metadata"]["name"])
+    assert pinned_node(job) == ["node-b"]
+    pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}")
+    assert {pod["spec"]["nodeName"] for pod in pods} == {"node-b"}, "\n".join(map(cluster.pod_log, pods))
+    assert last_run(cluster, namespace, name, job["metadata"]["name"])["result"] == "Succeeded"
+    assert sorted(bucket_keys(s3, prefix)) == ["on-b.txt"]
+
+    # A scheduled Job, created suspended by the CronJob, is pinned and started by the operator.
+    seen = {job["metadata"]["name"]}
+    job = scheduled_job(cluster, namespace, name, seen)
+    seen.add(job["metadata"]["name"])
+    assert pinned_node(job) == ["node-b"] and job["spec"]["suspend"] is False
+    pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}")
+    assert {pod["spec"]["nodeName"] for pod in pods} == {"node-b"}
+    assert last_run(cluster, namespace, name, job["metadata"]["name"])["result"] == "Succeeded"
+
+    # The application moves to node-c (the backup's spec unchanged): the next run follows it there.
+    cluster.kubectl("patch", "s3backup", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for(lambda: cluster.get("cronjob", f"{name}-s3backup", "-n", namespace)["spec"]["suspend"], "suspended")
+    wait_for(lambda: not [j for j in cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/backup={name}")
+                          if not any(c["status"] == "True" and c["type"] in ("Complete", "Failed")
+                                     for c in j.get("status", {}).get("conditions", []))], "no run in progress")
+    seen |= {j["metadata"]["name"] for j in cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/backup={name}")}
+    cluster.kubectl("delete", "pod", "app-node-b", "-n", namespace, "--wait=true")
+    run_app(cluster, namespace, claim, "node-c", FILES_C)
+    cluster.kubectl("patch", "s3backup", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    job = scheduled_job(cluster, namespace, name, seen)
+    assert pinned_node(job) == ["node-c"]
+    pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}")
+    assert {pod["spec"]["nodeName"] for pod in pods} == {"node-c"}
+    run = last_run(cluster, namespace, name, job["metadata"]["name"])
+    assert (run["result"], run["filesUploaded"]) == ("Succeeded", 1), run
+    assert sorted(bucket_keys(s3, prefix)) == ["on-b.txt", "on-c.txt"]  # node-c's file joined (on-b.txt kept)
+    cluster.kubectl("patch", "s3backup", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')

@@ -1,15 +1,23 @@
-"""source.hostPath fan-out: one S3Backup -> one BackupSpec per matching node, rendered like any other (pure)."""
+"""Placement (pure): source.hostPath fans out to one BackupSpec per matching node, rendered like any other;
+a ReadWriteOnce claim's runs go to the node of the pod that mounts it."""
 
 from __future__ import annotations
 
 import pytest
-from s3backup_operator.affinity import pin_to_node
+from s3backup_operator.affinity import (
+    PLACEMENT_ANNOTATION,
+    pin_to_node,
+    placed_at_run_time,
+    placement_patch,
+    single_node,
+    volume_node,
+)
 from s3backup_operator.config import Policy
 from s3backup_operator.policy import check as check_policy
 from s3backup_operator.render import render_cronjob, render_run_now_job
 from s3backup_operator.spec import InvalidSpec, parse
 from s3backup_operator.status import status_patch_for_target_run, targets_patch
-from s3backup_operator.targets import matching_nodes, targets
+from s3backup_operator.targets import matching_nodes, pinned_to_node, targets
 
 from tests.operator.conftest import make_backup, option
 from tests.operator.schema_tools import validate_builtin
@@ -154,3 +162,69 @@ def test_targets_that_left_are_removed_from_the_status():
     current = {"node-a": {"cronJobName": "a", "lastRun": {}}, "node-c": {"cronJobName": "c"}}
     assert targets_patch(current, {"node-a": "a", "node-b": "b"}) == {
         "node-c": None, "node-a": {"cronJobName": "a"}, "node-b": {"cronJobName": "b"}}
+
+
+# --- ReadWriteOnce claims: the run goes where the claim's pod is (affinity.py) -------------------------------
+
+def claim(*modes, bound=None):
+    body = {"metadata": {"name": "dumps"}, "spec": {"accessModes": list(modes)}}
+    if bound is not None:
+        body["status"] = {"accessModes": list(bound)}
+    return body
+
+
+@pytest.mark.parametrize(("body", "tied"), [
+    (claim("ReadWriteOnce"), True), (claim("ReadWriteOncePod"), True),
+    (claim("ReadWriteOnce", "ReadOnlyMany"), False), (claim("ReadWriteMany"), False),
+    (claim("ReadWriteMany", bound=["ReadWriteOnce"]), True), (claim(), False), (None, False),
+])
+def test_a_claim_is_tied_to_one_node_by_its_access_modes(body, tied):
+    assert single_node(body) is tied
+
+
+def app_pod(name, node, claim_name="dumps", phase="Running", deleting=False, managed=False):
+    meta = {"name": name, "labels": {"app.kubernetes.io/managed-by": "s3backup-operator"} if managed else {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-26T02:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase},
+            "spec": {"nodeName": node, "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim_name}}]}}
+
+
+def test_the_claims_node_is_that_of_a_live_pod_of_the_application():
+    pods = [app_pod("a-gone", "node-c", deleting=True), app_pod("b-done", "node-c", phase="Succeeded"),
+            app_pod("c-ours", "node-c", managed=True), app_pod("d-other-claim", "node-c", claim_name="x"),
+            app_pod("z-app", "node-b")]
+    assert volume_node("dumps", pods, "s3backup-operator") == "node-b"
+    assert volume_node("dumps", pods[:4], "s3backup-operator") is None
+
+
+def test_a_scheduled_run_of_a_single_node_claim_starts_suspended_and_is_then_pinned(config):
+    anti = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    spec = parse(make_backup(job={"affinity": anti}))
+    cronjob = placed_at_run_time(render_cronjob(spec, config), "dumps")
+    validate_builtin(cronjob)
+    template = cronjob["spec"]["jobTemplate"]
+    assert template["spec"]["suspend"] is True
+    assert template["metadata"]["annotations"] == {PLACEMENT_ANNOTATION: "dumps"}
+    # What the CronJob controller makes of it: a suspended Job with the template's metadata.
+    job = {"metadata": {"name": "db-dumps-s3backup-1", **template["metadata"]}, "spec": template["spec"], "status": {}}
+    patch = placement_patch(job, "node-b")
+    assert patch["spec"]["suspend"] is False
+    affinity = patch["spec"]["template"]["spec"]["affinity"]
+    assert list(affinity) == ["nodeAffinity"]  # only what a suspended Job may change: not the pod affinity
+    terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-b"]}]}]
+    assert placement_patch(job, None) == {"spec": {"suspend": False}}  # no pod mounts it: the scheduler decides
+    started = {**job, "status": {"startTime": "2026-11-26T02:00:00Z"}}
+    assert placement_patch(started, "node-b") is None
+    assert placement_patch({**job, "spec": {**job["spec"], "suspend": False}}, "node-b") is None
+    plain = render_cronjob(spec, config)["spec"]["jobTemplate"]
+    assert "suspend" not in plain["spec"] and "annotations" not in plain["metadata"]  # other claims: as before
+
+
+def test_a_run_now_of_a_claim_in_use_is_pinned_when_it_is_made(config):
+    job = render_run_now_job(pinned_to_node(parse(make_backup()), "node-b"), config, "r")
+    terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchFields"][0]["values"] == ["node-b"]
+    assert "suspend" not in job["spec"]
