@@ -63,7 +63,7 @@ from s3backup_operator.status import (
     status_patch_for_target_run,
     targets_patch,
 )
-from s3backup_operator.targets import matching_nodes, pinned_to_node, targets
+from s3backup_operator.targets import matching_claims, matching_nodes, pinned_to_node, targets
 
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 ClientConfigFn = Callable[[], Configuration]
@@ -95,6 +95,7 @@ class Reconciler:
         #: (namespace, name) of the S3Backups that fan out over Nodes: what a Node joining or leaving concerns.
         self.fan_outs: set[tuple[str, str]] = set()
         self._node_labels: dict[str, dict[str, str]] = {}
+        self._claim_labels: dict[str, dict[str, str]] = {}
         self._status_locks: dict[tuple[str, str], threading.Lock] = collections.defaultdict(threading.Lock)
 
     def _status_lock(self, namespace: str, name: str) -> threading.Lock:
@@ -292,8 +293,11 @@ class Reconciler:
             logger.info(f"CronJob {name} {action} (schedule {spec.schedule}{zone}, suspend={spec.suspend})")
 
     def fan_out_targets(self, spec: BackupSpec) -> dict[str, BackupSpec]:
-        """The runs a fan-out stands for now: one per Node matching its nodeSelector."""
-        return targets(spec, matching_nodes(spec, self.api.list_nodes(spec.source.node_selector or {})))
+        """The runs a fan-out stands for now: one per Node matching its nodeSelector, or per claim of its
+        namespace matching its selector."""
+        if spec.source.host_path:
+            return targets(spec, matching_nodes(spec, self.api.list_nodes(spec.source.node_selector or {})))
+        return targets(spec, matching_claims(spec, self.api.list_claims(spec.namespace)))
 
     def apply_targets(self, spec: BackupSpec, backup: dict[str, Any], logger: logging.Logger) -> dict[str, str]:
         """A fan-out: one CronJob per target (applied as any other), the CronJobs of targets gone deleted.
@@ -326,16 +330,18 @@ class Reconciler:
                        generation: int | None) -> dict[str, Any]:
         """The status of a fan-out after its CronJobs were applied: per target, and Ready."""
         zone = f" ({spec.time_zone})" if spec.time_zone else ""
-        nodes = ", ".join(cronjobs)
+        kind = "nodes" if spec.source.host_path else "volumes"
+        names = f"{kind} {', '.join(cronjobs)}"
         if not cronjobs:
             ready, reason = False, "NoTargets"
-            selector = ",".join(f"{k}={v}" for k, v in (spec.source.node_selector or {}).items())
-            message = f"no Node matches spec.source.nodeSelector {selector}: nothing runs"
+            message = ("no Node matches spec.source.nodeSelector" if spec.source.host_path else
+                       f"no PersistentVolumeClaim in namespace {spec.namespace} matches spec.source.selector")
+            message += ": nothing runs"
         elif spec.suspend:
-            ready, reason, message = True, "Suspended", f"{len(cronjobs)} CronJobs (nodes {nodes}) are suspended"
+            ready, reason, message = True, "Suspended", f"{len(cronjobs)} CronJobs ({names}) are suspended"
         else:
             ready, reason = True, "CronJobsReady"
-            message = f"{len(cronjobs)} CronJobs (nodes {nodes}) run at {spec.schedule}{zone}"
+            message = f"{len(cronjobs)} CronJobs ({names}) run at {spec.schedule}{zone}"
         update = {"cronJobName": None, "schedule": spec.schedule,
                   "targets": targets_patch(status.get("targets"), cronjobs),
                   "conditions": ready_condition(status.get("conditions"), ready, reason, message, generation)}
@@ -368,16 +374,37 @@ class Reconciler:
             self._node_labels.pop(meta["name"], None)
         else:
             self._node_labels[meta["name"]] = labels
+        self.refresh_fan_outs(lambda spec: spec.source.host_path, f"Node {meta['name']}", logger)
+
+    def claims_changed(self, event_type: str, claim: dict[str, Any], logger: logging.Logger) -> None:
+        """A claim was made, deleted or relabelled: refresh the selector fan-outs of its namespace."""
+        meta = claim["metadata"]
+        gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        key = f"{meta['namespace']}/{meta['name']}"
+        labels = None if gone else dict(meta.get("labels") or {})
+        if self._claim_labels.get(key) == labels:
+            return
+        if labels is None:
+            self._claim_labels.pop(key, None)
+        else:
+            self._claim_labels[key] = labels
+        self.refresh_fan_outs(lambda spec: spec.namespace == meta["namespace"] and spec.source.claim_selector,
+                              f"claim {key}", logger)
+
+    def refresh_fan_outs(self, concerned: Callable[[BackupSpec], Any], what: str, logger: logging.Logger) -> None:
+        """refresh_targets for each known fan-out that `concerned` says the change is about."""
         for namespace, name in sorted(self.fan_outs):
             backup = self.api.get_backup(namespace, name)
             if backup is None or backup["metadata"].get("deletionTimestamp"):
                 self.fan_outs.discard((namespace, name))
                 continue
             try:
-                self.refresh_targets(backup, logger)
-            except ApiError as error:  # the resync and the next Node event try again
-                logger.warning(f"S3Backup {namespace}/{name}: targets not refreshed after Node {meta['name']} "
-                               f"changed: {error}")
+                if concerned(parse(backup)):
+                    self.refresh_targets(backup, logger)
+            except InvalidSpec:
+                continue  # its Ready condition says why
+            except ApiError as error:  # the resync and the next event try again
+                logger.warning(f"S3Backup {namespace}/{name}: targets not refreshed after {what} changed: {error}")
 
     def run_now(self, body: dict[str, Any], request: str, patch: kopf.Patch, logger: logging.Logger) -> None:
         """Start the one-off Job for this run-now request (once per distinct annotation value).
@@ -679,6 +706,12 @@ def register(
         kinds in either mode; the resync timer re-applies the same, should an event be missed)."""
         update = lambda: reconciler.nodes_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
         update_status_from("Node", update, body, logger)
+
+    @kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry, id="claims-changed")
+    def claim_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        """source.selector fan-outs follow the claims of their namespace: new ones join, deleted ones leave."""
+        update = lambda: reconciler.claims_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
+        update_status_from("PersistentVolumeClaim", update, body, logger)
 
     register_restores(registry, reconciler)
     return reconciler

@@ -198,6 +198,10 @@ class KubeApi:
     def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.core.read_namespaced_persistent_volume_claim, name, namespace)
 
+    def list_claims(self, namespace: str) -> list[dict[str, Any]]:
+        """Every PersistentVolumeClaim of the namespace (a source.selector is matched by the operator)."""
+        return self._call(self.core.list_namespaced_persistent_volume_claim, namespace).get("items") or []
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.batch.read_namespaced_job, name, namespace)
 

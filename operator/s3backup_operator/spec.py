@@ -79,11 +79,12 @@ class Source:
     follow_symlinks: bool = False
     host_path: str = ""  # spec.source.hostPath.path: one run per node matching node_selector (targets.py)
     node_selector: Mapping[str, str] | None = None  # spec.source.nodeSelector (with host_path only)
+    claim_selector: Mapping[str, Any] | None = None  # spec.source.selector: one run per matching PVC
 
     @property
     def fans_out(self) -> bool:
         """True when the resource stands for several runs (targets.py), not one CronJob of its own."""
-        return bool(self.host_path)
+        return bool(self.host_path) or self.claim_selector is not None
 
     @property
     def directory(self) -> str:
@@ -325,6 +326,7 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             host_path=str((source.get("hostPath") or {}).get("path") or ""),
             node_selector={str(k): str(v) for k, v in source["nodeSelector"].items()}
             if source.get("nodeSelector") else None,
+            claim_selector=copy.deepcopy(source["selector"]) if source.get("selector") is not None else None,
         ),
         destination=destination_from(spec["destination"]),
         compare=str(spec["compare"]),
@@ -497,14 +499,38 @@ def _check_pod_settings(job: JobSettings) -> None:
 
 
 def check_source_kind(source: Source) -> None:
-    """Exactly one of spec.source.volume and spec.source.hostPath (with nodeSelector); CEL rules too."""
-    if bool(source.volume) == bool(source.host_path):
-        raise InvalidSpec("InvalidSpec", "spec.source: set exactly one of volume, hostPath")
+    """Exactly one of spec.source.volume, hostPath (with nodeSelector) and selector; CEL rules too."""
+    if [bool(source.volume), bool(source.host_path), source.claim_selector is not None].count(True) != 1:
+        raise InvalidSpec("InvalidSpec", "spec.source: set exactly one of volume, hostPath, selector")
+    if source.claim_selector is not None:
+        check_label_selector(source.claim_selector, "spec.source.selector")
     if bool(source.host_path) != bool(source.node_selector):
         raise InvalidSpec("InvalidSpec", "spec.source.nodeSelector: required with hostPath, and only with it")
     path = source.host_path
     if path and (not path.startswith("/") or ".." in path.split("/") or "\0" in path):
         raise InvalidSpec("InvalidSpec", f"spec.source.hostPath.path {path[:100]!r}: an absolute path without '..'")
+
+
+_SELECTOR_OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # -> needs values
+
+
+def check_label_selector(selector: Mapping[str, Any], field: str) -> None:
+    """A metav1.LabelSelector as Kubernetes checks one: an empty one would select every PVC, and is refused."""
+    labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not labels and not expressions:
+        raise InvalidSpec("InvalidSpec", f"{field}: give matchLabels or matchExpressions (an empty selector "
+                                         "would back up every claim of the namespace)")
+    for key, value in labels.items():
+        _check_key(str(key), f"{field}.matchLabels")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.fullmatch(value)):
+            raise InvalidSpec("InvalidSpec", f"{field}.matchLabels: invalid value of {key}"[:300])
+    for expression in expressions:
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        _check_key(str(key or ""), f"{field}.matchExpressions")
+        if operator not in _SELECTOR_OPERATORS or bool(values) != _SELECTOR_OPERATORS[operator]:
+            raise InvalidSpec("InvalidSpec", f"{field}.matchExpressions: {operator!r} on {key!r}: In and NotIn "
+                                             "take values, Exists and DoesNotExist none"[:300])
 
 
 def check_endpoint(url: str, field: str = "spec.destination.endpoint") -> None:

@@ -3,6 +3,7 @@ same `render_cronjob` as any other.
 
 `source.volume`: the resource itself, one target (unchanged). `source.hostPath` + `source.nodeSelector`: one
 target per matching node, its hostPath volume, pinned to that node, under `PREFIX/<node name>/`.
+`source.selector`: one target per matching PersistentVolumeClaim of the namespace, under `PREFIX/<claim name>/`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,28 @@ def matching_nodes(spec: BackupSpec, nodes: Iterable[Mapping[str, Any]]) -> list
     return sorted(names)
 
 
+def selects(labels: Mapping[str, str] | None, selector: Mapping[str, Any]) -> bool:
+    """A metav1.LabelSelector (matchLabels and matchExpressions), as the API server applies it."""
+    labels = labels or {}
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        present = key in labels
+        if (operator == "In" and labels.get(key) not in values) or (
+                operator == "NotIn" and present and labels[key] in values) or (
+                operator == "Exists" and not present) or (operator == "DoesNotExist" and present):
+            return False
+    return True
+
+
+def matching_claims(spec: BackupSpec, claims: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The names of the namespace's PersistentVolumeClaims a selector backup runs for (not being deleted)."""
+    return sorted({claim["metadata"]["name"] for claim in claims
+                   if not claim["metadata"].get("deletionTimestamp")
+                   and selects(claim["metadata"].get("labels"), spec.source.claim_selector or {})})
+
+
 def target_prefix(prefix: str, key: str) -> str:
     """PREFIX/<key>: each target under its own prefix, never overlapping another's."""
     return posixpath.join(prefix.strip("/"), key) if prefix.strip("/") else key
@@ -50,8 +73,19 @@ def node_target(spec: BackupSpec, node: str) -> BackupSpec:
     return dataclasses.replace(spec, source=source, destination=destination, job=job, target=node)
 
 
-def targets(spec: BackupSpec, node_names: Iterable[str] = ()) -> dict[str, BackupSpec]:
-    """{target key: its BackupSpec}; {"": spec} for a resource that does not fan out."""
+def claim_target(spec: BackupSpec, claim: str) -> BackupSpec:
+    """The run for one claim: that claim as the volume, under PREFIX/<claim>/ (a ReadWriteOnce claim's run is
+    then placed on its pod's node like any other's)."""
+    source = dataclasses.replace(spec.source, volume={"persistentVolumeClaim": {"claimName": claim}},
+                                 claim_selector=None)
+    destination = dataclasses.replace(spec.destination, prefix=target_prefix(spec.destination.prefix, claim))
+    return dataclasses.replace(spec, source=source, destination=destination, target=claim)
+
+
+def targets(spec: BackupSpec, names: Iterable[str] = ()) -> dict[str, BackupSpec]:
+    """{target key: its BackupSpec}; {"": spec} for a resource that does not fan out. `names`: the matching
+    nodes (hostPath) or claims (selector)."""
     if not spec.source.fans_out:
         return {"": spec}
-    return {node: node_target(spec, node) for node in sorted(set(node_names))}
+    make = node_target if spec.source.host_path else claim_target
+    return {name: make(spec, name) for name in sorted(set(names))}

@@ -19,6 +19,7 @@ from tests.cluster.support import (
     last_run,
     make_credentials,
     make_namespace,
+    make_volume,
     run_now,
     wait_for,
 )
@@ -340,3 +341,67 @@ def test_runs_of_a_claim_in_use_go_to_its_pods_node_decided_at_run_time(cluster,
     assert (run["result"], run["filesUploaded"]) == ("Succeeded", 1), run
     assert sorted(bucket_keys(s3, prefix)) == ["on-b.txt", "on-c.txt"]  # node-c's file joined (on-b.txt kept)
     cluster.kubectl("patch", "s3backup", name, "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+
+
+# --- source.selector: one run per matching claim ---------------------------------------------------------
+
+CLAIM_FILES = {claim: {f"{claim}.txt": f"the {claim} volume\n".encode(), "shared-name.txt": claim.encode() * 100}
+               for claim in ("db", "media", "other", "logs")}
+
+
+@pytest.fixture(scope="module")
+def selector_namespace(cluster, installed, s3):
+    name = make_namespace(cluster, "selector", RESTRICTED)
+    make_credentials(cluster, name, s3)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_each_selected_claim_is_backed_up_under_its_own_prefix_and_claims_join_and_leave(
+        cluster, s3, selector_namespace):
+    namespace, name, prefix = selector_namespace, "volumes", f"selector-{os.getpid()}"
+    for claim in ("db", "media", "other"):
+        make_volume(cluster, namespace, claim, CLAIM_FILES[claim])
+    cluster.kubectl("label", "pvc", "db", "media", "-n", namespace, "backup=daily")
+    manifest = backup_manifest(namespace, name, "unused", s3, prefix)
+    manifest["spec"]["source"] = {"selector": {"matchLabels": {"backup": "daily"}}}
+    cluster.apply(manifest)
+    condition = wait_for(lambda: (lambda c: c if c.get("status") == "True" else None)(
+        ready(cluster, name, namespace)), "the S3Backup Ready")
+    assert condition["reason"] == "CronJobsReady" and "volumes db, media" in condition["message"], condition
+    assert sorted(target_cronjobs(cluster, namespace, name)) == ["db", "media"]
+
+    request = "selector-1"
+    cluster.kubectl("annotate", "s3backup", name, "-n", namespace, f"{GROUP}/run-now={request}", "--overwrite")
+    jobs = wait_for(lambda: (lambda found: found if len(found) == 2 else None)(
+        [job for job in cluster.items("jobs", "-n", namespace, "-l", f"{GROUP}/backup={name}")
+         if job["metadata"].get("annotations", {}).get(f"{GROUP}/run-now") == request]), "two run-now Jobs")
+    for job in jobs:
+        finished = finished_job(cluster, namespace, job["metadata"]["name"])
+        pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}")
+        assert any(c["type"] == "Complete" and c["status"] == "True" for c in finished["status"]["conditions"]), \
+            "\n".join(cluster.pod_log(pod) for pod in pods)
+    expected = sorted(f"{claim}/{relative}" for claim in ("db", "media") for relative in CLAIM_FILES[claim])
+    assert sorted(key for key in bucket_keys(s3, prefix) if "/.s3backup/" not in key) == expected
+    for claim in ("db", "media"):
+        body = s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{claim}/shared-name.txt")["Body"].read()
+        assert body == CLAIM_FILES[claim]["shared-name.txt"]
+
+    def reported():
+        found = status_targets(cluster, namespace, name)
+        done = {claim: (entry.get("lastRun") or {}).get("result") for claim, entry in found.items()}
+        return found if done == {"db": "Succeeded", "media": "Succeeded"} else None
+    targets = wait_for(reported, "each volume's last run in the status")
+    for claim, entry in targets.items():
+        assert entry["lastRun"]["filesUploaded"] == len(CLAIM_FILES[claim])
+
+    # A new matching claim joins; a deleted one leaves (its files stay in the bucket).
+    make_volume(cluster, namespace, "logs", CLAIM_FILES["logs"])
+    cluster.kubectl("label", "pvc", "logs", "-n", namespace, "backup=daily")
+    wait_for(lambda: sorted(target_cronjobs(cluster, namespace, name)) == ["db", "logs", "media"], "logs' CronJob")
+    wait_for(lambda: "logs" in status_targets(cluster, namespace, name), "logs in the status")
+    cluster.kubectl("delete", "pvc", "media", "-n", namespace, "--wait=false")
+    wait_for(lambda: sorted(target_cronjobs(cluster, namespace, name)) == ["db", "logs"], "media's CronJob gone")
+    wait_for(lambda: sorted(status_targets(cluster, namespace, name)) == ["db", "logs"], "media gone from the status")
+    assert "volumes db, logs" in ready(cluster, name, namespace)["message"]
+    assert "media/media.txt" in bucket_keys(s3, prefix)

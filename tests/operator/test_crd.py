@@ -201,6 +201,8 @@ INVALID = {
     "hook with an empty command": _set("spec.hooks.before", {"command": []}),
     "hostPath with a relative path": _set("spec.source.hostPath", {"path": "var/backups"}),
     "nodeSelector value not a string": _set("spec.source.nodeSelector", {"role": 1}),
+    "selector with an unknown operator": _set("spec.source.selector",
+                                              {"matchExpressions": [{"key": "a", "operator": "Near"}]}),
 }
 
 

@@ -17,7 +17,7 @@ from s3backup_operator.policy import check as check_policy
 from s3backup_operator.render import render_cronjob, render_run_now_job
 from s3backup_operator.spec import InvalidSpec, parse
 from s3backup_operator.status import status_patch_for_target_run, targets_patch
-from s3backup_operator.targets import matching_nodes, pinned_to_node, targets
+from s3backup_operator.targets import matching_claims, matching_nodes, pinned_to_node, selects, targets
 
 from tests.operator.conftest import make_backup, option
 from tests.operator.schema_tools import validate_builtin
@@ -228,3 +228,65 @@ def test_a_run_now_of_a_claim_in_use_is_pinned_when_it_is_made(config):
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms[0]["matchFields"][0]["values"] == ["node-b"]
     assert "suspend" not in job["spec"]
+
+
+# --- source.selector: one run per matching claim of the namespace ---------------------------------------------
+
+SELECTOR = {"selector": {"matchLabels": {"backup": "daily"},
+                         "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["scratch"]}]}}
+
+
+def pvc(name, deleting=False, **labels):
+    meta = {"name": name, "namespace": "backups", "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-26T02:00:00Z"
+    return {"metadata": meta, "spec": {"accessModes": ["ReadWriteOnce"]}}
+
+
+def test_each_matching_claim_gets_its_own_run_under_its_own_prefix(config):
+    spec = parse(make_backup(source=SELECTOR))
+    assert spec.source.fans_out and spec.source.volume == {}
+    claims = [pvc("db", backup="daily"), pvc("media", backup="daily", tier="gold"), pvc("tmp", backup="daily",
+              tier="scratch"), pvc("weekly", backup="weekly"), pvc("old", deleting=True, backup="daily")]
+    names = matching_claims(spec, claims)
+    assert names == ["db", "media"]
+    for name, variant in targets(spec, names).items():
+        cronjob = render_cronjob(variant, config)
+        validate_builtin(cronjob)
+        assert cronjob["metadata"]["name"] == f"db-dumps-{name}-s3backup"
+        assert cronjob["metadata"]["annotations"] == {"s3backup.dev/target": name}
+        pod = _pod(cronjob)
+        assert pod["volumes"][0] == {"name": "source", "persistentVolumeClaim": {"claimName": name}}
+        assert "affinity" not in pod  # placed per run, like any ReadWriteOnce claim
+        assert pod["containers"][0]["args"][2] == f"s3://my-backups/cluster-a/db/{name}"
+
+
+@pytest.mark.parametrize(("labels", "selected"), [
+    ({"a": "1"}, True), ({"a": "2"}, False), ({}, False),
+])
+def test_selector_operators(labels, selected):
+    for selector in ({"matchLabels": {"a": "1"}},
+                     {"matchExpressions": [{"key": "a", "operator": "In", "values": ["1"]}]}):
+        assert selects(labels, selector) is selected
+    assert selects(labels, {"matchExpressions": [{"key": "a", "operator": "Exists"}]}) is bool(labels)
+    assert selects(labels, {"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}) is (not labels)
+    assert selects(labels, {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}) is (
+        not selected)
+
+
+@pytest.mark.parametrize("selector", [
+    {}, {"matchLabels": {}}, {"matchExpressions": [{"key": "a", "operator": "In"}]},
+    {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+    {"matchExpressions": [{"key": "a", "operator": "Near", "values": ["x"]}]},
+    {"matchLabels": {"bad key!": "x"}},
+])
+def test_a_bad_selector_is_an_invalid_spec(selector):
+    with pytest.raises(InvalidSpec) as raised:
+        parse(make_backup(source={"selector": selector}))
+    assert "spec.source.selector" in raised.value.message
+
+
+def test_a_selector_and_a_volume_together_are_refused():
+    with pytest.raises(InvalidSpec) as raised:
+        parse(make_backup(source={"volume": {"emptyDir": {}}, **SELECTOR}))
+    assert "exactly one of volume, hostPath, selector" in raised.value.message

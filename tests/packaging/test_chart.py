@@ -310,7 +310,7 @@ OPERATOR_NEEDS = [
     *[(v, "s3backup.dev", "s3restores/status") for v in ("get", "patch")],
     *[(v, "batch", "cronjobs") for v in ("get", "list", "watch", "create", "patch", "delete")],
     *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create", "patch")],
-    ("get", "", "persistentvolumeclaims"),
+    *[(v, "", "persistentvolumeclaims") for v in ("get", "list", "watch")],
     *[(v, "", "pods") for v in ("get", "list", "watch")],
     ("get", "", "secrets"),
     *[(v, "", "events") for v in ("create", "patch")],
