@@ -51,6 +51,18 @@ from s3backup_operator.render import (
     run_name,
 )
 from s3backup_operator.restore_handlers import register_restores
+from s3backup_operator.snapshot import (
+    FOR_JOB_ANNOTATION,
+    SNAPSHOT_OF_ANNOTATION,
+    clone_manifest,
+    clone_of,
+    deferred,
+    next_step,
+    owned_by_job,
+    snapshot_manifest,
+    via_snapshot,
+    waiting_job,
+)
 from s3backup_operator.spec import BackupSpec, Credentials, InvalidSpec, parse, pushgateway_of, schedule_interval
 from s3backup_operator.status import (
     job_finished,
@@ -168,10 +180,15 @@ class Reconciler:
 
         A CronJob of that name that this S3Backup does not control is never taken over.
         """
-        manifest = render_cronjob(spec, self.config)
-        claim = self.single_node_claim(spec)
-        if claim:
-            manifest = placed_at_run_time(manifest, claim)
+        if spec.copy_method == "Snapshot":  # the run mounts a clone the operator makes first (snapshot.py)
+            manifest = render_cronjob(via_snapshot(spec), self.config)
+            template = manifest["spec"]["jobTemplate"]
+            deferred(template["spec"], template["metadata"], claim_name(spec.source.volume))
+        else:
+            manifest = render_cronjob(spec, self.config)
+            claim = self.single_node_claim(spec)
+            if claim:
+                manifest = placed_at_run_time(manifest, claim)
         kopf.append_owner_reference(manifest, owner=backup)  # controller, blockOwnerDeletion: the GC's link
         name = manifest["metadata"]["name"]
         live = self.api.get_cronjob(spec.namespace, name)
@@ -379,6 +396,12 @@ class Reconciler:
     def claims_changed(self, event_type: str, claim: dict[str, Any], logger: logging.Logger) -> None:
         """A claim was made, deleted or relabelled: refresh the selector fan-outs of its namespace."""
         meta = claim["metadata"]
+        if FOR_JOB_ANNOTATION in (meta.get("annotations") or {}) and event_type == "DELETED":
+            backup = self._live_owner(meta)  # a clone of an earlier run is gone: a waiting run may go on
+            if backup is not None:
+                self.advance_waiting_jobs(meta["namespace"], backup["metadata"]["name"], logger)
+        if FOR_JOB_ANNOTATION in (meta.get("annotations") or {}):
+            return  # the operator's own clones are never a selector's targets
         gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
         key = f"{meta['namespace']}/{meta['name']}"
         labels = None if gone else dict(meta.get("labels") or {})
@@ -418,13 +441,9 @@ class Reconciler:
             self.run_now_targets(spec, body, request, patch, logger)
             return
         try:
-            claim = self.single_node_claim(spec)
-            node = self.volume_node(spec.namespace, claim) if claim else None
+            job = self.run_now_job(spec, request)
         except ApiError as error:
             raise kopf.TemporaryError(f"placing the run-now Job: {error}", delay=self.config.retry_delay) from None
-        if node:  # a ReadWriteOnce claim in use: run where it is mounted
-            spec = pinned_to_node(spec, node)
-        job = render_run_now_job(spec, self.config, request)
         try:
             jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
             running = [j["metadata"]["name"] for j in jobs
@@ -440,12 +459,80 @@ class Reconciler:
         patch.status["lastRunNowRequest"] = request
         patch.status["lastRunNowJobName"] = job["metadata"]["name"]
 
+    def run_now_job(self, spec: BackupSpec, request: str) -> dict[str, Any]:
+        """The run-now Job of one run: through a snapshot (made suspended, started by `advance_snapshot`),
+        or pinned now to the node of a ReadWriteOnce claim's pod, or as rendered."""
+        if spec.copy_method == "Snapshot":
+            job = render_run_now_job(via_snapshot(spec), self.config, request)
+            deferred(job["spec"], job["metadata"], claim_name(spec.source.volume))
+            return job
+        claim = self.single_node_claim(spec)
+        node = self.volume_node(spec.namespace, claim) if claim else None
+        return render_run_now_job(pinned_to_node(spec, node) if node else spec, self.config, request)
+
+    def advance_snapshot(self, job: dict[str, Any], logger: logging.Logger) -> None:
+        """One step for a Job that waits for its snapshot: remove an earlier run's leftovers, take the
+        VolumeSnapshot, wait until it is ready, create the clone claim from it, start the Job. Each step is
+        driven by an event (of the Job, the snapshot or the clone); all are idempotent."""
+        meta = job["metadata"]
+        claim = waiting_job(job)
+        backup = self._live_owner(meta) if claim else None
+        if backup is None:
+            return
+        namespace, job_name, name = meta["namespace"], meta["name"], clone_of(job)
+        snapshot, clone = self.api.get_snapshot(namespace, name), self.api.get_claim(namespace, name)
+        step = next_step(job_name, snapshot, clone)
+        backup_name = backup["metadata"]["name"]
+        if step == "delete-stale":
+            for item, delete in ((snapshot, self.api.delete_snapshot), (clone, self.api.delete_claim)):
+                if item is not None and not owned_by_job(item, job_name):
+                    delete(namespace, name)
+                    logger.info(f"{item.get('kind', 'object')} {name} of an earlier run deleted (Job {job_name})")
+        elif step == "create-snapshot":
+            spec = parse(backup)
+            manifest = snapshot_manifest(namespace, name, backup_name, job_name, claim, spec.snapshot_class)
+            _owned_by_job(manifest, job)
+            if self.api.create_snapshot(manifest):
+                logger.info(f"VolumeSnapshot {name} of claim {claim} created for Job {job_name}")
+        elif step == "create-clone":
+            spec = parse(backup)
+            manifest = clone_manifest(namespace, name, backup_name, job_name, snapshot or {},
+                                      self.api.get_claim(namespace, claim), spec.clone_storage_class)
+            _owned_by_job(manifest, job)
+            if self.api.create_claim(manifest):
+                logger.info(f"claim {name} restored from VolumeSnapshot {name} for Job {job_name}")
+            step = "start"  # the pod binds the clone when it is scheduled: nothing more to wait for
+        if step == "start":
+            self.api.patch_job(namespace, job_name, {"spec": {"suspend": False}})
+            logger.info(f"Job {job_name} started on the snapshot of claim {claim}")
+        elif step == "failed":
+            message = str(((snapshot or {}).get("status") or {}).get("error", {}).get("message") or "")[:300]
+            logger.warning(f"VolumeSnapshot {name} of claim {claim} failed: {message}")
+
+    def advance_waiting_jobs(self, namespace: str, backup_name: str, logger: logging.Logger) -> None:
+        """advance_snapshot for each Job of the backup that waits for its snapshot (a snapshot or clone changed)."""
+        for job in self.api.list_jobs(namespace, {BACKUP_LABEL: backup_name}):
+            if waiting_job(job):
+                self.advance_snapshot(job, logger)
+
+    def cleanup_snapshot(self, job: dict[str, Any], logger: logging.Logger) -> None:
+        """A finished run through a snapshot: delete its clone claim and its VolumeSnapshot."""
+        meta = job["metadata"]
+        if SNAPSHOT_OF_ANNOTATION not in (meta.get("annotations") or {}):
+            return
+        namespace, name = meta["namespace"], clone_of(job)
+        clone = self.api.get_claim(namespace, name)
+        if clone is not None and owned_by_job(clone, meta["name"]) and self.api.delete_claim(namespace, name):
+            logger.info(f"claim {name} (the clone of Job {meta['name']}) deleted")
+        snapshot = self.api.get_snapshot(namespace, name)
+        if snapshot is not None and owned_by_job(snapshot, meta["name"]) and self.api.delete_snapshot(namespace, name):
+            logger.info(f"VolumeSnapshot {name} (of Job {meta['name']}) deleted")
+
     def run_now_targets(self, spec: BackupSpec, body: dict[str, Any], request: str, patch: kopf.Patch,
                         logger: logging.Logger) -> None:
         """run-now for a fan-out: one Job per current target, once no run of the resource is in progress."""
         try:
-            jobs = [render_run_now_job(variant, self.config, request)
-                    for variant in self.fan_out_targets(spec).values()]
+            jobs = [self.run_now_job(variant, request) for variant in self.fan_out_targets(spec).values()]
             names = {job["metadata"]["name"] for job in jobs}
             running = [j["metadata"]["name"] for j in self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
                        if not job_finished(j) and j["metadata"]["name"] not in names]
@@ -465,7 +552,9 @@ class Reconciler:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
         if not job_finished(job):
             self.place_job(job, logger)
+            self.advance_snapshot(job, logger)
             return
+        self.cleanup_snapshot(job, logger)
         meta = job["metadata"]
         backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
         if not backup_name:
@@ -598,6 +687,14 @@ class Reconciler:
         ))
 
 
+def _owned_by_job(manifest: dict[str, Any], job: dict[str, Any]) -> None:
+    """The Job owns its snapshot and clone: should the operator miss the cleanup, the garbage collector
+    removes them with the Job (successfulJobsHistoryLimit)."""
+    meta = job["metadata"]
+    manifest["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                "uid": meta.get("uid", ""), "blockOwnerDeletion": False}]
+
+
 def _unix_seconds(timestamp: Any) -> float | None:
     """An RFC 3339 time of the API ("2026-11-26T02:45:00Z") as Unix seconds; None if absent or malformed."""
     if not timestamp:
@@ -706,6 +803,15 @@ def register(
         kinds in either mode; the resync timer re-applies the same, should an event be missed)."""
         update = lambda: reconciler.nodes_changed(event.get("type") or "", dict(body), logger)  # noqa: E731
         update_status_from("Node", update, body, logger)
+
+    @kopf.on.event("snapshot.storage.k8s.io", "v1", "volumesnapshots", labels=managed, registry=registry,
+                   id="snapshot-changed")
+    def snapshot_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        """copyMethod Snapshot: a snapshot became ready (or an earlier run's is gone): the waiting run goes on."""
+        meta = body["metadata"]
+        update = lambda: reconciler.advance_waiting_jobs(  # noqa: E731
+            meta["namespace"], (meta.get("labels") or {}).get(BACKUP_LABEL, ""), logger)
+        update_status_from("VolumeSnapshot", update, body, logger)
 
     @kopf.on.event("", "v1", "persistentvolumeclaims", registry=registry, id="claims-changed")
     def claim_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:

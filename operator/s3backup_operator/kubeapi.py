@@ -87,6 +87,9 @@ def _matches(item: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return all(item_labels.get(key) == value for key, value in labels.items())
 
 
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+
+
 class KubeApi:
     """The calls the operator makes, by what they are for."""
 
@@ -197,6 +200,42 @@ class KubeApi:
 
     def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    def create_claim(self, manifest: dict[str, Any]) -> bool:
+        """Create a claim (a snapshot's clone); False if one of that name exists."""
+        return self._create(self.core.create_namespaced_persistent_volume_claim, manifest)
+
+    def delete_claim(self, namespace: str, name: str) -> bool:
+        return self._or_none(self.core.delete_namespaced_persistent_volume_claim, name, namespace) is not None
+
+    # VolumeSnapshots (copyMethod: Snapshot)
+    def get_snapshot(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.custom.get_namespaced_custom_object, SNAPSHOT_GROUP, "v1", namespace,
+                             "volumesnapshots", name)
+
+    def create_snapshot(self, manifest: dict[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        try:
+            self._call(self.custom.create_namespaced_custom_object, SNAPSHOT_GROUP, "v1", meta["namespace"],
+                       "volumesnapshots", manifest, field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_snapshot(self, namespace: str, name: str) -> bool:
+        return self._or_none(self.custom.delete_namespaced_custom_object, SNAPSHOT_GROUP, "v1", namespace,
+                             "volumesnapshots", name) is not None
+
+    def _create(self, method: Callable[..., Any], manifest: dict[str, Any]) -> bool:
+        try:
+            self._call(method, manifest["metadata"]["namespace"], manifest, field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
 
     def list_claims(self, namespace: str) -> list[dict[str, Any]]:
         """Every PersistentVolumeClaim of the namespace (a source.selector is matched by the operator)."""

@@ -210,6 +210,9 @@ class BackupSpec:
     pushgateway_url: str = ""  # spec.metrics.pushgatewayURL; "" = the operator's default
     hook_before: Hook | None = None  # spec.hooks.before
     target: str = ""  # set by targets.py on one run of a fan-out: a node's name; "" for the resource itself
+    copy_method: str = "Direct"  # spec.copyMethod: "Direct" (the claim itself) or "Snapshot" (snapshot.py)
+    snapshot_class: str = ""  # spec.snapshot.volumeSnapshotClassName ("" = the cluster's default)
+    clone_storage_class: str | None = None  # spec.snapshot.storageClassName (None = the source claim's)
 
     @property
     def identity(self) -> str:
@@ -338,6 +341,10 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
         job=job_settings_from(spec["job"]),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
         hook_before=hook_from((spec.get("hooks") or {}).get("before")),
+        copy_method=str(spec.get("copyMethod") or "Direct"),
+        snapshot_class=str((spec.get("snapshot") or {}).get("volumeSnapshotClassName") or ""),
+        clone_storage_class=None if (spec.get("snapshot") or {}).get("storageClassName") is None
+        else str(spec["snapshot"]["storageClassName"]),
     )
 
 
@@ -511,6 +518,16 @@ def check_source_kind(source: Source) -> None:
         raise InvalidSpec("InvalidSpec", f"spec.source.hostPath.path {path[:100]!r}: an absolute path without '..'")
 
 
+def check_copy_method(spec: BackupSpec) -> None:
+    """copyMethod Snapshot needs claims: source.volume.persistentVolumeClaim or source.selector."""
+    if spec.copy_method not in ("Direct", "Snapshot"):
+        raise InvalidSpec("InvalidSpec", f"spec.copyMethod {spec.copy_method[:50]!r}: Direct or Snapshot")
+    claim = "persistentVolumeClaim" in spec.source.volume or spec.source.claim_selector is not None
+    if spec.copy_method == "Snapshot" and not claim:
+        raise InvalidSpec("InvalidSpec", "spec.copyMethod Snapshot needs a PersistentVolumeClaim source "
+                                         "(source.volume.persistentVolumeClaim or source.selector)")
+
+
 _SELECTOR_OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # -> needs values
 
 
@@ -564,6 +581,7 @@ def check(spec: BackupSpec) -> None:
         raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
     check_job(spec.job)
     check_source_kind(source)
+    check_copy_method(spec)
     if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
     option_values = {

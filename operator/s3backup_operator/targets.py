@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from s3backup_operator.affinity import pin_to_node
+from s3backup_operator.render import BACKUP_LABEL
 from s3backup_operator.spec import BackupSpec
 
 
@@ -50,6 +51,7 @@ def matching_claims(spec: BackupSpec, claims: Iterable[Mapping[str, Any]]) -> li
     """The names of the namespace's PersistentVolumeClaims a selector backup runs for (not being deleted)."""
     return sorted({claim["metadata"]["name"] for claim in claims
                    if not claim["metadata"].get("deletionTimestamp")
+                   and BACKUP_LABEL not in (claim["metadata"].get("labels") or {})  # the operator's own clones
                    and selects(claim["metadata"].get("labels"), spec.source.claim_selector or {})})
 
 

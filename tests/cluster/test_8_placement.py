@@ -405,3 +405,103 @@ def test_each_selected_claim_is_backed_up_under_its_own_prefix_and_claims_join_a
     wait_for(lambda: sorted(status_targets(cluster, namespace, name)) == ["db", "logs"], "media gone from the status")
     assert "volumes db, logs" in ready(cluster, name, namespace)["message"]
     assert "media/media.txt" in bucket_keys(s3, prefix)
+
+
+# --- copyMethod: Snapshot: the objects the operator makes and removes around a run ------------------------
+
+#: A minimal VolumeSnapshot CRD (this test's own, not the external-snapshotter's): the test cluster has no
+#: snapshot controller and the process kubelet no CSI driver, so the test plays both, see
+#: README.md, "Consistent capture: a snapshot per run (`copyMethod: Snapshot`)".
+VOLUME_SNAPSHOT_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "volumesnapshots.snapshot.storage.k8s.io",  # a *.k8s.io group wants an approval note
+                 "annotations": {"api-approved.kubernetes.io": "unapproved, a minimal stand-in for tests"}},
+    "spec": {"group": "snapshot.storage.k8s.io", "scope": "Namespaced",
+             "names": {"kind": "VolumeSnapshot", "plural": "volumesnapshots", "singular": "volumesnapshot",
+                       "listKind": "VolumeSnapshotList"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
+                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                               "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                               "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}]},
+}
+LIVE_FILES = {"live.txt": b"still being written\n"}
+SNAPSHOT_FILES = {"frozen.txt": b"the volume as it was at the snapshot\n", "dir/db.bin": bytes(range(256)) * 8}
+
+
+@pytest.fixture(scope="module")
+def snapshot_namespace(cluster, installed, s3):
+    cluster.apply(VOLUME_SNAPSHOT_CRD)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/volumesnapshots.snapshot.storage.k8s.io",
+                    "--timeout=60s")
+    name = make_namespace(cluster, "snapshot")
+    make_credentials(cluster, name, s3)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_a_snapshot_run_backs_up_a_clone_and_removes_both_afterwards(cluster, s3, snapshot_namespace):
+    namespace, name, prefix = snapshot_namespace, "frozen", f"snapshot-{os.getpid()}"
+    make_volume(cluster, namespace, "live", LIVE_FILES)
+    manifest = backup_manifest(namespace, name, "live", s3, prefix)
+    manifest["spec"]["copyMethod"] = "Snapshot"
+    cluster.apply(manifest)
+    wait_for(lambda: ready(cluster, name, namespace).get("status") == "True", "the S3Backup Ready")
+    clone = f"{name}-s3backup-snap"
+    template = cluster.get("cronjob", f"{name}-s3backup", "-n", namespace)["spec"]["jobTemplate"]
+    assert template["spec"]["suspend"] is True
+    assert template["metadata"]["annotations"][f"{GROUP}/snapshot-of"] == "live"
+    assert template["spec"]["template"]["spec"]["volumes"][0] == {
+        "name": "source", "persistentVolumeClaim": {"claimName": clone, "readOnly": True}}
+
+    # run-now: a suspended Job, and a VolumeSnapshot of the source claim made for it.
+    job = run_now(cluster, namespace, name)
+    job_name = job["metadata"]["name"]
+    assert job["spec"]["suspend"] is True
+    snapshot = wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace), "the VolumeSnapshot")
+    assert snapshot["spec"]["source"] == {"persistentVolumeClaimName": "live"}
+    assert snapshot["metadata"]["annotations"][f"{GROUP}/for-job"] == job_name
+    assert snapshot["metadata"]["ownerReferences"][0]["name"] == job_name
+    assert cluster.get("pvc", clone, "-n", namespace) is None  # nothing restored before the snapshot is ready
+    assert cluster.get("job", job_name, "-n", namespace)["spec"]["suspend"] is True
+    assert not cluster.items("pods", "-n", namespace, "-l", f"job-name={job_name}")
+
+    # The test plays the snapshot controller: the snapshot is ready.
+    cluster.kubectl("patch", "volumesnapshot", clone, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", '{"status":{"readyToUse":true,"restoreSize":"1Gi"}}')
+    claim = wait_for(lambda: cluster.get("pvc", clone, "-n", namespace), "the clone claim")
+    assert claim["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                           "name": clone}
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert claim["metadata"]["annotations"][f"{GROUP}/for-job"] == job_name
+    wait_for(lambda: cluster.get("job", job_name, "-n", namespace)["spec"].get("suspend") is False, "the Job started")
+
+    # ... and the provisioner: a volume holding the snapshot's content, bound to the clone claim.
+    path = f"/srv/{namespace}-restored"
+    for relative, content in SNAPSHOT_FILES.items():
+        target = cluster.node_dir("node-b", path) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    cluster.apply({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-restored"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": path},
+                 "claimRef": {"namespace": namespace, "name": clone},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-b"]}]}]}}},
+    })
+    job = finished_job(cluster, namespace, job_name, timeout=150)
+    pods = cluster.items("pods", "-n", namespace, "-l", f"job-name={job_name}")
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"]), \
+        "\n".join(cluster.pod_log(pod) for pod in pods)
+    run = last_run(cluster, namespace, name, job_name)
+    assert (run["result"], run["filesUploaded"]) == ("Succeeded", len(SNAPSHOT_FILES))
+    assert sorted(bucket_keys(s3, prefix)) == sorted(SNAPSHOT_FILES)  # the snapshot's files, not the live ones
+
+    # After the run: the clone claim and the snapshot are deleted.
+    def clone_deleted():  # gone, or held only by the pvc-protection finalizer while the Job's pod is kept
+        found = cluster.get("pvc", clone, "-n", namespace)
+        return found is None or bool(found["metadata"].get("deletionTimestamp"))
+    wait_for(clone_deleted, "the clone claim deleted")
+    wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace) is None, "the VolumeSnapshot deleted")
+    assert cluster.get("pvc", "live", "-n", namespace)["status"]["phase"] == "Bound"  # the source is untouched
+    cluster.kubectl("delete", "pv", f"{namespace}-restored", "--wait=false", check=False)

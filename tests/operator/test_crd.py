@@ -203,6 +203,7 @@ INVALID = {
     "nodeSelector value not a string": _set("spec.source.nodeSelector", {"role": 1}),
     "selector with an unknown operator": _set("spec.source.selector",
                                               {"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+    "unknown copy method": _set("spec.copyMethod", "Clone"),
 }
 
 
