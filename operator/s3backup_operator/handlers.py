@@ -104,7 +104,8 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self._api = api
-        #: (namespace, name) of the S3Backups that fan out over Nodes: what a Node joining or leaving concerns.
+        #: (namespace, name) of the S3Backups that fan out (over Nodes or claims): what a Node or claim that
+        #: joins or leaves may concern.
         self.fan_outs: set[tuple[str, str]] = set()
         self._node_labels: dict[str, dict[str, str]] = {}
         self._claim_labels: dict[str, dict[str, str]] = {}

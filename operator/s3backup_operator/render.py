@@ -31,7 +31,7 @@ KIND = "S3Backup"
 RUN_NOW_ANNOTATION = f"{GROUP}/run-now"
 BACKUP_LABEL = f"{GROUP}/backup"
 TRIGGER_LABEL = f"{GROUP}/trigger"
-#: On a fan-out's CronJobs, Jobs and Pods: the target (node) they run for. The label may be shortened (63
+#: On a fan-out's CronJobs, Jobs and Pods: the target (node or claim) they run for. The label may be shortened (63
 #: characters); the annotation of the same key on CronJobs and Jobs holds the full name.
 TARGET_LABEL = f"{GROUP}/target"
 MANAGED_BY = "s3backup-operator"
