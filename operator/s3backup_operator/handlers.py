@@ -326,12 +326,22 @@ class Reconciler:
             cronjobs[key] = cronjob_name(run_name(variant))
             if action != "unchanged":
                 logger.info(f"CronJob {cronjobs[key]} {action} (target {key})")
-        self.remove_cronjobs(backup, keep=set(cronjobs.values()), logger=logger)
+        removed = self.remove_cronjobs(backup, keep=set(cronjobs.values()), logger=logger)
+        self.forget_targets(spec, removed, logger)
         return cronjobs
+
+    def forget_targets(self, spec: BackupSpec, removed: list[str], logger: logging.Logger) -> None:
+        """The Pushgateway groups of targets that left (best effort): their staleness alerts would fire forever."""
+        gateway = spec.pushgateway(self.config.default_pushgateway_url)
+        for target in removed if gateway else ():
+            try:
+                asyncio.run(delete_group(gateway, spec.namespace, f"{spec.name}/{target}"))
+            except Exception as error:  # any network failure: logged, the group stays (and alerts)
+                logger.warning(f"Pushgateway group of target {target} not deleted: {type(error).__name__}")
 
     def remove_cronjobs(self, backup: dict[str, Any], keep: set[str], logger: logging.Logger) -> list[str]:
         """Delete this S3Backup's CronJobs (those it controls) not named in `keep`: targets that left, or the
-        single CronJob of a resource that now fans out. Running Jobs finish."""
+        single CronJob of a resource that now fans out. Running Jobs finish. Returns the targets removed."""
         meta = backup["metadata"]
         removed = []
         for cronjob in self.api.list_cronjobs(meta["namespace"], {BACKUP_LABEL: meta["name"]}):
@@ -340,7 +350,9 @@ class Reconciler:
             if name in keep or not owners or owners[0].get("uid") != meta.get("uid"):
                 continue
             if self.api.delete_cronjob(meta["namespace"], name):
-                removed.append(name)
+                target = (cronjob["metadata"].get("annotations") or {}).get(TARGET_LABEL)
+                if target:
+                    removed.append(target)
                 logger.info(f"CronJob {name} deleted (its target left)")
         return removed
 
@@ -650,7 +662,8 @@ class Reconciler:
         gateway = pushgateway_of(body, self.config.default_pushgateway_url)
         if gateway:
             try:
-                await delete_group(gateway, meta["namespace"], meta["name"])
+                for group in metrics_groups(body):
+                    await delete_group(gateway, meta["namespace"], group)
                 logger.info(f"Pushgateway group deleted at {redact_url(gateway)}")
             except Exception as error:  # any network failure: retry a few times, never block deletion forever
                 message = f"{type(error).__name__}: {error}".replace(gateway, redact_url(gateway))
@@ -686,6 +699,13 @@ class Reconciler:
             created_timestamp=_unix_seconds(meta.get("creationTimestamp")),
             expected_interval_seconds=None if interval is None else float(interval),
         ))
+
+
+def metrics_groups(backup: dict[str, Any]) -> list[str]:
+    """The `backup` values of the Pushgateway groups an S3Backup's runs push: its name, and `<name>/<target>`
+    for each target of a fan-out."""
+    name = backup["metadata"]["name"]
+    return [name, *(f"{name}/{target}" for target in ((backup.get("status") or {}).get("targets") or {}))]
 
 
 def _owned_by_job(manifest: dict[str, Any], job: dict[str, Any]) -> None:
