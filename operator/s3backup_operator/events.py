@@ -40,6 +40,7 @@ def run_event(backup: dict[str, Any], run: dict[str, Any], now: str) -> dict[str
     """The core/v1 Event for a finished run (lastRun) of `backup`."""
     meta = backup["metadata"]
     kind, reason = KINDS.get(run.get("result", FAILED), KINDS[FAILED])
+    reason = run.get("reason") or reason  # e.g. HookFailed: the sync never ran
     when = run.get("completionTime") or now
     return {
         "apiVersion": "v1",

@@ -87,6 +87,9 @@ def _matches(item: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return all(item_labels.get(key) == value for key, value in labels.items())
 
 
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+
+
 class KubeApi:
     """The calls the operator makes, by what they are for."""
 
@@ -158,6 +161,15 @@ class KubeApi:
                                 propagation_policy="Background")
         return deleted is not None
 
+    def list_cronjobs(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.batch.list_namespaced_cron_job, namespace, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
+    # Nodes (source.hostPath fan-out)
+    def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        items = self._call(self.core.list_node, label_selector=_selector(labels))
+        return [item for item in items.get("items") or [] if _matches(item, labels)]
+
     # Jobs and Pods
     def create_job(self, manifest: dict[str, Any]) -> bool:
         """Create the Job; False if one of that name exists (a retried handler: the same request)."""
@@ -181,6 +193,54 @@ class KubeApi:
             raise
         return True
 
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of a Job (a suspended run: its node affinity, then suspend false)."""
+        self._call(self.batch.patch_namespaced_job, name, namespace, patch, field_manager=FIELD_MANAGER,
+                   _content_type=MERGE_PATCH)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    def create_claim(self, manifest: dict[str, Any]) -> bool:
+        """Create a claim (a snapshot's clone); False if one of that name exists."""
+        return self._create(self.core.create_namespaced_persistent_volume_claim, manifest)
+
+    def delete_claim(self, namespace: str, name: str) -> bool:
+        return self._or_none(self.core.delete_namespaced_persistent_volume_claim, name, namespace) is not None
+
+    # VolumeSnapshots (copyMethod: Snapshot)
+    def get_snapshot(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._or_none(self.custom.get_namespaced_custom_object, SNAPSHOT_GROUP, "v1", namespace,
+                             "volumesnapshots", name)
+
+    def create_snapshot(self, manifest: dict[str, Any]) -> bool:
+        meta = manifest["metadata"]
+        try:
+            self._call(self.custom.create_namespaced_custom_object, SNAPSHOT_GROUP, "v1", meta["namespace"],
+                       "volumesnapshots", manifest, field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_snapshot(self, namespace: str, name: str) -> bool:
+        return self._or_none(self.custom.delete_namespaced_custom_object, SNAPSHOT_GROUP, "v1", namespace,
+                             "volumesnapshots", name) is not None
+
+    def _create(self, method: Callable[..., Any], manifest: dict[str, Any]) -> bool:
+        try:
+            self._call(method, manifest["metadata"]["namespace"], manifest, field_manager=FIELD_MANAGER)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    def list_claims(self, namespace: str) -> list[dict[str, Any]]:
+        """Every PersistentVolumeClaim of the namespace (a source.selector is matched by the operator)."""
+        return self._call(self.core.list_namespaced_persistent_volume_claim, namespace).get("items") or []
+
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.batch.read_namespaced_job, name, namespace)
 
@@ -195,6 +255,10 @@ class KubeApi:
     # S3Backups
     def get_backup(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        """Every S3Backup the operator can see (a Node that joins or leaves concerns hostPath ones anywhere)."""
+        return self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL).get("items") or []
 
     def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,

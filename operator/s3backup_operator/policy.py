@@ -32,6 +32,8 @@ def _refuse(what: str, allowance: Allowance, namespace: str, value: str) -> None
 def check(spec: BackupSpec, policy: Policy) -> None:
     """Raise InvalidSpec(reason "NotAllowed") for what the policy does not allow in the spec's namespace."""
     check_volume(spec.source.volume, "spec.source.volume", spec.namespace, policy)
+    if spec.source.host_path:  # a fan-out over Nodes: each run mounts that hostPath
+        _refuse("spec.source.hostPath", policy.host_path, spec.namespace, repr(spec.source.host_path))
     check_job(spec.job, spec.namespace, policy)
 
 

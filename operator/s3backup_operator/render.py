@@ -19,6 +19,7 @@ from s3backup_operator.spec import (
     CABundle,
     Credentials,
     Destination,
+    Hook,
     JobSettings,
     PodSecurity,
 )
@@ -31,12 +32,16 @@ KIND = "S3Backup"
 RUN_NOW_ANNOTATION = f"{GROUP}/run-now"
 BACKUP_LABEL = f"{GROUP}/backup"
 TRIGGER_LABEL = f"{GROUP}/trigger"
+#: On a fan-out's CronJobs, Jobs and Pods: the target (node or claim) they run for. The label may be shortened (63
+#: characters); the annotation of the same key on CronJobs and Jobs holds the full name.
+TARGET_LABEL = f"{GROUP}/target"
 MANAGED_BY = "s3backup-operator"
 #: The label selector of every child the operator makes (CronJobs, Jobs, their Pods; an S3Backup's carry
 #: BACKUP_LABEL, an S3Restore's RESTORE_LABEL): the watches send it to the API server, so only these objects
 #: ever reach the operator.
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 CONTAINER_NAME = "s3backup"
+HOOK_CONTAINER_NAME = "hook-before"
 TERMINATION_LOG = "/dev/termination-log"
 RUN_NOW_TTL_SECONDS = 86400
 CA_BUNDLE_DIR = "/etc/s3backup/ca"
@@ -62,6 +67,19 @@ def cronjob_name(backup_name: str) -> str:
 def run_now_job_name(backup_name: str, request: str) -> str:
     """One Job per distinct run-now annotation value, so a retried or replayed handler never runs twice."""
     return bounded_name(backup_name, f"-now-{_short_hash(request, 10)}", 63)
+
+
+def run_name(spec: BackupSpec) -> str:
+    """The base of a run's object names: the resource's name, plus `-<target>` for one target of a fan-out."""
+    return f"{spec.name}-{spec.target}" if spec.target else spec.name
+
+
+def target_labels(spec: BackupSpec) -> dict[str, str]:
+    return {TARGET_LABEL: bounded_name(spec.target, "", 63)} if spec.target else {}
+
+
+def target_annotations(spec: BackupSpec) -> dict[str, str]:
+    return {TARGET_LABEL: spec.target} if spec.target else {}
 
 
 def labels(backup_name: str) -> dict[str, str]:
@@ -108,7 +126,7 @@ def syncer_args(spec: BackupSpec, config: OperatorConfig) -> list[str]:
     if gateway:
         options.append(("--pushgateway", gateway))
     options += [
-        ("--backup-name", spec.name),
+        ("--backup-name", f"{spec.name}/{spec.target}" if spec.target else spec.name),  # one group per target
         ("--backup-namespace", spec.namespace),
         ("--expected-interval", spec.expected_interval),
     ]
@@ -168,8 +186,36 @@ CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
 
 def pod_template(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
     """The pod that runs one backup: shared by the CronJob and the run-now Job."""
-    return build_pod_template(config, spec.job, spec.destination, spec.source.volume, read_only=True,
-                              args=syncer_args(spec, config), pod_labels=pod_labels(spec))
+    template = build_pod_template(config, spec.job, spec.destination, spec.source.volume, read_only=True,
+                                  args=syncer_args(spec, config), pod_labels=pod_labels(spec))
+    if spec.hook_before is not None:
+        template["spec"]["initContainers"] = [hook_container(spec.hook_before, spec.job, config)]
+    return template
+
+
+def hook_container(hook: Hook, job: JobSettings, config: OperatorConfig) -> dict[str, Any]:
+    """spec.hooks.before as an init container: the sync container starts only after it exits 0, and a
+    failure fails the attempt (restartPolicy Never). Same volumes as the sync, with the source read-write
+    (a dump into an emptyDir source is the point), the same pinned security context (`restricted`), the
+    user's env and proxies, but no S3 credentials: the hook has no business with the bucket."""
+    container: dict[str, Any] = {
+        "name": HOOK_CONTAINER_NAME,
+        "image": hook.image or config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(hook.command),
+        "env": [
+            *({"name": name, "value": value} for name, value in job.proxy.env().items()),
+            {"name": "TMPDIR", "value": "/tmp"},
+            {"name": "HOME", "value": "/tmp"},
+            *copy.deepcopy([dict(item) for item in job.env]),
+        ],
+        "volumeMounts": [{"name": "source", "mountPath": SOURCE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}],
+        "terminationMessagePolicy": "File",  # its output stays in its log: it never reaches the status
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+    }
+    if job.resources:
+        container["resources"] = copy.deepcopy(dict(job.resources))
+    return container
 
 
 def build_pod_template(config: OperatorConfig, job: JobSettings, destination: Destination,
@@ -238,7 +284,7 @@ def build_pod_template(config: OperatorConfig, job: JobSettings, destination: De
 
 def pod_labels(spec: BackupSpec, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The user's spec.job.podLabels, then the operator's own (spec.parse refused any that would clash)."""
-    return {**(spec.job.pod_labels or {}), **labels(spec.name), **(extra or {})}
+    return {**(spec.job.pod_labels or {}), **labels(spec.name), **target_labels(spec), **(extra or {})}
 
 
 def _job_spec(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
@@ -262,21 +308,23 @@ def render_cronjob(spec: BackupSpec, config: OperatorConfig) -> dict[str, Any]:
         "startingDeadlineSeconds": spec.job.starting_deadline_seconds,
         "successfulJobsHistoryLimit": spec.job.successful_jobs_history_limit,
         "failedJobsHistoryLimit": spec.job.failed_jobs_history_limit,
-        "jobTemplate": {"metadata": {"labels": labels(spec.name)}, "spec": _job_spec(spec, config)},
+        "jobTemplate": {"metadata": {"labels": {**labels(spec.name), **target_labels(spec)}},
+                        "spec": _job_spec(spec, config)},
     }
+    if spec.target:
+        cron_spec["jobTemplate"]["metadata"]["annotations"] = target_annotations(spec)
     if spec.time_zone:
         cron_spec["timeZone"] = spec.time_zone
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": {"name": cronjob_name(spec.name), "namespace": spec.namespace, "labels": labels(spec.name)},
-        "spec": cron_spec,
-    }
+    metadata: dict[str, Any] = {"name": cronjob_name(run_name(spec)), "namespace": spec.namespace,
+                                "labels": {**labels(spec.name), **target_labels(spec)}}
+    if spec.target:
+        metadata["annotations"] = target_annotations(spec)
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": metadata, "spec": cron_spec}
 
 
 def render_run_now_job(spec: BackupSpec, config: OperatorConfig, request: str) -> dict[str, Any]:
     """A one-off Job from the same pod template as the CronJob, for the run-now annotation value `request`."""
-    job_labels = {**labels(spec.name), TRIGGER_LABEL: "run-now"}
+    job_labels = {**labels(spec.name), **target_labels(spec), TRIGGER_LABEL: "run-now"}
     job_spec = _job_spec(spec, config)
     job_spec["ttlSecondsAfterFinished"] = RUN_NOW_TTL_SECONDS
     job_spec["template"]["metadata"]["labels"] = pod_labels(spec, {TRIGGER_LABEL: "run-now"})
@@ -284,10 +332,10 @@ def render_run_now_job(spec: BackupSpec, config: OperatorConfig, request: str) -
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": run_now_job_name(spec.name, request),
+            "name": run_now_job_name(run_name(spec), request),
             "namespace": spec.namespace,
             "labels": job_labels,
-            "annotations": {RUN_NOW_ANNOTATION: request},
+            "annotations": {RUN_NOW_ANNOTATION: request, **target_annotations(spec)},
         },
         "spec": job_spec,
     }

@@ -73,11 +73,19 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Source:
-    volume: Mapping[str, Any]  # a Kubernetes volume source, passed through as it is
+    volume: Mapping[str, Any]  # a Kubernetes volume source, passed through as it is ({} while it fans out)
     sub_path: str = ""
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     follow_symlinks: bool = False
+    host_path: str = ""  # spec.source.hostPath.path: one run per node matching node_selector (targets.py)
+    node_selector: Mapping[str, str] | None = None  # spec.source.nodeSelector (with host_path only)
+    claim_selector: Mapping[str, Any] | None = None  # spec.source.selector: one run per matching PVC
+
+    @property
+    def fans_out(self) -> bool:
+        """True when the resource stands for several runs (targets.py), not one CronJob of its own."""
+        return bool(self.host_path) or self.claim_selector is not None
 
     @property
     def directory(self) -> str:
@@ -177,6 +185,15 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """spec.hooks.before: a command the backup pod runs before the sync (an init container: same pod, same
+    volumes, the sync starts only when it exits 0). `image` "" = the operator's image."""
+
+    command: tuple[str, ...]
+    image: str = ""
+
+
+@dataclass(frozen=True)
 class BackupSpec:
     """One S3Backup, parsed and checked: everything downstream reads this, never the raw spec."""
 
@@ -193,6 +210,11 @@ class BackupSpec:
     transfer: Transfer
     job: JobSettings
     pushgateway_url: str = ""  # spec.metrics.pushgatewayURL; "" = the operator's default
+    hook_before: Hook | None = None  # spec.hooks.before
+    target: str = ""  # set by targets.py on one run of a fan-out: a node's name; "" for the resource itself
+    copy_method: str = "Direct"  # spec.copyMethod: "Direct" (the claim itself) or "Snapshot" (snapshot.py)
+    snapshot_class: str = ""  # spec.snapshot.volumeSnapshotClassName ("" = the cluster's default)
+    clone_storage_class: str | None = None  # spec.snapshot.storageClassName (None = the source claim's)
 
     @property
     def identity(self) -> str:
@@ -306,6 +328,10 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
             includes=tuple(str(pattern) for pattern in source["include"] or ()),
             excludes=tuple(str(pattern) for pattern in source["exclude"] or ()),
             follow_symlinks=bool(source["followSymlinks"]),
+            host_path=str((source.get("hostPath") or {}).get("path") or ""),
+            node_selector={str(k): str(v) for k, v in source["nodeSelector"].items()}
+            if source.get("nodeSelector") else None,
+            claim_selector=copy.deepcopy(source["selector"]) if source.get("selector") is not None else None,
         ),
         destination=destination_from(spec["destination"]),
         compare=str(spec["compare"]),
@@ -317,7 +343,27 @@ def _build(meta: Mapping[str, Any], spec: dict[str, Any], schedule: str, interva
                           shards=_integer(spec["transfer"]["shards"], "spec.transfer.shards")),
         job=job_settings_from(spec["job"]),
         pushgateway_url=str((spec.get("metrics") or {}).get("pushgatewayURL") or ""),
+        hook_before=hook_from((spec.get("hooks") or {}).get("before")),
+        copy_method=str(spec.get("copyMethod") or "Direct"),
+        snapshot_class=str((spec.get("snapshot") or {}).get("volumeSnapshotClassName") or ""),
+        clone_storage_class=None if (spec.get("snapshot") or {}).get("storageClassName") is None
+        else str(spec["snapshot"]["storageClassName"]),
     )
+
+
+def hook_from(raw: Any) -> Hook | None:
+    """spec.hooks.before (None when absent). The command is passed as it is: no shell unless it names one."""
+    if not raw:
+        return None
+    command = raw.get("command") or []
+    if not isinstance(command, list) or not command or not all(isinstance(part, str) for part in command):
+        raise InvalidSpec("InvalidSpec", "spec.hooks.before.command: a non-empty list of strings")
+    if any("\0" in part for part in command):
+        raise InvalidSpec("InvalidSpec", "spec.hooks.before.command: must not contain a NUL character")
+    image = str(raw.get("image") or "")
+    if image and (any(char.isspace() for char in image) or len(image) > 1024):
+        raise InvalidSpec("InvalidSpec", f"spec.hooks.before.image: invalid image {image[:100]!r}")
+    return Hook(command=tuple(command), image=image)
 
 
 def destination_from(destination: Mapping[str, Any]) -> Destination:
@@ -462,6 +508,51 @@ def _check_pod_settings(job: JobSettings) -> None:
             raise InvalidSpec("InvalidSpec", f"spec.job.proxy.{field}: must be one line")
 
 
+def check_source_kind(source: Source) -> None:
+    """Exactly one of spec.source.volume, hostPath (with nodeSelector) and selector; CEL rules too."""
+    if [bool(source.volume), bool(source.host_path), source.claim_selector is not None].count(True) != 1:
+        raise InvalidSpec("InvalidSpec", "spec.source: set exactly one of volume, hostPath, selector")
+    if source.claim_selector is not None:
+        check_label_selector(source.claim_selector, "spec.source.selector")
+    if bool(source.host_path) != bool(source.node_selector):
+        raise InvalidSpec("InvalidSpec", "spec.source.nodeSelector: required with hostPath, and only with it")
+    path = source.host_path
+    if path and (not path.startswith("/") or ".." in path.split("/") or "\0" in path):
+        raise InvalidSpec("InvalidSpec", f"spec.source.hostPath.path {path[:100]!r}: an absolute path without '..'")
+
+
+def check_copy_method(spec: BackupSpec) -> None:
+    """copyMethod Snapshot needs claims: source.volume.persistentVolumeClaim or source.selector."""
+    if spec.copy_method not in ("Direct", "Snapshot"):
+        raise InvalidSpec("InvalidSpec", f"spec.copyMethod {spec.copy_method[:50]!r}: Direct or Snapshot")
+    claim = "persistentVolumeClaim" in spec.source.volume or spec.source.claim_selector is not None
+    if spec.copy_method == "Snapshot" and not claim:
+        raise InvalidSpec("InvalidSpec", "spec.copyMethod Snapshot needs a PersistentVolumeClaim source "
+                                         "(source.volume.persistentVolumeClaim or source.selector)")
+
+
+_SELECTOR_OPERATORS = {"In": True, "NotIn": True, "Exists": False, "DoesNotExist": False}  # -> needs values
+
+
+def check_label_selector(selector: Mapping[str, Any], field: str) -> None:
+    """A metav1.LabelSelector as Kubernetes checks one: an empty one would select every PVC, and is refused."""
+    labels = selector.get("matchLabels") or {}
+    expressions = selector.get("matchExpressions") or []
+    if not labels and not expressions:
+        raise InvalidSpec("InvalidSpec", f"{field}: give matchLabels or matchExpressions (an empty selector "
+                                         "would back up every claim of the namespace)")
+    for key, value in labels.items():
+        _check_key(str(key), f"{field}.matchLabels")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.fullmatch(value)):
+            raise InvalidSpec("InvalidSpec", f"{field}.matchLabels: invalid value of {key}"[:300])
+    for expression in expressions:
+        key, operator, values = expression.get("key"), expression.get("operator"), expression.get("values") or []
+        _check_key(str(key or ""), f"{field}.matchExpressions")
+        if operator not in _SELECTOR_OPERATORS or bool(values) != _SELECTOR_OPERATORS[operator]:
+            raise InvalidSpec("InvalidSpec", f"{field}.matchExpressions: {operator!r} on {key!r}: In and NotIn "
+                                             "take values, Exists and DoesNotExist none"[:300])
+
+
 def check_endpoint(url: str, field: str = "spec.destination.endpoint") -> None:
     """What boto3 refuses when the syncer makes its client (or on its first request): the syncer has no
     parser of its own for these (yet), so this mirrors botocore's checks with botocore's functions."""
@@ -492,6 +583,8 @@ def check(spec: BackupSpec) -> None:
     if destination.sse_kms_key_id and destination.sse != "aws:kms":
         raise InvalidSpec("InvalidSpec", 'spec.destination.sseKmsKeyId needs spec.destination.sse "aws:kms"')
     check_job(spec.job)
+    check_source_kind(source)
+    check_copy_method(spec)
     if source.sub_path.startswith("/") or ".." in source.sub_path.split("/"):
         raise InvalidSpec("InvalidSubPath", f"spec.source.subPath {source.sub_path!r} must be relative, without '..'")
     option_values = {

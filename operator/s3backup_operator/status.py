@@ -6,11 +6,13 @@ import datetime
 import json
 from typing import Any
 
-from s3backup_operator.render import CONTAINER_NAME
+from s3backup_operator.render import CONTAINER_NAME, HOOK_CONTAINER_NAME
 
 #: lastRun.result values (the syncer's "success" / "partial" / "error", in Kubernetes' words).
 SUCCEEDED, PARTIAL, FAILED = "Succeeded", "Partial", "Failed"
 _RESULTS = {"success": SUCCEEDED, "partial": PARTIAL, "error": FAILED}
+#: lastRun.reason of a run whose spec.hooks.before failed (the sync container never ran).
+HOOK_FAILED = "HookFailed"
 
 
 def now_iso() -> str:
@@ -36,6 +38,15 @@ def last_attempt(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The terminated state of the Job's latest attempt (pods with restartPolicy Never: one per attempt)."""
     finished = [state for state in map(_terminated, pods) if state]
     return max(finished, key=lambda state: state.get("finishedAt") or "", default=None)
+
+
+def hook_failure(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest terminated state of a `hooks.before` init container that exited non-zero, else None."""
+    failed = [(status.get("state") or {}).get("terminated") or {}
+              for pod in pods for status in (pod.get("status") or {}).get("initContainerStatuses") or []
+              if status.get("name") == HOOK_CONTAINER_NAME]
+    failed = [state for state in failed if state.get("exitCode") not in (None, 0)]
+    return max(failed, key=lambda state: state.get("finishedAt") or "", default=None)
 
 
 def parse_summary(message: str | None) -> dict[str, Any] | None:
@@ -89,7 +100,15 @@ def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] 
         "filesRecycled": summary_count(summary, "files_recycled"),
         "filesFailed": summary_count(summary, "files_failed"),
     }
-    if summary is None:
+    hook = hook_failure(pods) if summary is None else None
+    if hook is not None and (hook.get("finishedAt") or "") < ((attempt or {}).get("finishedAt") or ""):
+        hook = None  # a later attempt got past its hook
+    if hook is not None:  # the sync never started; the hook's own output stays in its log (it may hold secrets)
+        run["reason"] = HOOK_FAILED
+        run["message"] = (f"spec.hooks.before exited with code {hook['exitCode']}; the sync did not run "
+                          f"(see the logs of container {HOOK_CONTAINER_NAME})")
+        attempt = hook
+    elif summary is None:
         run["message"] = "no summary from the syncer (see the pod's logs)"
     elif summary.get("error"):
         run["message"] = str(summary["error"])[:300]
@@ -161,3 +180,37 @@ def pod_blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
                 and condition.get("reason") == "Unschedulable":
             return "Unschedulable", str(condition.get("message") or "the pod cannot be scheduled")
     return None
+
+
+# A fan-out (source.hostPath): one entry per target under status.targets, and the resource's own view of them.
+
+def targets_patch(current: dict[str, Any] | None, cronjobs: dict[str, str]) -> dict[str, Any]:
+    """status.targets as a merge patch: each current target with its CronJob, the targets gone removed."""
+    patch: dict[str, Any] = {key: None for key in current or {} if key not in cronjobs}
+    patch.update({key: {"cronJobName": name} for key, name in cronjobs.items()})
+    return patch
+
+
+def status_patch_for_target_run(current: dict[str, Any], target: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The status patch for a finished run of one target, or {} if that target already shows it or a newer one.
+
+    The target's entry moves as `status_patch_for_run` moves a single backup's status. `lastRun` is the newest
+    run of any target; `lastSuccessfulTime` the oldest of the targets' last successes (the backup is only as
+    fresh as its stalest node), set once every target has one.
+    """
+    targets = dict(current.get("targets") or {})
+    entry = status_patch_for_run(targets.get(target) or {}, run)
+    if not entry:
+        return {}
+    targets[target] = {**(targets.get(target) or {}), **entry}
+    patch: dict[str, Any] = {"targets": {target: entry}}
+    previous = current.get("lastRun") or {}
+    if (run.get("completionTime") or "", run["jobName"]) > (previous.get("completionTime") or "",
+                                                           previous.get("jobName", "")):
+        patch["lastRun"] = run
+    successes = [(value or {}).get("lastSuccessfulTime") for value in targets.values()]
+    if successes and all(successes):
+        oldest = min(successes)
+        if oldest != current.get("lastSuccessfulTime"):
+            patch["lastSuccessfulTime"] = oldest
+    return patch

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from botocore.utils import validate_region_name
 from s3backup_operator.render import render_cronjob, render_run_now_job
-from s3backup_operator.spec import DEFAULTS, destination_url, parse
+from s3backup_operator.spec import DEFAULTS, BackupSpec, destination_url, parse
+from s3backup_operator.targets import targets
 from s3backup_syncer.config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size
 from s3backup_syncer.errors import UserError
 from s3backup_syncer.etag import validate_part_size
@@ -84,15 +85,22 @@ def _adopted(manifest: dict[str, Any], backup: dict[str, Any]) -> dict[str, Any]
 @pytest.mark.parametrize("name", BACKUP_EXAMPLES)
 def test_example_renders_valid_manifests(config, crd_schema, name):
     backup = apply_defaults(example(name), crd_schema)
-    validate_builtin(_adopted(render_cronjob(parse(backup), config), backup))
-    validate_builtin(_adopted(render_run_now_job(parse(backup), config, "2026-11-26T10:00:00Z"), backup))
+    for spec in runs(backup):
+        validate_builtin(_adopted(render_cronjob(spec, config), backup))
+        validate_builtin(_adopted(render_run_now_job(spec, config, "2026-11-26T10:00:00Z"), backup))
+
+
+def runs(backup: dict[str, Any]) -> list[BackupSpec]:
+    """What the operator renders for `backup`: itself, or a fan-out's run on each of two nodes."""
+    return list(targets(parse(backup), ["node-a", "node-b"]).values())
 
 
 @pytest.mark.parametrize("name", [*BACKUP_EXAMPLES, "minimal"])
 def test_renderer_defaults_equal_the_crd_defaults(config, crd_schema, name):
     """The operator renders the same with or without the API server's defaulting (the emulator does none)."""
     backup = make_backup() if name == "minimal" else example(name)
-    assert render_cronjob(parse(backup), config) == render_cronjob(parse(apply_defaults(backup, crd_schema)), config)
+    assert [render_cronjob(spec, config) for spec in runs(backup)] == [
+        render_cronjob(spec, config) for spec in runs(apply_defaults(backup, crd_schema))]
 
 
 def test_every_renderer_default_is_a_crd_default(crd_schema):
@@ -188,6 +196,14 @@ INVALID = {
     "pod label value too long": _set("spec.job.podLabels", {"team": "x" * 64}),
     "pod annotation not a string": _set("spec.job.podAnnotations", {"sidecar.istio.io/inject": False}),
     "priority class with capitals": _set("spec.job.priorityClassName", "High"),
+    # Placement and consistent capture
+    "hook without command": _set("spec.hooks", {"before": {"image": "postgres:17"}}),
+    "hook with an empty command": _set("spec.hooks.before", {"command": []}),
+    "hostPath with a relative path": _set("spec.source.hostPath", {"path": "var/backups"}),
+    "nodeSelector value not a string": _set("spec.source.nodeSelector", {"role": 1}),
+    "selector with an unknown operator": _set("spec.source.selector",
+                                              {"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+    "unknown copy method": _set("spec.copyMethod", "Clone"),
 }
 
 

@@ -394,7 +394,7 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     for field in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(field):
             problems.append(field)
-    for container in pod["containers"]:
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
         context = container.get("securityContext") or {}
         merged = {**pod_context, **context}
         if merged.get("runAsNonRoot") is not True:
@@ -415,7 +415,8 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name", ["s3backup-basic.yaml", "s3backup-full.yaml", "s3backup-irsa.yaml", "minimal"])
+@pytest.mark.parametrize("name", ["s3backup-basic.yaml", "s3backup-full.yaml", "s3backup-irsa.yaml",
+                                  "s3backup-dump-hook.yaml", "minimal"])
 def test_rendered_pods_pass_the_restricted_pod_security_standard(config, name):
     backup = make_backup() if name == "minimal" else example(name)
     assert restricted_violations(_pod(render_cronjob(parse(backup), config))) == []

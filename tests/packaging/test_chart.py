@@ -309,7 +309,9 @@ OPERATOR_NEEDS = [
     *[(v, "s3backup.dev", "s3restores") for v in ("get", "list", "watch", "patch")],
     *[(v, "s3backup.dev", "s3restores/status") for v in ("get", "patch")],
     *[(v, "batch", "cronjobs") for v in ("get", "list", "watch", "create", "patch", "delete")],
-    *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create")],
+    *[(v, "batch", "jobs") for v in ("get", "list", "watch", "create", "patch")],
+    *[(v, "", "persistentvolumeclaims") for v in ("get", "list", "watch", "create", "delete")],
+    *[(v, "snapshot.storage.k8s.io", "volumesnapshots") for v in ("get", "list", "watch", "create", "delete")],
     *[(v, "", "pods") for v in ("get", "list", "watch")],
     ("get", "", "secrets"),
     *[(v, "", "events") for v in ("create", "patch")],
@@ -356,6 +358,16 @@ def test_secret_access_follows_rbac_check_secrets(rendered, case):
     grants_secrets = any("secrets" in rule["resources"] for role in docs if role["kind"] in ("Role", "ClusterRole")
                          for rule in role["rules"])
     assert grants_secrets is check
+
+
+@pytest.mark.parametrize("case", ["all-features", "all-features-cluster-wide"])
+def test_nodes_are_read_cluster_wide_in_either_mode(rendered, case):
+    """source.hostPath fans out over the matching Nodes, a cluster-scoped kind: read, never written."""
+    docs = rendered[case]["docs"]
+    for verb in ("get", "list", "watch"):
+        assert allowed(docs, verb, "", "nodes", None), verb
+    for verb in ("patch", "update", "delete", "create"):
+        assert not allowed(docs, verb, "", "nodes", None), verb
 
 
 def test_rbac_never_grants_more_than_the_operator_needs(rendered):
