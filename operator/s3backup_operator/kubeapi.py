@@ -256,10 +256,6 @@ class KubeApi:
     def get_backup(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
 
-    def list_backups(self) -> list[dict[str, Any]]:
-        """Every S3Backup the operator can see (a Node that joins or leaves concerns hostPath ones anywhere)."""
-        return self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL).get("items") or []
-
     def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
                    {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
