@@ -29,9 +29,10 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"
 
 
 def free_port(taken: set[int]) -> int:
-    """A free loopback port below 55000 (above it, Linux hands out ephemeral ports)."""
+    """A free loopback port below Linux's ephemeral range (32768 and up by default): a component polled before
+    it listens could otherwise, now and then, have its poller connected to itself (TCP self-connect)."""
     while True:
-        port = random.randint(20000, 54999)
+        port = random.randint(26000, 32700)  # local_s3.free_port takes 10000-15999, and 20000-25999 for gRPC
         if port in taken:
             continue
         with socket.socket() as probe:

@@ -1,8 +1,10 @@
 """A throwaway SeaweedFS S3 server on loopback, for the demo, the tests and the benchmark.
 
 `weed server -s3` opens more listeners than the ports it is given (gRPC at port + 10000, an
-Iceberg catalog and Lance), so every port is chosen free, below 55000, with its gRPC twin free
-too, and the extra services are switched off.
+Iceberg catalog and Lance), so every port is chosen free, with its gRPC twin free too, and the
+extra services are switched off. Ports come from below the kernel's ephemeral range, twin included:
+a client that polls a port before anything listens there could otherwise, now and then, be
+connected to itself (TCP self-connect) and read back its own request.
 """
 
 from __future__ import annotations
@@ -23,7 +25,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_PORT_RANGE = (20000, 44000)  # + 10000 for gRPC stays below 55000
+GRPC_OFFSET = 10000
+
+
+def _port_range() -> tuple[int, int]:
+    """Where ports are chosen: 10000-15999, their gRPC twins 20000-25999 (the test cluster's control plane takes
+    26000 and up), both below the kernel's ephemeral range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            ephemeral_start = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768  # Linux's default
+    return 10000, max(min(16000, ephemeral_start - GRPC_OFFSET), 11000)
 
 
 def _port_is_free(port: int) -> bool:
@@ -36,12 +49,12 @@ def _port_is_free(port: int) -> bool:
 
 
 def free_port(taken: set[int] | None = None, grpc_twin: bool = False) -> int:
-    """A free loopback port below 55000 (and its port + 10000 twin, when asked)."""
+    """A free loopback port below the ephemeral range (and its port + 10000 twin, when asked)."""
     taken = taken if taken is not None else set()
     rng = secrets.SystemRandom()
     for _ in range(500):
-        port = rng.randrange(*_PORT_RANGE)
-        wanted = [port, port + 10000] if grpc_twin else [port]
+        port = rng.randrange(*_port_range())
+        wanted = [port, port + GRPC_OFFSET] if grpc_twin else [port]
         if any(p in taken for p in wanted):
             continue
         if all(_port_is_free(p) for p in wanted):

@@ -10,6 +10,7 @@ import threading
 import urllib.error
 
 import pytest
+from s3backup_syncer.local_s3 import free_port
 from s3backup_syncer.metrics import push_run_metrics, redact_url
 
 from tests.support.services import Pushgateway
@@ -164,14 +165,8 @@ def test_the_operators_group_deletion_removes_what_the_syncer_pushed(pushgateway
     assert value(gateway_series(pushgateway.url, namespace="ns", backup=keep), "s3backup_last_run_success") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_gateway_down_gives_one_line_without_credentials():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there (and, below the ephemeral range, a connection never meets itself)
     url = f"http://{USER}:{PASSWORD_IN_URL}@127.0.0.1:{port}/gw?token=abc"
     warning = push_run_metrics(url, {"backup": "b"}, summary(), 60, timeout=2)
 

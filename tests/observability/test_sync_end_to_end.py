@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from s3backup_syncer.local_s3 import free_port
 
 from .helpers import alert_rules, dashboard, dashboard_panels, fill_variables, gateway_series, prometheus_api, value
 
@@ -146,9 +146,7 @@ def test_sync_pushes_its_summary_and_a_failure_keeps_the_last_success(
 def test_sync_completes_when_the_pushgateway_is_down(tmp_path, s3_env, s3_url):
     source = tmp_path / "src"
     write_tree(source)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there (and, below the ephemeral range, a connection never meets itself)
     gateway = f"http://metrics-user:hunter2-metrics@127.0.0.1:{port}"
 
     result, summary = sync(source, s3_url, "--pushgateway", gateway)
