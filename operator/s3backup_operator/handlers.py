@@ -453,27 +453,26 @@ class Reconciler:
         if (body.get("status") or {}).get("lastRunNowRequest") == request:
             return
         spec = self.admit(body)
-        if spec.source.fans_out:
-            self.run_now_targets(spec, body, request, patch, logger)
-            return
         try:
-            job = self.run_now_job(spec, request)
+            runs = list(self.fan_out_targets(spec).values()) if spec.source.fans_out else [spec]
+            jobs = [self.run_now_job(run, request) for run in runs]
         except ApiError as error:
-            raise kopf.TemporaryError(f"placing the run-now Job: {error}", delay=self.config.retry_delay) from None
-        try:
-            jobs = self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
-            running = [j["metadata"]["name"] for j in jobs
-                       if not job_finished(j) and j["metadata"]["name"] != job["metadata"]["name"]]
+            raise kopf.TemporaryError(f"placing the run-now Jobs: {error}", delay=self.config.retry_delay) from None
+        names = {job["metadata"]["name"] for job in jobs}
+        try:  # one Job per run (one per target of a fan-out), once no run of the resource is in progress
+            running = [j["metadata"]["name"] for j in self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
+                       if not job_finished(j) and j["metadata"]["name"] not in names]
             if running:
                 raise kopf.TemporaryError(f"run-now waits for the running Job {running[0]}",
                                           delay=self.config.retry_delay)
-            kopf.append_owner_reference(job, owner=body)
-            if self.api.create_job(job):
-                logger.info(f"run-now: Job {job['metadata']['name']} created")
+            for job in jobs:
+                kopf.append_owner_reference(job, owner=body)
+                if self.api.create_job(job):
+                    logger.info(f"run-now: Job {job['metadata']['name']} created")
         except ApiError as error:
-            raise kopf.TemporaryError(f"creating the run-now Job: {error}", delay=self.config.retry_delay) from None
+            raise kopf.TemporaryError(f"creating the run-now Jobs: {error}", delay=self.config.retry_delay) from None
         patch.status["lastRunNowRequest"] = request
-        patch.status["lastRunNowJobName"] = job["metadata"]["name"]
+        patch.status["lastRunNowJobName"] = ",".join(sorted(names))
 
     def run_now_job(self, spec: BackupSpec, request: str) -> dict[str, Any]:
         """The run-now Job of one run: through a snapshot (made suspended, started by `advance_snapshot`),
@@ -543,26 +542,6 @@ class Reconciler:
         snapshot = self.api.get_snapshot(namespace, name)
         if snapshot is not None and owned_by_job(snapshot, meta["name"]) and self.api.delete_snapshot(namespace, name):
             logger.info(f"VolumeSnapshot {name} (of Job {meta['name']}) deleted")
-
-    def run_now_targets(self, spec: BackupSpec, body: dict[str, Any], request: str, patch: kopf.Patch,
-                        logger: logging.Logger) -> None:
-        """run-now for a fan-out: one Job per current target, once no run of the resource is in progress."""
-        try:
-            jobs = [self.run_now_job(variant, request) for variant in self.fan_out_targets(spec).values()]
-            names = {job["metadata"]["name"] for job in jobs}
-            running = [j["metadata"]["name"] for j in self.api.list_jobs(spec.namespace, {BACKUP_LABEL: spec.name})
-                       if not job_finished(j) and j["metadata"]["name"] not in names]
-            if running:
-                raise kopf.TemporaryError(f"run-now waits for the running Job {running[0]}",
-                                          delay=self.config.retry_delay)
-            for job in jobs:
-                kopf.append_owner_reference(job, owner=body)
-                if self.api.create_job(job):
-                    logger.info(f"run-now: Job {job['metadata']['name']} created")
-        except ApiError as error:
-            raise kopf.TemporaryError(f"creating the run-now Jobs: {error}", delay=self.config.retry_delay) from None
-        patch.status["lastRunNowRequest"] = request
-        patch.status["lastRunNowJobName"] = ",".join(sorted(names))
 
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """A finished Job (scheduled or run-now) -> status.lastRun / lastSuccessfulTime of its S3Backup."""
