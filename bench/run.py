@@ -24,6 +24,7 @@ import platform
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,18 +127,25 @@ def tree_digest(root: Path) -> str:
 
 
 def restore_runs(runner: Runner, tools: Tools, server: Server, scenario: str, prefix: str, source: Path,
-                 data: Path) -> None:
+                 data: Path, repeats: int = 1) -> None:
     """Each tool downloads the same prefix (uploaded by s3backup) into an empty folder; the folder must
     then hold exactly the source's files, byte for byte. The folder is removed after each run."""
     want = tree_digest(source)
-    for variant in tools.restore_variants:
+
+    def restore_once(variant: Variant, index: int) -> Result:
         target = data / f"restore-{variant.slug}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-        result = runner.run(scenario, server, variant, target, prefix)
+        result = runner.run(scenario, server, variant, target, prefix, record=False)
         result.verified = "yes" if tree_digest(target) == want else "NO: the restored files differ from the source"
         print(f"    restored tree matches the source: {result.verified}", flush=True)
         shutil.rmtree(target, ignore_errors=True)
+        return result
+
+    if repeats > 1:
+        runner.rounds(tools.restore_variants, restore_once)
+    else:
+        runner.results += [restore_once(variant, 0) for variant in tools.restore_variants]
 
 
 def nested_path(root: Path, index: int, per_dir: int) -> Path:
@@ -455,12 +463,25 @@ class Result:
     body_bytes_sent: int = 0
     verified: str = ""  # "yes", a mismatch, or "" when not checked
     note: str = ""
+    walls: list[float] = field(default_factory=list)  # every repetition's wall time, when repeated
+
+
+def median_run(runs: list[Result]) -> Result:
+    """The repetition with the median wall time, standing for all of them (its CPU, RSS and requests belong
+    to that one run); `walls` keeps every repetition's time for the spread."""
+    ordered = sorted(runs, key=lambda r: r.wall)
+    middle = ordered[(len(ordered) - 1) // 2]
+    failed = next((r for r in runs if r.exit_code != 0 or (r.verified and r.verified != "yes")), None)
+    chosen = failed or middle  # a failed repetition is reported, never hidden behind a median
+    return dataclasses.replace(chosen, wall=statistics.median(r.wall for r in runs) if not failed else chosen.wall,
+                               walls=[r.wall for r in runs])
 
 
 class Runner:
-    def __init__(self, workdir: Path, tools: Tools, profile_dir: Path | None):
+    def __init__(self, workdir: Path, tools: Tools, profile_dir: Path | None, repeats: int):
         self.workdir = workdir
         self.tools = tools
+        self.repeats = repeats  # rounds of the short scenarios (0, 1, 3, 4, R1); median and spread reported
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.results: list[Result] = []
@@ -476,10 +497,25 @@ class Runner:
         """
         empty = self.workdir / "empty"
         empty.mkdir(exist_ok=True)
-        for variant in variants:
-            if variant.tool not in self.startup and variant.mode == "default":
-                self.startup[variant.tool] = self.run("0", server, variant, empty, f"s0/{variant.slug}/",
-                                                     record=False)
+        wanted = [v for v in variants if v.tool not in self.startup and v.mode == "default"]
+        rounds: dict[str, list[Result]] = {v.tool: [] for v in wanted}
+        for _ in range(self.repeats):  # round-robin, so that a slow moment of the machine hits every tool
+            for variant in wanted:
+                rounds[variant.tool].append(self.run("0", server, variant, empty, f"s0/{variant.slug}/",
+                                                     record=False))
+        for tool, runs in rounds.items():
+            self.startup[tool] = median_run(runs)
+
+    def rounds(self, variants: list[Variant], one_run: Callable[[Variant, int], Result],
+               between: Callable[[int], None] | None = None) -> None:
+        """`repeats` rounds of every variant, round-robin; each variant's median run is recorded."""
+        runs: dict[str, list[Result]] = {v.label: [] for v in variants}
+        for index in range(self.repeats):
+            if between is not None:
+                between(index)
+            for variant in variants:
+                runs[variant.label].append(one_run(variant, index))
+        self.results += [median_run(runs[v.label]) for v in variants]
 
     def run(self, scenario: str, server: Server, variant: Variant, src: Path, prefix: str, *,
             delete: bool = False, c8: bool = False, direct: bool = False, label: str | None = None,
@@ -540,14 +576,23 @@ def scenario_small(runner: Runner, tools: Tools, data: Path, sizes: Sizes, rng: 
     try:
         tools.prepare(server)
         runner.measure_startup(server, tools.variants)
-        for variant in tools.variants:
-            runner.run("1", server, variant, src, f"s1/{variant.slug}/", delete=True, expect=expect)
-        time.sleep(2)  # a changed file's mtime must be newer than its object's LastModified (seconds)
-        changed, deleted = mutate_daily(src, 0.01, rng)
-        expect = tree_stats(src)
-        for variant in tools.variants:
-            runner.run("3", server, variant, src, f"s1/{variant.slug}/", delete=True, expect=expect)
-        restore_runs(runner, tools, server, "R1", "s1/s3backup/", src, data)
+        # Round 0 uploads to the prefix the daily runs and the restore use; later rounds to prefixes of their own.
+        runner.rounds(tools.variants, lambda variant, index: runner.run(
+            "1", server, variant, src, f"s1{f'-{index}' if index else ''}/{variant.slug}/", delete=True,
+            expect=expect, record=False))
+        daily: dict[str, object] = {}
+
+        def change_a_day(index: int) -> None:
+            time.sleep(2)  # a changed file's mtime must be newer than its object's LastModified (seconds)
+            daily["changed"], daily["deleted"] = mutate_daily(src, 0.01, rng)
+            daily["expect"] = tree_stats(src)
+            past_the_racy_window()  # as on a day when nothing was written seconds before the backup
+
+        runner.rounds(tools.variants, lambda variant, index: runner.run(
+            "3", server, variant, src, f"s1/{variant.slug}/", delete=True, expect=daily["expect"], record=False),
+            between=change_a_day)
+        changed, deleted, expect = daily["changed"], daily["deleted"], daily["expect"]
+        restore_runs(runner, tools, server, "R1", "s1/s3backup/", src, data, repeats=runner.repeats)
         ingest = ingest_small(runner, tools, server, src)
     finally:
         server.stop()
@@ -592,8 +637,8 @@ def scenario_large(runner: Runner, tools: Tools, data: Path, sizes: Sizes, notes
             runner.measure_startup(server, variants)
             first = variants[0]
             runner.run("2", server, first, large, f"s2/{first.slug}/", expect=expect_large)
-            for variant in variants:
-                runner.run("4", server, variant, large, f"s2/{first.slug}/", expect=expect_large)
+            runner.rounds(variants, lambda variant, index, server=server, prefix=f"s2/{first.slug}/": runner.run(
+                "4", server, variant, large, prefix, expect=expect_large, record=False))
             default = runner.run("5", server, first, memory, f"s5/{first.slug}/", expect=expect_memory)
             if tool == "s3backup" and ours_default_is_8:
                 runner.results.append(dataclasses.replace(default, scenario="5c8", note="its default: same run"))
@@ -632,9 +677,8 @@ def scenario_scale(runner: Runner, tools: Tools, data: Path, sizes: Sizes, rng: 
     --checksum there (size + ETag, so whoever uploaded does not matter). Its default mode keeps
     mtimes in its own metadata and HEADs every object (scenario 3 shows it): it would need its own
     200,000-object upload and 200,000 HEADs, which does not fit the pass's hour. s3backup plans over
-    its own prefix, uploaded by itself, as on every day after its first: on a prefix another tool
-    filled, its first run also records each object's mtime with a HEAD and a server-side copy
-    (once; 846 s for these 200,000 objects in an earlier pass), which does not fit the hour either.
+    its own prefix, uploaded by itself, as on every day after its first (on a prefix another tool
+    filled, its first run also reads each file once, to compare MD5s).
     """
     src = data / "scale"
     make_tiny_tree(src, sizes.scale_files, rng)
@@ -691,6 +735,14 @@ def _ratio(value: float, best: float | None) -> str:
     return f"{value / best:.2f}×"
 
 
+def _time(r: Result) -> str:
+    """The wall time; for a repeated run its median and, in brackets, the fastest and slowest repetition."""
+    if len(r.walls) < 2:
+        return f"{r.wall:.1f}"
+    digits = 2 if r.wall < 10 else 1
+    return f"{r.wall:.{digits}f} ({min(r.walls):.{digits}f}–{max(r.walls):.{digits}f})"
+
+
 def _mib(n: int) -> str:
     return f"{n / MiB:,.1f}"
 
@@ -710,7 +762,7 @@ def table(results: list[Result], *, columns: tuple[str, ...], per_million: int |
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = f"**{r.label}**" if r.tool == "s3backup" else r.label
-        row = [name, f"{r.wall:.1f}", _ratio(r.wall, best), f"{r.cpu:.1f}", _mib(r.peak_rss)]
+        row = [name, _time(r), _ratio(r.wall, best), f"{r.cpu:.1f}", _mib(r.peak_rss)]
         if "sent" in columns:
             row.append(_mib(r.bytes_sent))
         if "read" in columns:
@@ -770,6 +822,14 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
     if mine:
         lines.append(f"| R5. restore: peak RSS under 200 MB for one big object | {mine.peak_rss / 1e6:,.0f} MB "
                      f"| {'yes' if mine.peak_rss < 200e6 else '**no**'} |")
+    mine, peer = ours("4"), best_peer("4")
+    if mine and peer:
+        gap = mine.wall - peer.wall
+        lines.append(f"| 4. no change: within 0.2 s of the best peer | {mine.wall:.2f} s vs {peer.label} "
+                     f"{peer.wall:.2f} s ({gap:+.2f} s) | {'yes' if gap <= 0.2 else '**no**'} |")
+    if "s3backup" in startup:
+        mine = startup["s3backup"]
+        lines.append(f"| 0. start-up under 0.35 s | {mine.wall:.2f} s | {'yes' if mine.wall < 0.35 else '**no**'} |")
     mine = ours("4")
     if mine and "s3backup" in startup and data_bytes:
         extra = max(0, mine.rchar - startup["s3backup"].rchar)
@@ -793,7 +853,7 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
 
 def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results: list[Result],
                  versions: dict[str, str], started: datetime, finished: datetime, notes: list[str],
-                 load: tuple[str, str], startup: dict[str, Result]) -> None:
+                 load: tuple[str, str], startup: dict[str, Result], repeats: int) -> None:
     def pick(*scenarios: str) -> list[Result]:
         return [r for r in results if r.scenario in scenarios]
 
@@ -830,12 +890,20 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         f"{m['nproc']} cores shared by the tool, the proxy, SeaweedFS, and (on the development machine) other "
         "work, so absolute times are noisy; ratios within one table are the fairer reading. The proxy costs CPU "
         "too: see the ingest rate direct and via the proxy below.",
+        f"- **Repeats, to steady the comparison.** The short scenarios (0, 1, 3, 4 and R1) run {repeats} rounds, "
+        "every tool once per round, round-robin, so that a slow moment of the machine falls on every tool "
+        "alike. *time s* is the median, and in brackets the fastest and slowest round; *vs best peer* divides "
+        "medians; the other columns belong to the median round. Each round of 1 uploads to a fresh prefix, and "
+        "each round of 3 changes and deletes another 1% of the files first. The long scenarios (2, 5, R2, R5, "
+        "6) run once, as their runs last minutes. (Pinning the tool and the server to separate cores with "
+        "`taskset` was the other choice: on 2 cores it would leave each tool one core, which changes what is "
+        "measured, not only its noise.)",
         "- Deletions are mirrored in every run (`s3backup --recycle-after 0s`, `rclone sync`, `aws s3 sync --delete`, "
         "`s5cmd sync --delete`, `s3cmd sync --delete-removed`). Compare modes: s3backup size + MD5 (ETag, with a hash "
         "cache), rclone size + mtime (its own metadata; `--checksum`: size + MD5), aws and s5cmd size + mtime "
         "against LastModified, s3cmd size + MD5.",
         "",
-        "## Targets (issue 6)",
+        "## Targets",
         "",
         *targets(results, startup, info.get("scale_count", 0), info.get("large", (0, 0))[1]),
         "",
@@ -880,9 +948,10 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
                   "`rclone --checksum` plan against one prefix seeded by s5cmd (they judge by size and mtime, or "
                   "size and MD5, so whoever uploaded does not matter). s3backup plans against its own prefix, "
                   "uploaded by itself (listed under setup runs), as on every day after its first: on a prefix "
-                  "another tool filled, its first run also records each object's mtime with a HEAD and a "
-                  "server-side copy, once, which took 846 s for these 200,000 objects in an earlier pass and "
-                  "does not fit the hour. rclone's default mode is left out here: "
+                  "another tool filled, its first run reads each file once to compare MD5s, and records the "
+                  "mtimes in its own state, with no request per object and no rewrite. (An earlier pass "
+                  "measured 846 s for these 200,000 objects with a server-side copy per object; that copy is "
+                  "gone.) rclone's default mode is left out here: "
                   "it keeps mtimes in its own metadata and HEADs every object (see its HEAD count in scenario 3), "
                   "which would need its own 200,000-object upload and does not fit the pass's hour. "
                   "*s per 1M files* scales the wall time linearly; *RSS growth per 1M files* scales "
@@ -927,6 +996,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run s3backup under py-spy and keep its raw profiles in DIR (timings then skewed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the short scenarios (0, 1, 3, 4, R1), "
+                        "reported as median and spread (default 3)")
     args = parser.parse_args(argv)
     ensure_environment(argv)
     os.environ["PATH"] = f"{PROJECT_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"  # LocalS3 finds weed
@@ -946,7 +1017,7 @@ def main(argv: list[str]) -> int:
     print(f"bench: scale {scale:g}, data in {workdir}, report to {out}", flush=True)
     tools = Tools(workdir)
     versions_at_start = tools.versions()
-    runner = Runner(workdir, tools, args.profile)
+    runner = Runner(workdir, tools, args.profile, max(1, args.repeats))
     notes: list[str] = []
     info: dict = {"md5_mib_per_s": md5_throughput(GiB if scale >= 0.5 else 256 * MiB)}
     ours_help = subprocess.run([tools.paths["s3backup"], "sync", "--help"], capture_output=True, text=True).stdout
@@ -977,7 +1048,7 @@ def main(argv: list[str]) -> int:
         write_report(out, command=command, sizes=sizes, info=info, results=runner.results,
                      versions=versions_at_start, started=started, finished=finished, notes=notes,
                      load=(load_start, " ".join(Path("/proc/loadavg").read_text().split()[:3])),
-                     startup=runner.startup)
+                     startup=runner.startup, repeats=runner.repeats)
         results_json = BENCH / "results" / f"scale-{args.scale}.json"
         results_json.parent.mkdir(parents=True, exist_ok=True)
         results_json.write_text(json.dumps({"info": info, "results": [r.__dict__ for r in runner.results]},
