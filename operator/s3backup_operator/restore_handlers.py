@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 
+from s3backup_operator.context import controller_uid
 from s3backup_operator.events import restore_event
 from s3backup_operator.kubeapi import ApiError
 from s3backup_operator.policy import check_job, check_volume
@@ -27,25 +28,19 @@ from s3backup_operator.restore_status import (
     restore_status_patch,
 )
 from s3backup_operator.spec import InvalidSpec
-from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_condition, set_condition
+from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_condition, run_blocked_conditions
 
 if TYPE_CHECKING:
-    from s3backup_operator.handlers import Reconciler
+    from s3backup_operator.context import OperatorContext
 
 #: Reasons that something outside the spec may fix: looked at again after the retry delay.
-RUN_BLOCKED = "RunBlocked"
 RETRIED_REASONS = ("CredentialsSecretNotFound", "CredentialsSecretIncomplete", "BackupNotFound", "JobConflict")
 
 
-def _controller_uid(obj: dict[str, Any]) -> str | None:
-    owners = [ref for ref in (obj.get("metadata") or {}).get("ownerReferences") or [] if ref.get("controller")]
-    return owners[0].get("uid") if owners else None
-
-
 class RestoreReconciler:
-    """The I/O edge of S3Restores, on the S3Backup reconciler's connection, configuration and metrics."""
+    """The I/O edge of S3Restores, on the operator's shared connection, configuration and metrics."""
 
-    def __init__(self, base: Reconciler) -> None:
+    def __init__(self, base: OperatorContext) -> None:
         self.base = base
 
     def admit(self, restore: dict[str, Any]) -> RestoreSpec:
@@ -71,7 +66,7 @@ class RestoreReconciler:
             logger.info(f"restore Job {name} created: {spec.source.url} -> PVC {spec.target.claim_name}")
             return name
         live = self.base.api.get_job(spec.namespace, name)  # 409: made by an earlier attempt, or by someone else
-        if live is not None and _controller_uid(live) != restore["metadata"].get("uid"):
+        if live is not None and controller_uid(live) != restore["metadata"].get("uid"):
             raise InvalidSpec("JobConflict", f"Job {name!r} exists and is not owned by this S3Restore; delete or "
                                              "rename it")
         return name
@@ -127,7 +122,7 @@ class RestoreReconciler:
         api = self.base.api
         restore = api.get_restore(meta["namespace"], restore_name)
         if restore is None or restore["metadata"].get("deletionTimestamp") \
-                or _controller_uid(job) != restore["metadata"].get("uid"):
+                or controller_uid(job) != restore["metadata"].get("uid"):
             return
         current = restore.get("status") or {}
         if current.get("phase") in FINISHED_PHASES:
@@ -165,21 +160,13 @@ class RestoreReconciler:
         if restore is None or restore["metadata"].get("deletionTimestamp"):
             return
         status = restore.get("status") or {}
-        conditions = status.get("conditions") or []
-        current = next((c for c in conditions if c.get("type") == RUN_BLOCKED), {})
         blocked = None if event_type == "DELETED" or status.get("phase") in FINISHED_PHASES else pod_blocked(pod)
-        prefix = f"pod {meta['name']}: "
-        if blocked is not None:
-            reason, message = blocked
-            if current.get("status") == "True" and current.get("message") == prefix + message:
-                return
-            new = set_condition(conditions, RUN_BLOCKED, True, reason, prefix + message)
-            logger.warning(f"S3Restore {restore_name}: blocked: {reason}: {message}")
-        elif current.get("status") == "True" and str(current.get("message", "")).startswith(prefix):
-            new = set_condition(conditions, RUN_BLOCKED, False, "PodGone" if event_type == "DELETED" else "PodStarted",
-                                f"pod {meta['name']} is no longer blocked")
-        else:
+        new = run_blocked_conditions(status.get("conditions") or [], meta["name"], blocked,
+                                     gone=event_type == "DELETED")
+        if new is None:
             return
+        if blocked is not None:
+            logger.warning(f"S3Restore {restore_name}: blocked: {blocked[0]}: {blocked[1]}")
         self.base.api.patch_restore_status(meta["namespace"], restore_name, {"conditions": new},
                                            resource_version=restore["metadata"].get("resourceVersion"))
 
@@ -202,7 +189,7 @@ def again_on_conflict(update: Callable[[], None]) -> None:
                 raise
 
 
-def register_restores(registry: kopf.OperatorRegistry, base: Reconciler) -> RestoreReconciler:
+def register_restores(registry: kopf.OperatorRegistry, base: OperatorContext) -> RestoreReconciler:
     """The S3Restore handlers, into the registry of the S3Backup ones (same login, settings and metrics)."""
     reconciler = RestoreReconciler(base)
     restores = dict(group=GROUP, version=VERSION, plural=RESTORE_PLURAL, registry=registry)

@@ -13,7 +13,7 @@ copies of deleted files stay until a later run in which every shard succeeds. Th
 the whole prefix's guards too (empty source, `--max-recycle` over every shard's candidates).
 
 Here: the Indexed Job and the labels (imported by render.py); recycle_step.py renders the final step from
-the run's Job, shard_status.py makes one status.lastRun of the shards and the step, handlers.py drives it.
+the run's Job, shard_status.py makes one status.lastRun of the shards and the step, run_reports.py drives it.
 """
 
 from __future__ import annotations

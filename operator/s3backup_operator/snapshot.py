@@ -24,6 +24,8 @@ SNAPSHOT_GROUP, SNAPSHOT_VERSION, SNAPSHOT_PLURAL = "snapshot.storage.k8s.io", "
 SNAPSHOT_OF_ANNOTATION = "s3backup.dev/snapshot-of"
 #: On the VolumeSnapshot and the clone claim: the Job they were made for.
 FOR_JOB_ANNOTATION = "s3backup.dev/for-job"
+#: On a Job whose snapshot failed: why (status.py reports the run as SnapshotFailed with it).
+SNAPSHOT_FAILED_ANNOTATION = "s3backup.dev/snapshot-failed"
 
 
 def clone_name(spec: BackupSpec) -> str:
@@ -56,6 +58,23 @@ def clone_of(job: Mapping[str, Any]) -> str:
     """The clone claim a Job's pod mounts (its source volume)."""
     volumes = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
     return next((claim_name(volume) for volume in volumes if volume.get("name") == "source"), "")
+
+
+def snapshot_error(snapshot: Mapping[str, Any] | None, claim: str) -> str:
+    """Why a run's VolumeSnapshot failed, as the run's message (the snapshot controller's words, bounded)."""
+    error = ((snapshot or {}).get("status") or {}).get("error") or {}
+    name = ((snapshot or {}).get("metadata") or {}).get("name", "")
+    detail = str(error.get("message") or "no message")[:300]
+    return f"VolumeSnapshot {name} of claim {claim} failed: {detail}; the run did not start"
+
+
+def give_up_patch(message: str) -> dict[str, Any]:
+    """The patch that ends a Job whose snapshot failed without a pod: no pod may run (parallelism 0), and
+    the Job's deadline passes at once, so Kubernetes marks it Failed (DeadlineExceeded). A Job left
+    suspended would count as running and, with concurrencyPolicy Forbid, hold back every later run; the
+    operator may patch Jobs but not delete them."""
+    return {"metadata": {"annotations": {SNAPSHOT_FAILED_ANNOTATION: message}},
+            "spec": {"parallelism": 0, "activeDeadlineSeconds": 1, "suspend": False}}
 
 
 def _made_for(item: Mapping[str, Any] | None) -> str:

@@ -7,12 +7,14 @@ import json
 from typing import Any
 
 from s3backup_operator.render import CONTAINER_NAME, HOOK_CONTAINER_NAME
+from s3backup_operator.snapshot import SNAPSHOT_FAILED_ANNOTATION
 
 #: lastRun.result values (the syncer's "success" / "partial" / "error", in Kubernetes' words).
 SUCCEEDED, PARTIAL, FAILED = "Succeeded", "Partial", "Failed"
 _RESULTS = {"success": SUCCEEDED, "partial": PARTIAL, "error": FAILED}
 #: lastRun.reason of a run whose spec.hooks.before failed (the sync container never ran).
 HOOK_FAILED = "HookFailed"
+SNAPSHOT_FAILED = "SnapshotFailed"
 
 
 def now_iso() -> str:
@@ -103,7 +105,11 @@ def last_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any] 
     hook = hook_failure(pods) if summary is None else None
     if hook is not None and (hook.get("finishedAt") or "") < ((attempt or {}).get("finishedAt") or ""):
         hook = None  # a later attempt got past its hook
-    if hook is not None:  # the sync never started; the hook's own output stays in its log (it may hold secrets)
+    snapshot_error = (job["metadata"].get("annotations") or {}).get(SNAPSHOT_FAILED_ANNOTATION)
+    if snapshot_error and summary is None:  # copyMethod Snapshot: no pod ever ran (snapshot.give_up_patch)
+        run["reason"] = SNAPSHOT_FAILED
+        run["message"] = str(snapshot_error)[:400]
+    elif hook is not None:  # the sync never started; the hook's own output stays in its log (it may hold secrets)
         run["reason"] = HOOK_FAILED
         run["message"] = (f"spec.hooks.before exited with code {hook['exitCode']}; the sync did not run "
                           f"(see the logs of container {HOOK_CONTAINER_NAME})")
@@ -179,6 +185,27 @@ def pod_blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                 and condition.get("reason") == "Unschedulable":
             return "Unschedulable", str(condition.get("message") or "the pod cannot be scheduled")
+    return None
+
+
+RUN_BLOCKED = "RunBlocked"
+
+
+def run_blocked_conditions(conditions: list[dict[str, Any]], pod_name: str, blocked: tuple[str, str] | None,
+                           gone: bool) -> list[dict[str, Any]] | None:
+    """The conditions once this pod's state is in RunBlocked (an S3Backup's or an S3Restore's), or None when
+    they already say it: True with the pod's reason while it cannot start, False again once it starts or
+    is gone (only if it was this pod that blocked)."""
+    current = next((c for c in conditions if c.get("type") == RUN_BLOCKED), {})
+    prefix = f"pod {pod_name}: "
+    if blocked is not None:
+        reason, message = blocked
+        if current.get("status") == "True" and current.get("message") == prefix + message:
+            return None
+        return set_condition(conditions, RUN_BLOCKED, True, reason, prefix + message)
+    if current.get("status") == "True" and str(current.get("message", "")).startswith(prefix):
+        return set_condition(conditions, RUN_BLOCKED, False, "PodGone" if gone else "PodStarted",
+                             f"pod {pod_name} is no longer blocked")
     return None
 
 

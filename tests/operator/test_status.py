@@ -11,6 +11,7 @@ from s3backup_operator.status import (
     last_run,
     parse_summary,
     ready_condition,
+    run_blocked_conditions,
     status_patch_for_run,
 )
 
@@ -141,3 +142,16 @@ def test_pod_blocked():
     assert pod_blocked(unschedulable)[0] == "Unschedulable"
     assert pod_blocked(pod(json.dumps(SUMMARY))) is None  # terminated
     assert pod_blocked({}) is None
+
+
+def test_run_blocked_moves_once_per_state_and_only_for_the_pod_that_blocked():
+    blocked = run_blocked_conditions([], "run-1-abc", ("ImagePullBackOff", "cannot pull"), gone=False)
+    assert [(c["type"], c["status"], c["reason"], c["message"]) for c in blocked] == [
+        ("RunBlocked", "True", "ImagePullBackOff", "pod run-1-abc: cannot pull")]
+    assert run_blocked_conditions(blocked, "run-1-abc", ("ImagePullBackOff", "cannot pull"), gone=False) is None
+    assert run_blocked_conditions(blocked, "run-2-def", None, gone=False) is None  # another pod cannot clear it
+    started = run_blocked_conditions(blocked, "run-1-abc", None, gone=False)
+    assert [(c["status"], c["reason"]) for c in started] == [("False", "PodStarted")]
+    assert run_blocked_conditions(started, "run-1-abc", None, gone=False) is None
+    gone = run_blocked_conditions(blocked, "run-1-abc", None, gone=True)
+    assert [(c["status"], c["reason"]) for c in gone] == [("False", "PodGone")]
