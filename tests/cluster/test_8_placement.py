@@ -1,7 +1,8 @@
 """8. Placement and consistent capture on the real control plane: `hooks.before` runs in the backup pod before
 the sync (a dump into the scratch emptyDir that is then backed up; a failing hook fails the run, HookFailed);
 `source.hostPath` + `source.nodeSelector` fans out to one run per matching node, each pinned to its node and
-under its own prefix (nodes that join or leave are followed)."""
+under its own prefix (nodes that join or leave are followed); copyMethod Snapshot, whose failed snapshot fails
+the run (SnapshotFailed) without holding back the next."""
 
 from __future__ import annotations
 
@@ -524,3 +525,41 @@ def test_a_snapshot_run_backs_up_a_clone_and_removes_both_afterwards(cluster, s3
     wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace) is None, "the VolumeSnapshot deleted")
     assert cluster.get("pvc", "live", "-n", namespace)["status"]["phase"] == "Bound"  # the source is untouched
     cluster.kubectl("delete", "pv", f"{namespace}-restored", "--wait=false", check=False)
+
+
+def test_a_failed_snapshot_fails_the_run_without_a_pod_and_the_next_run_takes_a_new_one(
+        cluster, s3, snapshot_namespace):
+    namespace, name, prefix = snapshot_namespace, "unlucky", f"snapshot-failed-{os.getpid()}"
+    make_volume(cluster, namespace, "busy", LIVE_FILES)
+    manifest = backup_manifest(namespace, name, "busy", s3, prefix)
+    manifest["spec"]["copyMethod"] = "Snapshot"
+    cluster.apply(manifest)
+    wait_for(lambda: ready(cluster, name, namespace).get("status") == "True", "the S3Backup Ready")
+    clone = f"{name}-s3backup-snap"
+    job_name = run_now(cluster, namespace, name)["metadata"]["name"]
+    wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace), "the VolumeSnapshot")
+
+    # The test plays the snapshot controller: the snapshot fails.
+    cluster.kubectl("patch", "volumesnapshot", clone, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", '{"status":{"readyToUse":false,"error":{"message":"driver: the volume is busy"}}}')
+    job = finished_job(cluster, namespace, job_name, timeout=60)
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "DeadlineExceeded")
+    assert job["spec"]["parallelism"] == 0
+    assert not cluster.items("pods", "-n", namespace, "-l", f"job-name={job_name}")  # no pod ever ran
+    run = last_run(cluster, namespace, name, job_name)
+    assert (run["result"], run["reason"]) == ("Failed", "SnapshotFailed"), run
+    assert run["message"] == (f"VolumeSnapshot {clone} of claim busy failed: driver: the volume is busy; "
+                              "the run did not start")
+    events = wait_for(lambda: operator_events(cluster, namespace, name), "the run's Event")
+    assert [(e["type"], e["reason"]) for e in events] == [("Warning", "SnapshotFailed")]
+    assert "lastSuccessfulTime" not in cluster.get("s3backup", name, "-n", namespace)["status"]
+    wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace) is None, "the failed snapshot deleted")
+    assert cluster.get("pvc", clone, "-n", namespace) is None  # no clone was ever made
+    assert bucket_keys(s3, prefix) == {}
+
+    # The next run is not held back by the failed one: it gets a snapshot of its own.
+    second = run_now(cluster, namespace, name)["metadata"]["name"]
+    snapshot = wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace), "the next run's snapshot")
+    assert snapshot["metadata"]["annotations"][f"{GROUP}/for-job"] == second
+    assert "error" not in (snapshot.get("status") or {})

@@ -10,12 +10,15 @@ from s3backup_operator.snapshot import (
     clone_name,
     clone_of,
     deferred,
+    give_up_patch,
     next_step,
+    snapshot_error,
     snapshot_manifest,
     via_snapshot,
     waiting_job,
 )
 from s3backup_operator.spec import InvalidSpec, parse
+from s3backup_operator.status import last_run
 
 from tests.operator.conftest import make_backup
 from tests.operator.schema_tools import validate_builtin
@@ -98,3 +101,21 @@ def test_the_snapshot_and_its_clone():
     other = clone_manifest("backups", "c", "b", "j1", snapshot, source, "fast")
     assert other["spec"]["resources"]["requests"]["storage"] == "8Gi"  # no restoreSize: the source's request
     assert other["spec"]["storageClassName"] == "fast"
+
+
+def test_a_failed_snapshot_ends_the_run_as_failed_without_a_pod():
+    snapshot = {"metadata": {"name": "db-dumps-s3backup-snap"},
+                "status": {"error": {"message": "driver: volume busy " + "x" * 400}}}
+    message = snapshot_error(snapshot, "dumps")
+    assert message.startswith("VolumeSnapshot db-dumps-s3backup-snap of claim dumps failed: driver: volume busy")
+    assert message.endswith("; the run did not start") and len(message) < 400
+    patch = give_up_patch(message)
+    assert patch["spec"] == {"parallelism": 0, "activeDeadlineSeconds": 1, "suspend": False}
+    # What Kubernetes makes of it: a Failed Job (DeadlineExceeded) that never had a pod.
+    job = {"metadata": {"name": "db-dumps-s3backup-29400000", **patch["metadata"]},
+           "status": {"startTime": "2026-11-26T02:00:00Z", "conditions": [
+               {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                "lastTransitionTime": "2026-11-26T02:00:01Z"}]}}
+    run = last_run(job, pods=[])
+    assert (run["result"], run["reason"], run["message"]) == ("Failed", "SnapshotFailed", message)
+    assert run["completionTime"] == "2026-11-26T02:00:01Z"
