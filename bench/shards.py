@@ -4,10 +4,12 @@
     .venv/bin/python bench/shards.py --files 20000                 # a quick check (a minute or two)
     .venv/bin/python bench/shards.py --files 1000000 --out /tmp/shards.txt   # the full scenario (a quiet machine)
 
-For each shard count (1, 2, 4 by default) on its own fresh prefix of one SeaweedFS (behind bench/s3proxy.py,
-which counts the requests): a first run that uploads everything, a no-change run, and a run after 1% of the
-files changed (new content, same size), each a new run id; N > 1 runs its N processes at once and then the
-final `s3backup recycle` step. Every process is measured by bench/measure.py (wall time, CPU, peak RSS).
+One prefix of one SeaweedFS (behind bench/s3proxy.py, which counts the requests) is uploaded once, by one
+process. Then, for each shard count (1, 2, 4 by default), over that same prefix: the first run of that layout
+(N > 1: its shards seed their state from the previous layout's; it must upload nothing), a no-change run, and
+a run after 1% of the files changed (new content, same size), each a new run id; N > 1 runs its N processes
+at once and then the final `s3backup recycle` step. Every process is measured by bench/measure.py (wall
+time, CPU, peak RSS).
 The report gives, per shard count and run: wall time (all N processes, and the final step), the time and
 the CPU per million files, the peak RSS of the largest process and of all N together, and the S3 requests.
 The generated tree: `--files` small files (64 to 576 bytes) in folders of 1,000. It lives in a temporary
@@ -35,6 +37,16 @@ S3BACKUP = Path(sys.executable).with_name("s3backup")
 BUCKET = "bench-shards"
 PER_FOLDER = 1000
 RUN_TIMEOUT = 4 * 3600
+BLOCK_START, BLOCK_END = "<!-- scale-out:start -->", "<!-- scale-out:end -->"  # bench/run.py keeps this block
+
+# The projection's assumptions, each stated in the report beside the figures it produces.
+PROJECTED_FILES = 100_000_000
+PROJECTED_BYTES = 100 * 10**12  # 100 TB: 1 MB per file on average
+S3_PUTS_PER_S = 3_500  # per partitioned prefix (AWS, "Best practices design patterns: optimizing performance")
+S3_GETS_PER_S = 5_500
+PRICE_PER_1000 = {"PUT/LIST": 0.005, "GET/HEAD": 0.0004}  # S3 Standard, us-east-1; DELETE is free
+POD_UPLOAD_MIB_S = 150  # one pod's upload rate: about s3backup's large-file rate here (BENCHMARKS.md, scenario 2)
+WINDOW_S = 3600  # the daily backup should finish within an hour
 
 
 @dataclass
@@ -47,7 +59,7 @@ class Run:
     cpu: float  # all processes, final step included
     peak_rss_max: int  # the largest process
     peak_rss_sum: int  # all N sync processes together
-    requests: int
+    requests: dict[str, int]  # by type, as bench/s3proxy.py classifies them
     exit_codes: list[int]
 
     def row(self) -> str:
@@ -55,12 +67,117 @@ class Run:
         return (f"| {self.shards} | {self.scenario} | {self.files:,} | {self.wall:.1f} | {self.recycle_wall:.1f} | "
                 f"{(self.wall + self.recycle_wall) * per_million:.0f} | {self.cpu * per_million:.0f} | "
                 f"{self.peak_rss_max / 2**20:.0f} | {self.peak_rss_sum / 2**20:.0f} | "
-                f"{self.requests * per_million:,.0f} | {','.join(map(str, self.exit_codes))} |")
+                f"{sum(self.requests.values()) * per_million:,.0f} | "
+                f"{', '.join(f'{name} {count:,}' for name, count in sorted(self.requests.items())) or 'none'} | "
+                f"{','.join(map(str, self.exit_codes))} |")
 
 
 HEADER = ("| shards | run | files | wall s (sync) | wall s (recycle step) | s per 1M files | CPU s per 1M files | "
-          "peak RSS MiB (largest process) | peak RSS MiB (all shards) | S3 requests per 1M files | exit codes |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          "peak RSS MiB (largest process) | peak RSS MiB (all shards) | S3 requests per 1M files | S3 requests | "
+          "exit codes |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def request_class(name: str) -> str | None:
+    """S3's price class of a request type (bench/s3proxy.py's names); None for free ones (DELETE)."""
+    if name.startswith("DELETE") or name == "DeleteObjects":
+        return None
+    if name in ("GET", "HEAD", "HEAD bucket"):
+        return "GET/HEAD"
+    return "PUT/LIST"
+
+
+def projection(runs: list[Run], baseline_rss: int) -> list[str]:
+    """A daily backup of PROJECTED_FILES files and PROJECTED_BYTES on AWS, from the measured per-million figures.
+
+    Each shard is assumed to get a node like this machine's (the one-process figures, measured with the
+    server beside the tool, are the per-shard rate); the changed 1% is assumed to be 1% of the bytes too.
+    """
+    one = {run.scenario: run for run in runs if run.shards == 1}
+    no_change = one.get("no-change")
+    changed = next((run for scenario, run in one.items() if scenario.endswith("-changed")), None)
+    if not no_change or not changed:
+        return []
+    millions = PROJECTED_FILES / 1e6
+    plan_s = (no_change.wall / no_change.files * 1e6) * millions  # one process, listing and comparing
+    changed_s = (changed.wall / changed.files * 1e6) * millions  # the same, with 1% of files new
+    growth_per_million = max(0, max(no_change.peak_rss_max, changed.peak_rss_max) - baseline_rss) / (
+        no_change.files / 1e6)
+    sharded = [run for run in runs if run.shards > 1 and run.scenario.endswith("-changed")]
+    # The final recycle step lists the whole prefix whatever N is: its time per million files does not shrink.
+    recycle_s = max((run.recycle_wall / run.files * 1e6 for run in sharded), default=0.0) * millions
+    changed_bytes = PROJECTED_BYTES / 100
+    upload_s = changed_bytes / (POD_UPLOAD_MIB_S * 2**20)
+    requests = {cls: 0.0 for cls in PRICE_PER_1000}
+    for name, count in changed.requests.items():
+        if (cls := request_class(name)) is not None:
+            requests[cls] += count / changed.files * PROJECTED_FILES
+    puts = changed.requests.get("PutObject", 0) / changed.files * PROJECTED_FILES
+    cost = sum(requests[cls] / 1000 * PRICE_PER_1000[cls] for cls in requests)
+    first_day_puts = PROJECTED_FILES
+    first_day_cost = first_day_puts / 1000 * PRICE_PER_1000["PUT/LIST"]
+    lines = [
+        "### Projection: a daily backup of 100 TB in 100 million files on AWS",
+        "",
+        "**A projection, not a measurement.** Arithmetic over the one-process figures above (the 1%-changed run's "
+        "time and requests per million files), with these assumptions: each shard gets a node like this "
+        f"machine's; the files average {PROJECTED_BYTES / PROJECTED_FILES / 1e6:.0f} MB; each day 1% of the files "
+        f"and of the bytes change ({changed_bytes / 1e12:.0f} TB); one pod uploads at {POD_UPLOAD_MIB_S} MiB/s "
+        "(about what one s3backup process reached for large files on this machine; BENCHMARKS.md scenario 2); "
+        f"S3 takes {S3_PUTS_PER_S:,} PUT and {S3_GETS_PER_S:,} GET requests per second per partitioned prefix; "
+        f"requests cost ${PRICE_PER_1000['PUT/LIST']} per 1,000 PUT/LIST and ${PRICE_PER_1000['GET/HEAD']} per "
+        "1,000 GET/HEAD (S3 Standard, us-east-1; DELETE is free). Storage is not counted.",
+        "",
+        "| shards (one pod each) | planning and comparing, h | uploading the changed bytes, h | final recycle "
+        "step, h | a day's run, h | peak RSS per pod, MiB | fits a 1-hour window |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    best = None
+    for shards in (1, 4, 16, 32, 64, 128):
+        step = recycle_s if shards > 1 else 0.0
+        total = changed_s / shards + upload_s / shards + step
+        fits = total <= WINDOW_S
+        if fits and best is None:
+            best = shards
+        rss = baseline_rss + growth_per_million * millions / shards
+        lines.append(f"| {shards} | {changed_s / shards / 3600:.2f} | {upload_s / shards / 3600:.2f} | "
+                     f"{step / 3600:.2f} | {total / 3600:.2f} | {rss / 2**20:,.0f} | {'yes' if fits else 'no'} |")
+    lines += [
+        "",
+        f"- **Time.** One process would need {changed_s / 3600:.1f} h to plan and compare 100 million files "
+        f"({plan_s / 3600:.1f} h when nothing changed) and {upload_s / 3600:.1f} h to upload 1 TB: "
+        + (f"**{best} shards** fit the hour." if best else "no shard count in the table fits the hour.")
+        + f" The shards share nothing but the bucket. The final recycle step, one pod after all shards, lists the "
+        f"whole prefix again: {recycle_s / 3600:.2f} h at the rate measured above (the slowest of the sharded "
+        "1%-changed runs), whatever the number of shards; it is what bounds the day once the shards are many.",
+        f"- **Memory.** Peak RSS is {baseline_rss / 2**20:,.0f} MiB at start-up (an empty source) and grew by "
+        f"{growth_per_million / 2**20:,.0f} MiB per million files in the one-process runs here, assumed linear.",
+        f"- **Requests per day:** about {requests['PUT/LIST']:,.0f} PUT and LIST and {requests['GET/HEAD']:,.0f} "
+        f"GET and HEAD, **${cost:,.2f} a day** (${cost * 30:,.0f} a month). {puts:,.0f} PUTs at {S3_PUTS_PER_S:,} "
+        f"per second take at least {puts / S3_PUTS_PER_S / 60:.0f} min on one partition; S3 partitions a busy "
+        "prefix further by itself, and the shards' keys spread over the whole key space.",
+        f"- **The first day** uploads everything: {first_day_puts:,} PUTs (${first_day_cost:,.0f}), at least "
+        f"{first_day_puts / S3_PUTS_PER_S / 3600:.1f} h at "
+        f"{S3_PUTS_PER_S:,} PUT/s on one partition, and 100 TB at {POD_UPLOAD_MIB_S} MiB/s per pod: "
+        f"{PROJECTED_BYTES / (POD_UPLOAD_MIB_S * 2**20) / 3600 / 64:.1f} h over 64 pods.",
+    ]
+    return lines
+
+
+def write_block(path: Path, block: str) -> None:
+    """Put `block` between the scale-out markers of `path` (appended when the markers are missing)."""
+    text = path.read_text() if path.exists() else ""
+    wrapped = f"{BLOCK_START}\n{block.rstrip()}\n{BLOCK_END}"
+    if BLOCK_START in text and BLOCK_END in text:
+        head, rest = text.split(BLOCK_START, 1)
+        text = head + wrapped + rest.split(BLOCK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + wrapped + "\n"
+    path.write_text(text)
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
 
 
 def generate(root: Path, count: int, seed: int = 15) -> list[Path]:
@@ -104,8 +221,8 @@ class Proxy:
     def reset(self) -> None:
         self._stats("POST", "reset")
 
-    def requests(self) -> int:
-        return sum(self._stats("GET", "stats")["requests"].values())
+    def requests(self) -> dict[str, int]:
+        return self._stats("GET", "stats")["requests"]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -161,7 +278,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--shards", default="1,2,4", help="shard counts to compare (default 1,2,4)")
     parser.add_argument("--changed-percent", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, help="write the report (Markdown) here too")
+    parser.add_argument("--out", type=Path, help="also write the report into this Markdown file, between "
+                        "its scale-out markers (BENCHMARKS.md for the published figures)")
     args = parser.parse_args()
     counts = [int(item) for item in args.shards.split(",")]
     sys.path.insert(0, str(REPO / "syncer"))
@@ -182,24 +300,41 @@ def main() -> int:
             env = {**os.environ, **s3.env()}
             env.pop("AWS_ENDPOINT_URL", None)
             try:
-                for seed, shards in enumerate(counts):
-                    url = f"s3://{BUCKET}/shards-{shards}"
-                    for scenario in ("first", "no-change", f"{args.changed_percent:g}%-changed"):
-                        if scenario.endswith("-changed"):
-                            change(paths, args.changed_percent, seed)
-                        run = one_run(shards, scenario, workdir / "tree", url, proxy.url, proxy, logs, env,
-                                      args.files, f"bench-{shards}-{scenario.replace('%', 'pct')}")
-                        runs.append(run)
-                        print(run.row(), flush=True)
+                url = f"s3://{BUCKET}/tree"
+                (workdir / "empty").mkdir()
+                baseline_rss = measured([[str(S3BACKUP), "sync", str(workdir / "empty"), f"s3://{BUCKET}/empty",
+                                          "--endpoint-url", proxy.url, "--path-style", "-q"]], logs, "baseline",
+                                        env)[0]["peak_rss_bytes"]
+                plan = [(1, "upload (one process)")]
+                for shards in counts:
+                    if shards != 1:
+                        plan.append((shards, "first run of this layout"))
+                    plan += [(shards, "no-change"), (shards, f"{args.changed_percent:g}%-changed")]
+                for seed, (shards, scenario) in enumerate(plan):
+                    if scenario.endswith("-changed"):
+                        change(paths, args.changed_percent, seed)
+                    time.sleep(2.1)  # past the hash cache's racy window, as on a day with no writes just before
+                    run = one_run(shards, scenario, workdir / "tree", url, proxy.url, proxy, logs, env,
+                                  args.files, f"bench-{seed}-{shards}")
+                    runs.append(run)
+                    print(run.row(), flush=True)
             finally:
                 proxy.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report = "\n".join([f"Scale-out benchmark: {args.files:,} small files, shards {args.shards}, "
-                        f"{os.cpu_count()} CPUs", "", HEADER, *(run.row() for run in runs), ""])
+    command = "python bench/shards.py " + " ".join(sys.argv[1:])
+    report = "\n".join([
+        "## Scale-out: one process against `--shard I/N`", "",
+        f"Produced by `{command}` at commit {commit()}, finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        f", on {os.cpu_count()} cores shared with the server: {args.files:,} small files (64 to 576 bytes, 1,000 "
+        "per folder), uploaded once by one process; then, per shard count over the same prefix, the layout's "
+        f"first run, a no-change run and a run after {args.changed_percent:g}% of the files changed (same size, "
+        "new content). N shards run as N processes at once, then the final `s3backup recycle` step. *s per 1M "
+        "files* and *CPU s per 1M files* scale the measured run linearly.", "",
+        HEADER, *(run.row() for run in runs), "", *projection(runs, baseline_rss), ""])
     print("\n" + report)
     if args.out:
-        args.out.write_text(report)
+        write_block(args.out, report)
     return 0 if all(code == 0 for run in runs for code in run.exit_codes) else 1
 
 
