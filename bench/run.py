@@ -42,6 +42,7 @@ KiB, MiB, GiB = 1024, 1024**2, 1024**3
 BUCKET = "bench"
 RUN_TIMEOUT = 1200  # seconds for one tool run; a stuck tool is killed and reported
 SCALES = {"quick": 0.05, "full": 1.0}
+SCALE_OUT_START, SCALE_OUT_END = "<!-- scale-out:start -->", "<!-- scale-out:end -->"  # see bench/shards.py
 
 
 # --- setting up ------------------------------------------------------------------------------------
@@ -973,6 +974,10 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     lines.append("")
+    previous = path.read_text() if path.exists() else ""
+    if SCALE_OUT_START in previous and SCALE_OUT_END in previous:  # bench/shards.py's figures, from its own command
+        kept = previous[previous.index(SCALE_OUT_START):previous.index(SCALE_OUT_END) + len(SCALE_OUT_END)]
+        lines += [kept, ""]
     path.write_text("\n".join(lines))
 
 
