@@ -70,15 +70,18 @@ class Downloaded:
     verified: bool  # False when the ETag says nothing checkable (e.g. SSE-KMS): size only
 
 
-def write_sparse(fd: int, offset: int, data: bytes | memoryview) -> None:
-    """pwrite `data` at `offset`, leaving aligned blocks of zeros unwritten (holes in a sized file)."""
+def write_sparse(fd: int, offset: int, data: bytes) -> None:
+    """pwrite `data` at `offset`, leaving aligned blocks of zeros unwritten (holes in a sized file).
+
+    A block is tested with `bytes.startswith` (a memcmp, without a copy): comparing a memoryview slice with
+    bytes goes byte by byte, holding the GIL, about 6 ms per MiB of zeros, more than the MD5 of it.
+    """
     view = memoryview(data)
     position, end = 0, len(view)
     run_start = 0  # start of the pending non-zero run
     while position < end:
         block_end = min(end, position + HOLE_BLOCK - (offset + position) % HOLE_BLOCK)
-        block = view[position:block_end]
-        if len(block) == HOLE_BLOCK and block == _ZEROS:
+        if block_end - position == HOLE_BLOCK and data.startswith(_ZEROS, position):
             if run_start < position:
                 _pwrite_all(fd, view[run_start:position], offset + run_start)
             run_start = block_end
