@@ -7,8 +7,9 @@
 Each sample (a stack, leaf last, as py-spy's raw format writes it) is charged to the first group, from the
 leaf up, whose pattern its frame's file matches: so time in botocore's signer called from our code is
 "SigV4 signing", and time in our own code that calls into C (hashlib, os.stat, sqlite3) is ours; a stack
-under importlib is start-up, whatever module it runs. Only
-threads on CPU are sampled (py-spy leaves idle threads out by default).
+under importlib is start-up, whatever module it runs. bench/run.py samples only the thread that holds the GIL
+(py-spy --gil): where the interpreter's time goes, which is what bounds a Python process on many small
+requests. Work done with the GIL released (MD5 of large buffers, socket waits) is not in it.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def main(argv: list[str]) -> int:
     for profile in profiles:
         samples = summarize(profile)
         total = sum(samples.values()) or 1
-        print(f"\n{profile.name} ({total:,} samples at 100 Hz: {total / 100:.1f} CPU s)\n")
-        print("| where | share of CPU samples |\n|---|---|")
+        print(f"\n{profile.name} ({total:,} samples of the GIL's holder at 100 Hz: {total / 100:.1f} s)\n")
+        print("| where | share of the GIL's time |\n|---|---|")
         for group, count in samples.most_common():
             print(f"| {group} | {count / total:.0%} |")
     return 0

@@ -527,7 +527,7 @@ class Runner:
         self._count += 1
         name = f"{self._count:03d}-{scenario}-{variant.slug}".replace("/", "_")
         if self.profile_dir is not None and variant.tool == "s3backup":
-            argv = [str(BENCH_VENV / "bin" / "py-spy"), "record", "--format", "raw", "--rate", "100",
+            argv = [str(BENCH_VENV / "bin" / "py-spy"), "record", "--format", "raw", "--rate", "100", "--gil",
                     "--subprocesses", "-o", str(self.profile_dir / f"{name}.txt"), "--", *argv]
         out = self.logs / f"{name}.json"
         server.reset_stats()
