@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
     first_day_puts = PROJECTED_FILES
     first_day_cost = first_day_puts / 1000 * PRICE_PER_1000["PUT/LIST"]
     lines = [
-        "### Projection: a daily backup of 100 TB in 100 million files on AWS",
+        PROJECTION_TITLE,
         "",
         "**A projection, not a measurement.** Arithmetic over the figures above (the 1%-changed runs' time, CPU "
         "and requests per million files), with these assumptions: each shard gets a node like this "
@@ -195,6 +196,46 @@ def write_block(path: Path, block: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + wrapped + "\n"
     path.write_text(text)
+
+
+PROJECTION_TITLE = "### Projection: a daily backup of 100 TB in 100 million files on AWS"
+
+
+def measured_runs(block: str) -> tuple[list[Run], int]:
+    """The runs of a scale-out report's table, and the start-up RSS it states (for `--reproject`)."""
+    runs = []
+    for line in block.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 12 or not cells[0].isdigit():
+            continue
+        files = int(cells[2].replace(",", ""))
+        requests = {}
+        for item in cells[10].split(", "):
+            name, _, count = item.rpartition(" ")
+            if name:
+                requests[name] = int(count.replace(",", ""))
+        runs.append(Run(shards=int(cells[0]), scenario=cells[1], files=files, wall=float(cells[3]),
+                        recycle_wall=float(cells[4]), cpu=float(cells[6]) * files / 1e6,
+                        peak_rss_max=int(cells[7]) * 2**20, peak_rss_sum=int(cells[8]) * 2**20, requests=requests,
+                        exit_codes=[int(code) for code in cells[11].split(",")]))
+    baseline = re.search(r"Peak RSS is ([0-9,]+) MiB at start-up", block)
+    return runs, int(baseline.group(1).replace(",", "")) * 2**20 if baseline else 0
+
+
+def reproject(path: Path) -> int:
+    """Recompute the projection of the scale-out section of `path` from its measured table (the model changed,
+    the measurements did not)."""
+    text = path.read_text()
+    if BLOCK_START not in text:
+        print(f"shards: no scale-out section in {path}", file=sys.stderr)
+        return 2
+    block = text.split(BLOCK_START, 1)[1].split(BLOCK_END, 1)[0]
+    runs, baseline = measured_runs(block)
+    measured = block.split(PROJECTION_TITLE, 1)[0].split("(The projection below", 1)[0].rstrip()
+    note = (f"(The projection below was recomputed from this table by `python bench/shards.py --reproject "
+            f"{path.name}` at commit {commit()}.)")
+    write_block(path, "\n".join([measured, "", note, "", *projection(runs, baseline), ""]))
+    return 0
 
 
 def commit() -> str:
@@ -302,7 +343,11 @@ def main() -> int:
     parser.add_argument("--changed-percent", type=float, default=1.0)
     parser.add_argument("--out", type=Path, help="also write the report into this Markdown file, between "
                         "its scale-out markers (BENCHMARKS.md for the published figures)")
+    parser.add_argument("--reproject", type=Path, metavar="FILE",
+                        help="measure nothing: recompute the projection of FILE's scale-out section from its table")
     args = parser.parse_args()
+    if args.reproject:
+        return reproject(args.reproject)
     counts = [int(item) for item in args.shards.split(",")]
     sys.path.insert(0, str(REPO / "syncer"))
     from s3backup_syncer.local_s3 import LocalS3
