@@ -460,14 +460,19 @@ def snapshot_namespace(cluster, installed, s3):
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def test_a_snapshot_run_backs_up_a_clone_and_removes_both_afterwards(cluster, s3, snapshot_namespace):
-    namespace, name, prefix = snapshot_namespace, "frozen", f"snapshot-{os.getpid()}"
-    make_volume(cluster, namespace, "live", LIVE_FILES)
-    manifest = backup_manifest(namespace, name, "live", s3, prefix)
+def snapshot_backup(cluster, s3, namespace: str, name: str, claim: str, prefix: str) -> str:
+    """A claim holding LIVE_FILES and a Ready copyMethod Snapshot S3Backup of it; returns its clone's name."""
+    make_volume(cluster, namespace, claim, LIVE_FILES)
+    manifest = backup_manifest(namespace, name, claim, s3, prefix)
     manifest["spec"]["copyMethod"] = "Snapshot"
     cluster.apply(manifest)
     wait_for(lambda: ready(cluster, name, namespace).get("status") == "True", "the S3Backup Ready")
-    clone = f"{name}-s3backup-snap"
+    return f"{name}-s3backup-snap"
+
+
+def test_a_snapshot_run_backs_up_a_clone_and_removes_both_afterwards(cluster, s3, snapshot_namespace):
+    namespace, name, prefix = snapshot_namespace, "frozen", f"snapshot-{os.getpid()}"
+    clone = snapshot_backup(cluster, s3, namespace, name, "live", prefix)
     template = cluster.get("cronjob", f"{name}-s3backup", "-n", namespace)["spec"]["jobTemplate"]
     assert template["spec"]["suspend"] is True
     assert template["metadata"]["annotations"][f"{GROUP}/snapshot-of"] == "live"
@@ -531,12 +536,7 @@ def test_a_snapshot_run_backs_up_a_clone_and_removes_both_afterwards(cluster, s3
 def test_a_failed_snapshot_fails_the_run_without_a_pod_and_the_next_run_takes_a_new_one(
         cluster, s3, snapshot_namespace):
     namespace, name, prefix = snapshot_namespace, "unlucky", f"snapshot-failed-{os.getpid()}"
-    make_volume(cluster, namespace, "busy", LIVE_FILES)
-    manifest = backup_manifest(namespace, name, "busy", s3, prefix)
-    manifest["spec"]["copyMethod"] = "Snapshot"
-    cluster.apply(manifest)
-    wait_for(lambda: ready(cluster, name, namespace).get("status") == "True", "the S3Backup Ready")
-    clone = f"{name}-s3backup-snap"
+    clone = snapshot_backup(cluster, s3, namespace, name, "busy", prefix)
     job_name = run_now(cluster, namespace, name)["metadata"]["name"]
     wait_for(lambda: cluster.get("volumesnapshot", clone, "-n", namespace), "the VolumeSnapshot")
 
