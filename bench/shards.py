@@ -8,8 +8,9 @@ One prefix of one SeaweedFS (behind bench/s3proxy.py, which counts the requests)
 process. Then, for each shard count (1, 2, 4 by default), over that same prefix: the first run of that layout
 (N > 1: its shards seed their state from the previous layout's; it must upload nothing), a no-change run, and
 a run after 1% of the files changed (new content, same size), each a new run id; N > 1 runs its N processes
-at once and then the final `s3backup recycle` step. Every process is measured by bench/measure.py (wall
-time, CPU, peak RSS).
+at once and then the final `s3backup recycle` step. Last, one process uploads a tree of half the files to a
+prefix of its own and runs once more with nothing changed: two tree sizes, for how memory grows. Every
+process is measured by bench/measure.py (wall time, CPU, peak RSS).
 The report gives, per shard count and run: wall time (all N processes, and the final step), the time and
 the CPU per million files, the peak RSS of the largest process and of all N together, and the S3 requests.
 The generated tree: `--files` small files (64 to 576 bytes) in folders of 1,000. It lives in a temporary
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -87,7 +87,22 @@ def request_class(name: str) -> str | None:
     return "PUT/LIST"
 
 
-def projection(runs: list[Run], baseline_rss: int) -> list[str]:
+HALF = "no-change, half the files"  # the second tree size, for how memory grows with the tree
+
+
+def memory_growth(runs: list[Run]) -> tuple[Run, float] | None:
+    """The one-process no-change run over the whole tree, and its peak RSS's growth in bytes per file, from the
+    same run over a tree half the size (0 when it did not grow); None without both runs. Half, not less: SQLite's
+    page caches (2 MiB per database) fill over the first tens of thousands of files, and a smaller tree would
+    charge that to every file."""
+    one = {run.scenario: run for run in runs if run.shards == 1}
+    whole, half = one.get("no-change"), one.get(HALF)
+    if not whole or not half or whole.files <= half.files:
+        return None
+    return whole, max(0.0, (whole.peak_rss_max - half.peak_rss_max) / (whole.files - half.files))
+
+
+def projection(runs: list[Run]) -> list[str]:
     """A daily backup of PROJECTED_FILES files and PROJECTED_BYTES on AWS, from the measured per-million figures.
 
     Each shard is assumed to get a node like this machine's (the one-process figures, measured with the
@@ -110,11 +125,10 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
     fixed = (per_million[widest.shards] - per_million[1]) / (widest.shards - 1) if widest.shards > 1 else 0.0
     fixed = max(0.0, fixed)
     shared = max(0.0, per_million[1] - fixed)
-    # Peak RSS per process above start-up, per million files of the whole tree, fitted the same way.
-    growth = {run.shards: max(0, run.peak_rss_max - baseline_rss) / run.files * 1e6 for run in (changed, widest)}
-    rss_shared = (growth[1] - growth[widest.shards]) * widest.shards / (widest.shards - 1) if widest.shards > 1 else 0
-    rss_shared = max(0.0, rss_shared)
-    rss_fixed = max(0.0, growth[1] - rss_shared)
+    # Peak RSS per process, projected linearly from two tree sizes; every shard walks the whole tree, so every
+    # pod is taken to need what one process needs.
+    growth = memory_growth(runs)
+    rss = growth[0].peak_rss_max + growth[1] * (PROJECTED_FILES - growth[0].files) if growth else None
     sharded = [run for run in runs if run.shards > 1 and run.scenario.endswith("-changed")]
     # The final recycle step runs once per run, whatever N is: its time per million files does not shrink.
     recycle_s = max((run.recycle_wall / run.files * 1e6 for run in sharded), default=0.0) * millions
@@ -154,9 +168,9 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
         fits = total <= WINDOW_S
         if fits and best is None:
             best = shards
-        rss = baseline_rss + (rss_fixed + rss_shared / shards) * millions
+        shown_rss = f"{rss / 2**20:,.0f}" if rss is not None else "not measured"
         lines.append(f"| {shards} | {planning / 3600:.2f} | {upload_s / shards / 3600:.2f} | "
-                     f"{step / 3600:.2f} | {total / 3600:.2f} | {rss / 2**20:,.0f} | {'yes' if fits else 'no'} |")
+                     f"{step / 3600:.2f} | {total / 3600:.2f} | {shown_rss} | {'yes' if fits else 'no'} |")
     lines += [
         "",
         f"- **Time.** One process would need {changed_s / 3600:.1f} h to plan and compare 100 million files "
@@ -169,9 +183,7 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
         "the first part shrink too."
         + f" The final recycle step, one pod after all shards, adds {recycle_s / 3600:.2f} h at the rate measured "
         "above (the slowest of the sharded 1%-changed runs).",
-        f"- **Memory.** Peak RSS is {baseline_rss / 2**20:,.0f} MiB at start-up (an empty source); per process "
-        f"it grew by {rss_fixed / 2**20:,.0f} MiB per million files of the whole tree whatever N is, plus "
-        f"{rss_shared / 2**20:,.0f} MiB divided by N (fitted as the CPU is), assumed linear.",
+        memory_line(growth, rss),
         f"- **Requests per day:** about {requests['PUT/LIST']:,.0f} PUT and LIST and {requests['GET/HEAD']:,.0f} "
         f"GET and HEAD, **${cost:,.2f} a day** (${cost * 30:,.0f} a month). {puts:,.0f} PUTs at {S3_PUTS_PER_S:,} "
         f"per second take at least {puts / S3_PUTS_PER_S / 60:.0f} min on one partition; S3 partitions a busy "
@@ -184,6 +196,18 @@ def projection(runs: list[Run], baseline_rss: int) -> list[str]:
         f"{PROJECTED_BYTES / (POD_UPLOAD_MIB_S * 2**20) / 3600 / 64:.1f} h over 64 pods.",
     ]
     return lines
+
+
+def memory_line(growth: tuple[Run, float] | None, rss: float | None) -> str:
+    if growth is None or rss is None:
+        return ("- **Memory.** Not projected: the table has no one-process no-change run over half the files to "
+                "compare with.")
+    whole, per_file = growth
+    return (f"- **Memory.** One process's peak RSS was {whole.peak_rss_max / 2**20:,.0f} MiB over {whole.files:,} "
+            f"files and grew by {per_file * 1e6 / 2**20:,.1f} MiB per million files more (the no-change runs over "
+            f"the whole tree and over half of it). Taken as linear, that is {rss / 2**20:,.0f} MiB per pod for "
+            "100 million files, each shard walking the whole tree. The listing, the hash cache and the recorded "
+            "attributes are SQLite files on disk, so only their page caches are in memory.")
 
 
 def write_block(path: Path, block: str) -> None:
@@ -201,8 +225,8 @@ def write_block(path: Path, block: str) -> None:
 PROJECTION_TITLE = "### Projection: a daily backup of 100 TB in 100 million files on AWS"
 
 
-def measured_runs(block: str) -> tuple[list[Run], int]:
-    """The runs of a scale-out report's table, and the start-up RSS it states (for `--reproject`)."""
+def measured_runs(block: str) -> list[Run]:
+    """The runs of a scale-out report's table (for `--reproject`)."""
     runs = []
     for line in block.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -218,8 +242,7 @@ def measured_runs(block: str) -> tuple[list[Run], int]:
                         recycle_wall=float(cells[4]), cpu=float(cells[6]) * files / 1e6,
                         peak_rss_max=int(cells[7]) * 2**20, peak_rss_sum=int(cells[8]) * 2**20, requests=requests,
                         exit_codes=[int(code) for code in cells[11].split(",")]))
-    baseline = re.search(r"Peak RSS is ([0-9,]+) MiB at start-up", block)
-    return runs, int(baseline.group(1).replace(",", "")) * 2**20 if baseline else 0
+    return runs
 
 
 def reproject(path: Path) -> int:
@@ -230,11 +253,11 @@ def reproject(path: Path) -> int:
         print(f"shards: no scale-out section in {path}", file=sys.stderr)
         return 2
     block = text.split(BLOCK_START, 1)[1].split(BLOCK_END, 1)[0]
-    runs, baseline = measured_runs(block)
+    runs = measured_runs(block)
     measured = block.split(PROJECTION_TITLE, 1)[0].split("(The projection below", 1)[0].rstrip()
     note = (f"(The projection below was recomputed from this table by `python bench/shards.py --reproject "
             f"{path.name}` at commit {commit()}.)")
-    write_block(path, "\n".join([measured, "", note, "", *projection(runs, baseline), ""]))
+    write_block(path, "\n".join([measured, "", note, "", *projection(runs), ""]))
     return 0
 
 
@@ -368,10 +391,6 @@ def main() -> int:
             env.pop("AWS_ENDPOINT_URL", None)
             try:
                 url = f"s3://{BUCKET}/tree"
-                (workdir / "empty").mkdir()
-                baseline_rss = measured([[str(S3BACKUP), "sync", str(workdir / "empty"), f"s3://{BUCKET}/empty",
-                                          "--endpoint-url", proxy.url, "--path-style", "-q"]], logs, "baseline",
-                                        env)[0]["peak_rss_bytes"]
                 plan = [(1, "upload (one process)")]
                 for shards in counts:
                     if shards != 1:
@@ -385,6 +404,14 @@ def main() -> int:
                                   args.files, f"bench-{seed}-{shards}")
                     runs.append(run)
                     print(run.row(), flush=True)
+                half = max(1000, args.files // 2)
+                generate(workdir / "half", half, seed=16)
+                for scenario in ("upload, half the files", HALF):
+                    time.sleep(2.1)
+                    run = one_run(1, scenario, workdir / "half", f"s3://{BUCKET}/half", proxy.url, proxy, logs, env,
+                                  half, "bench-half")
+                    runs.append(run)
+                    print(run.row(), flush=True)
             finally:
                 proxy.stop()
     finally:
@@ -396,9 +423,11 @@ def main() -> int:
         f", on {os.cpu_count()} cores shared with the server: {args.files:,} small files (64 to 576 bytes, 1,000 "
         "per folder), uploaded once by one process; then, per shard count over the same prefix, the layout's "
         f"first run, a no-change run and a run after {args.changed_percent:g}% of the files changed (same size, "
-        "new content). N shards run as N processes at once, then the final `s3backup recycle` step. *s per 1M "
-        "files* and *CPU s per 1M files* scale the measured run linearly.", "",
-        HEADER, *(run.row() for run in runs), "", *projection(runs, baseline_rss), ""])
+        "new content). N shards run as N processes at once, then the final `s3backup recycle` step. Last, one "
+        "process uploads a tree half the size to a prefix of its own and runs once more with nothing changed, "
+        "for how memory grows with the tree. *s per 1M files* and *CPU s per 1M files* scale the measured run "
+        "linearly.", "",
+        HEADER, *(run.row() for run in runs), "", *projection(runs), ""])
     print("\n" + report)
     if args.out:
         write_block(args.out, report)

@@ -101,7 +101,6 @@ class SyncRun:
         self._delta_lock = threading.Lock()
         self.shard = options.shard
         self._foreign_files = 0  # files of other shards seen by the walk (never stat-ed)
-        self._own_listed = [0, 0]  # objects, bytes of this shard's keys in the listing
         self._state_objects: list[StateObject] | None = None  # s3backup's state objects, at the start
 
     # --- the script --------------------------------------------------------------------------
@@ -110,7 +109,8 @@ class SyncRun:
         if not self.shard.whole and not options.dry_run:
             self._clear_earlier_result()
         check_source(options.source)
-        listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency)
+        listing = RemoteListing(self.client, options.bucket, options.prefix, parallel=options.concurrency,
+                                owns=None if self.shard.whole else self.shard.owns)
         try:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -129,14 +129,15 @@ class SyncRun:
             candidates = RecycleCandidates(Path(workdir) / "recycle.jsonl")
             try:
                 remote = _listed_whole(listing.in_key_order(first_page, Path(workdir) / "remote-index.sqlite"))
-                self._march(self._own_objects(remote), markers, worker, candidates)
+                self._march(remote, markers, worker, candidates)
             finally:
                 candidates.close()
                 uploader.close()
-            own_count, own_bytes = self._own_listed
-            if summary.files_scanned + self._foreign_files == 0 and listing.count:
-                log.warning("the source %s is empty, but the prefix holds %d object(s): is the volume mounted? "
-                            "Nothing is deleted from an empty source.", options.source, listing.count)
+            own_count, own_bytes = listing.count, listing.bytes  # this shard's keys only, if sharded
+            if summary.files_scanned + self._foreign_files == 0 and listing.any_listed:
+                held = f"holds {listing.count} object(s)" if self.shard.whole else "is not empty"
+                log.warning("the source %s is empty, but the prefix %s: is the volume mounted? "
+                            "Nothing is deleted from an empty source.", options.source, held)
             # This run's writes all came after the listing, so none is older than its last page.
             own_writes_from = (listing.listed_until or self.run_started) if uploader.objects_written else None
             if self.shard.whole:
@@ -166,15 +167,6 @@ class SyncRun:
                                self.shard.count)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise run_error(exc, options.bucket) from None
-
-    def _own_objects(self, remote: Iterator[RemoteObject]) -> Iterator[RemoteObject]:
-        """The listed objects of this shard's keys (every shard lists the whole prefix: keys are hashed)."""
-        owns, counts = self.shard.owns, self._own_listed
-        for item in remote:
-            if owns(item.key):
-                counts[0] += 1
-                counts[1] += item.size
-                yield item
 
     def _report_to_final_step(self, candidates: RecycleCandidates, own_count: int,
                               own_writes_from: datetime | None, state_saved: bool) -> None:

@@ -5,7 +5,8 @@ same shard for the same N (so each shard's hash cache stays valid from run to ru
 in exactly one shard, and the files of one big folder spread over all shards. The price of
 hashing the full key is that nothing can be pruned by prefix: every shard walks the whole tree
 (listing directories, but stat-ing and reading only its own files) and lists the whole prefix
-(N shards make N times the LIST requests of one run, one per 1,000 keys each).
+(N shards make N times the LIST requests of one run, one per 1,000 keys each), keeping only its
+own keys of each page (remote.RemoteListing).
 
 State layout under `PREFIX/.s3backup/`:
 - unsharded (and `--shard 0/1`): `hash-cache.sqlite.gz`, `attributes.sqlite.gz`, `uploads/`;
