@@ -6,7 +6,10 @@ These drive the client's own `before-parse` event with answers S3 can give; no r
 from __future__ import annotations
 
 import botocore.handlers
-from s3backup_syncer.remote import make_s3_client
+from s3backup_syncer.remote import RemoteListing, make_s3_client
+from s3backup_syncer.shards import Shard
+
+from tests.conftest import BUCKET
 
 LISTING = (
     b'<?xml version="1.0" encoding="UTF-8"?>'
@@ -61,3 +64,17 @@ def test_the_quick_parser_runs_before_botocores_200_error_check_so_a_page_is_par
     names = [getattr(handler, "__name__", "") for handler in handlers]
     assert names.index("_parse_listing_quickly") < names.index("_handle_200_error")
     assert handlers[names.index("_handle_200_error")] is botocore.handlers._handle_200_error
+
+
+def test_a_shards_listing_keeps_only_its_own_keys_in_key_order(s3, s3_client, prefix, tmp_path):
+    """Against SeaweedFS, over more than one page and folders listed in parallel: every own key once, no other."""
+    keys = [f"d{folder}/f{index:04d}" for folder in range(3) for index in range(400)] + ["top-a", "top-b"]
+    for key in keys:
+        s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=key.encode())
+    shard = Shard(1, 3)
+    listing = RemoteListing(s3_client, BUCKET, f"{prefix}/", parallel=4, owns=shard.owns)
+    listed = list(listing.in_key_order(listing.first_page(), tmp_path / "index.sqlite"))
+    own = sorted(key for key in keys if shard.owns(key))
+    assert [item.key for item in listed] == own and 0 < len(own) < len(keys)
+    assert (listing.count, listing.bytes) == (len(own), sum(len(key) for key in own))
+    assert listing.any_listed
