@@ -7,17 +7,19 @@ Exit codes: 0 in sync; 1 some files failed (the rest synced), or a guard refused
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
 from .errors import ConfigError, RunError
 from .filters import Filters
-from .report import Progress, Summary, human_bytes
+from .report import Progress, RunCounters, Summary, human_bytes
 from .shards import MAX_SHARDS, Shard, parse_run_id, parse_shard
 
 log = logging.getLogger("s3backup")
@@ -264,8 +266,7 @@ def run_recycle_command(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose, args.quiet)
     summary = Summary(dry_run=args.dry_run)
-    started = time.monotonic()
-    try:
+    with one_line_errors(summary):
         bucket, prefix = parse_s3_url(args.destination)
         run_id = parse_run_id(args.run_id)
         cap = parse_recycle_cap(args.max_recycle)
@@ -275,14 +276,7 @@ def run_recycle_command(args: argparse.Namespace) -> int:
                                 max_pool_connections=max(10, args.concurrency * 2 + 2))
         finalize_recycle(client, bucket, prefix, run_id=run_id, count=args.shards, cap=cap,
                          concurrency=args.concurrency, dry_run=args.dry_run, summary=summary)
-    except RunError as exc:
-        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
-        print(f"s3backup: error: {exc}", file=sys.stderr)
-    except Exception as exc:  # a bug: still one line and a summary; -vv shows the traceback
-        log.debug("internal error", exc_info=True)
-        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
-        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
-    summary.duration_seconds = round(time.monotonic() - started, 3)
+    summary.duration_seconds = round(time.time() - summary.started_at, 3)
     if summary.result != "error" and not args.quiet:
         print(f"{summary.files_recycled} recycled, {summary.files_failed} failed"
               + (f"; recycling refused: {summary.recycle_blocked}" if summary.recycle_blocked else ""),
@@ -403,32 +397,40 @@ def push_metrics(args: argparse.Namespace, summary: Summary, interval: float | N
         log.warning(warning)
 
 
+@contextlib.contextmanager
+def one_line_errors(summary: RunCounters) -> Iterator[None]:
+    """Whatever stops a command ends as one line on stderr and a summary with result "error", never a traceback
+    (-vv logs it): the user's or S3's fault (its exit code), Ctrl-C (130), or a bug (1)."""
+    try:
+        yield
+        return
+    except RunError as exc:
+        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
+        print(f"s3backup: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
+        print("s3backup: interrupted", file=sys.stderr)
+    except Exception as exc:  # a bug: still one line, a summary and metrics
+        log.debug("internal error", exc_info=True)
+        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
+        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
+    summary.duration_seconds = round(time.time() - summary.started_at, 3)
+
+
 def run_sync_command(args: argparse.Namespace) -> int:
     from .engine import run_sync
 
     setup_logging(args.verbose, args.quiet)
     summary = Summary(dry_run=args.dry_run)
     interval = None
-    try:
+    with one_line_errors(summary):
         if args.expected_interval:
             interval = parse_duration(args.expected_interval)
         options = options_from_args(args)
         with Progress(summary, enabled=not args.quiet):
             run_sync(options, summary=summary)
-    except RunError as exc:
-        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
-        summary.duration_seconds = round(time.time() - summary.started_at, 3)
-        print(f"s3backup: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
-        print("s3backup: interrupted", file=sys.stderr)
-    except Exception as exc:  # a bug: still one line, a summary and metrics; -vv shows the traceback
-        log.debug("internal error", exc_info=True)
-        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
-        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
-    else:
-        if not args.quiet:
-            print(describe(summary), file=sys.stderr, flush=True)
+    if summary.result != "error" and not args.quiet:
+        print(describe(summary), file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)
     push_metrics(args, summary, interval)
     return summary.exit_code
@@ -453,23 +455,10 @@ def run_other_command(args: argparse.Namespace) -> int:
 
         def work() -> None:
             run_verify(verify_options_from_args(args), summary=summary)
-    try:
-        with progress(summary, enabled=not args.quiet):
-            work()
-    except RunError as exc:
-        summary.result, summary.error, summary.exit_code = "error", str(exc), exc.exit_code
-        summary.duration_seconds = round(time.time() - summary.started_at, 3)
-        print(f"s3backup: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        summary.result, summary.error, summary.exit_code = "error", "interrupted", 130
-        print("s3backup: interrupted", file=sys.stderr)
-    except Exception as exc:  # a bug: still one line and a summary; -vv shows the traceback
-        log.debug("internal error", exc_info=True)
-        summary.result, summary.error, summary.exit_code = "error", f"internal error: {exc}"[:300], 1
-        print(f"s3backup: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
-    else:
-        if not args.quiet:
-            print(describe_run(summary), file=sys.stderr, flush=True)
+    with one_line_errors(summary), progress(summary, enabled=not args.quiet):
+        work()
+    if summary.result != "error" and not args.quiet:
+        print(describe_run(summary), file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)  # type: ignore[arg-type]
     return summary.exit_code
 

@@ -22,7 +22,6 @@ import os
 import stat
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -369,12 +368,6 @@ def run_sync(options: SyncOptions, client=None, summary: Summary | None = None) 
     """Run one sync. Raises `UserError` for bad input; per-file failures are in the summary."""
     run = SyncRun(options, client, summary)
     summary = run.summary
-    started = time.monotonic()
-    try:
-        run.run()
-    finally:
-        summary.duration_seconds = round(time.monotonic() - started, 3)
     # A refused recycle exits 1 like a failed file: the run did not do all it was asked, and must not look green.
-    summary.result = "partial" if summary.files_failed or run.recycle_refused else "success"
-    summary.exit_code = 1 if summary.files_failed or run.recycle_refused else 0
+    summary.run_timed(run.run, lambda: bool(summary.files_failed or run.recycle_refused))
     return summary

@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 #: Errors kept in the summary. Kubernetes caps a termination message at 4 KiB.
@@ -19,9 +20,24 @@ class RunCounters:
 
     errors: list[str] = field(default_factory=list)
     exit_code: int = 0  # 0 all done, 1 some files failed or differ, 2 usage or configuration error
+    result: str = "running"  # "success" | "partial" (exit 1: see `run_timed`) | "error" (exit 2, or no answer)
+    error: str = ""  # why the run failed, when result == "error"
+    started_at: float = field(default_factory=time.time)  # Unix seconds
+    duration_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+
+    def run_timed(self, run: Callable[[], object], trouble: Callable[[], bool]) -> None:
+        """Run `run`, timed; then the result: "partial" (exit 1) if `trouble()`, else "success" (exit 0)."""
+        started = time.monotonic()
+        try:
+            run()
+        finally:
+            self.duration_seconds = round(time.monotonic() - started, 3)
+        partial = trouble()
+        self.result = "partial" if partial else "success"
+        self.exit_code = 1 if partial else 0
 
     def add(self, **increments: int) -> None:
         with self._lock:
@@ -44,11 +60,7 @@ class RunCounters:
 class Summary(RunCounters):
     """Counters of one sync run. Written as JSON by `--summary-json` and pushed as metrics."""
 
-    result: str = "running"  # "success" | "partial" (some files failed, or recycling was refused) | "error"
-    error: str = ""  # why the run failed, when result == "error"
     dry_run: bool = False
-    started_at: float = field(default_factory=time.time)  # Unix seconds
-    duration_seconds: float = 0.0
     files_scanned: int = 0
     bytes_scanned: int = 0
     files_uploaded: int = 0

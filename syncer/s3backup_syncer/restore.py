@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -80,12 +80,8 @@ class RestoreSummary(RunCounters):
     """Counters of one restore. Written as JSON by `--summary-json`."""
 
     command: str = "restore"
-    result: str = "running"  # "success" | "partial" (some files failed or conflict) | "error"
-    error: str = ""
     dry_run: bool = False
     as_of: str = ""  # the point in time restored, RFC 3339, when --as-of was given
-    started_at: float = field(default_factory=time.time)
-    duration_seconds: float = 0.0
     files_listed: int = 0  # objects in scope under the prefix
     bytes_listed: int = 0
     files_restored: int = 0  # written (new or replaced) this run
@@ -404,13 +400,6 @@ def run_restore(options: RestoreOptions, client=None, summary: RestoreSummary | 
     """Run one restore. Raises `UserError` for bad input; per-file failures are in the summary."""
     run = RestoreRun(options, client, summary)
     summary = run.summary
-    started = time.monotonic()
-    try:
-        run.run()
-    finally:
-        summary.duration_seconds = round(time.monotonic() - started, 3)
-    trouble = summary.files_failed or summary.files_conflicting
-    summary.result = "partial" if trouble else "success"
-    summary.exit_code = 1 if trouble else 0
+    summary.run_timed(run.run, lambda: bool(summary.files_failed or summary.files_conflicting))
     return summary
 

@@ -18,9 +18,8 @@ import secrets
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.exceptions
@@ -72,10 +71,6 @@ class VerifySummary(RunCounters):
     """Counters of one verify run. Written as JSON by `--summary-json`."""
 
     command: str = "verify"
-    result: str = "running"  # "success" | "partial" (differences found) | "error"
-    error: str = ""
-    started_at: float = field(default_factory=time.time)
-    duration_seconds: float = 0.0
     files_scanned: int = 0
     bytes_scanned: int = 0
     remote_objects: int = 0  # in scope
@@ -258,12 +253,5 @@ def run_verify(options: VerifyOptions, client=None, summary: VerifySummary | Non
     """Run one verify. Raises `UserError` for bad input; differences are in the summary and on `out`."""
     run = VerifyRun(options, client, summary, out)
     summary = run.summary
-    started = time.monotonic()
-    try:
-        run.run()
-    finally:
-        summary.duration_seconds = round(time.monotonic() - started, 3)
-    trouble = summary.differences or summary.files_failed
-    summary.result = "partial" if trouble else "success"
-    summary.exit_code = 1 if trouble else 0
+    summary.run_timed(run.run, lambda: bool(summary.differences or summary.files_failed))  # partial: they differ
     return summary
