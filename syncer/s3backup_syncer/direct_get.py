@@ -2,8 +2,8 @@
 
 On a restore of many small files, botocore's work around each request (event hooks, validation,
 serialisation, parsing) was most of the client's CPU. The route is learnt exactly as for DirectPut
-(from a GetObject that botocore made and that succeeded), requests are signed by botocore's own
-signer and sent through the client's own HTTP session, and the body is streamed, never preloaded.
+(from a GetObject that botocore made and that succeeded), requests are signed as DirectPut signs
+them and sent through the client's own HTTP session, and the body is streamed, never preloaded.
 Any answer but 200/206 makes the caller repeat the request through botocore, whose retries and
 error mapping decide every failure; an answer that says the shortcut itself is wrong (a redirect,
 a 4xx other than a failed precondition or a missing key) switches it off for the rest of the run.
@@ -36,12 +36,9 @@ class DirectGet(DirectPut):
         headers = dict(headers)
         if route.user_agent:
             headers["User-Agent"] = route.user_agent
-        request = AWSRequest(method="GET", url=route.url_prefix + percent_encode(full_key, safe="/~"),
-                             headers=headers)
-        request.context["client_config"] = self._client.meta.config
+        url = route.url_prefix + percent_encode(full_key, safe="/~")
         try:
-            route.signer.get_auth_instance(route.signing_name, route.region, "s3v4").add_auth(request)
-            prepared = request.prepare()
+            prepared = AWSRequest(method="GET", url=url, headers=route.sign("GET", url, headers)).prepare()
             prepared.stream_output = True
             response = self._http.send(prepared)
         except Exception as exc:  # connection trouble and the like: botocore retries it

@@ -7,16 +7,18 @@ S3 server, that is what decides the small-files benchmark (BENCHMARKS.md).
 
 The request is the one botocore would send. The route (URL prefix, signing region and name,
 User-Agent) is learnt from a PutObject that botocore made, and confirmed only once that request
-succeeded; requests are signed by botocore's own signer with the client's credentials (refreshed as
-botocore refreshes them) and sent through the client's own HTTP session (proxies, TLS settings,
-timeouts, connection pool). Anything but a 200 answer makes the caller repeat the upload with
-`client.put_object`, so botocore's retries and error mapping still decide every failure. An answer
-that says the shortcut itself is wrong (a redirect, a 4xx) switches it off for the rest of the run.
+succeeded. Requests are signed with the client's credentials (refreshed as botocore refreshes them)
+by sigv4.py, or by botocore's own signer where those credentials cannot be read, and sent through
+the client's own HTTP session (proxies, TLS settings, timeouts, connection pool). Anything but a 200
+answer makes the caller repeat the upload with `client.put_object`, so botocore's retries and error
+mapping still decide every failure. An answer that says the shortcut itself is wrong (a redirect, a
+4xx) switches it off for the rest of the run.
 
 Everything here that relies on botocore's internals (the client's endpoint and HTTP session, the
-arguments of its `before-sign` event, its signer, AWSRequest) sits behind one switch, `ENABLED`,
-and is reached only from `_botocore_session_of` and `DirectPut._learn`/`put`. With the switch off,
-or with a botocore shaped differently, every PutObject goes through `client.put_object`.
+arguments of its `before-sign` event, its signer and credentials, AWSRequest) sits behind one
+switch, `ENABLED`, and is reached only from `_botocore_session_of`, `_signing_for` and
+`DirectPut._learn`/`put`. With the switch off, or with a botocore shaped differently, every
+PutObject goes through `client.put_object`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
+
+from .sigv4 import SigV4Signer
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,30 @@ _TRANSIENT = {408, 429, 500, 502, 503, 504}  # botocore retries these: the short
 _EVENT = "before-sign.s3.PutObject"
 
 
+#: sign(method, url, headers) -> the headers with the signature's
+Signing = Callable[[str, str, dict[str, str]], dict[str, str]]
+
+
 @dataclass(frozen=True)
 class _Route:
     url_prefix: str  # the object URL minus the percent-encoded key
-    signer: object  # botocore's RequestSigner of the client
-    signing_name: str
-    region: str
+    sign: Signing
     user_agent: str | None
+
+
+def _signing_for(request_signer, signing_name: str, region: str, client_config) -> Signing:
+    """sigv4.py's signer with the client's credentials; botocore's own if they cannot be read."""
+    credentials = getattr(request_signer, "_credentials", None)
+    if credentials is not None and callable(getattr(credentials, "get_frozen_credentials", None)):
+        return SigV4Signer(credentials, region, signing_name).sign
+
+    def sign_with_botocore(method: str, url: str, headers: dict[str, str]) -> dict[str, str]:
+        request = AWSRequest(method=method, url=url, headers=headers)
+        request.context["client_config"] = client_config  # the signer reads payload signing from it
+        request_signer.get_auth_instance(signing_name, region, "s3v4").add_auth(request)
+        return dict(request.headers.items())
+
+    return sign_with_botocore
 
 
 class DirectPut:
@@ -126,9 +147,8 @@ class DirectPut:
                 if url.endswith("/" + encoded):
                     self._seen[full_key] = _Route(  # a redirect re-signs: the last route wins
                         url_prefix=url[: -len(encoded)],
-                        signer=request_signer,
-                        signing_name=signing.get("signing_name") or signing_name,
-                        region=signing.get("region") or region_name,
+                        sign=_signing_for(request_signer, signing.get("signing_name") or signing_name,
+                                          signing.get("region") or region_name, self._client.meta.config),
                         user_agent=request.headers.get("User-Agent"),
                     )
                     return
@@ -142,11 +162,9 @@ class DirectPut:
         headers.update({f"x-amz-meta-{name}": value for name, value in args.get("Metadata", {}).items()})
         if route.user_agent:
             headers["User-Agent"] = route.user_agent
-        request = AWSRequest(method="PUT", url=route.url_prefix + percent_encode(full_key, safe="/~"),
-                             data=body, headers=headers)
-        request.context["client_config"] = self._client.meta.config  # the signer reads payload signing from it
+        url = route.url_prefix + percent_encode(full_key, safe="/~")
         try:
-            route.signer.get_auth_instance(route.signing_name, route.region, "s3v4").add_auth(request)
+            request = AWSRequest(method="PUT", url=url, data=body, headers=route.sign("PUT", url, headers))
             response = self._http.send(request.prepare())
         except Exception as exc:  # connection trouble and the like: botocore retries it
             log.debug("direct PutObject of %s: %s; handing it to botocore", full_key, exc)

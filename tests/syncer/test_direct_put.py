@@ -1,5 +1,6 @@
 """Small files go out as PutObjects built by s3backup itself once botocore has shown the way
-(direct_put.py). Each test counts the PutObjects that botocore sent, and checks the objects."""
+(direct_put.py), and come back as GetObjects built the same way (direct_get.py), signed by sigv4.py.
+Each test counts the requests that botocore sent, and checks the objects or the files."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.parse
 import pytest
 from s3backup_syncer.config import SyncOptions
 from s3backup_syncer.engine import run_sync
+from s3backup_syncer.restore import RestoreOptions, run_restore
 
 from tests.conftest import BUCKET
 from tests.reliability.helpers import assert_bucket_matches, client_for
@@ -29,8 +31,9 @@ def _write_source(src):
         path.write_bytes(hashlib.sha256(name.encode()).digest() * (10 + i))
 
 
-def _count_botocore_puts(client) -> list[str]:
-    """Keys of the data PutObjects that botocore sends on `client` (the shortcut emits no events)."""
+def _count_botocore_puts(client, operation: str = "PutObject") -> list[str]:
+    """Keys of the data requests (PutObject, or GetObject) that botocore sends on `client` (the shortcut emits
+    no events)."""
     keys: list[str] = []
 
     def record(request, **_):
@@ -38,7 +41,7 @@ def _count_botocore_puts(client) -> list[str]:
         if "/.s3backup/" not in request.url:
             keys.append(key)
 
-    client.meta.events.register("before-send.s3.PutObject", record)
+    client.meta.events.register(f"before-send.s3.{operation}", record)
     return keys
 
 
@@ -64,6 +67,23 @@ def test_after_one_botocore_put_the_rest_go_out_directly_with_the_same_objects(s
         assert head["ContentType"] == ("application/gzip" if name.endswith(".gz") else
                                        "text/plain" if name.endswith(".txt") else "application/octet-stream")
         assert head.get("StorageClass", "STANDARD") == "STANDARD"
+
+
+def test_after_one_botocore_get_a_restore_fetches_the_rest_directly(s3, tmp_path, prefix):
+    """Fails if restore's shortcut is never taken (a signature the server refuses turns it off), or if a
+    file it fetched differs from its source."""
+    src = tmp_path / "src"
+    _write_source(src)
+    assert run_sync(_options(src, prefix), client=client_for(s3)).files_uploaded == len(NAMES)
+    client = client_for(s3)
+    botocore_gets = _count_botocore_puts(client, "GetObject")
+    target = tmp_path / "restored"
+    summary = run_restore(RestoreOptions(bucket=BUCKET, prefix=prefix + "/", target=target, path_style=True,
+                                         concurrency=1), client=client)
+    assert summary.files_restored == len(NAMES) and summary.files_failed == 0
+    assert len(botocore_gets) == 1, botocore_gets
+    for name in NAMES:
+        assert (target / name).read_bytes() == (src / name).read_bytes()
 
 
 @pytest.mark.parametrize(("fault", "botocore_sends"), [
