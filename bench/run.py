@@ -846,8 +846,8 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
         base = startup["s3backup"].peak_rss
         per_million = base + max(0, mine.peak_rss - base) * 1_000_000 / scale_count
         lines.append(f"| 6. planning under 1 GB of memory per million files | peak {mine.peak_rss / 1e6:,.0f} MB "
-                     f"over {scale_count:,} files, {base / 1e6:,.0f} MB of it start-up: about "
-                     f"{per_million / 1e9:.2f} GB for a million, growing linearly "
+                     f"over {scale_count:,} files, {base / 1e6:,.0f} MB of it start-up: at most "
+                     f"{per_million / 1e9:.2f} GB for a million, if all the rest grew with the files "
                      f"| {'yes' if per_million < 1e9 else '**no**'} |")
     return lines
 
