@@ -274,9 +274,10 @@ def run_recycle_command(args: argparse.Namespace) -> int:
             raise ConfigError(f"invalid --concurrency {args.concurrency}: use 1 to 256")
         client = make_s3_client(endpoint_url=args.endpoint_url, region=args.region, path_style=args.path_style,
                                 max_pool_connections=max(10, args.concurrency * 2 + 2))
-        finalize_recycle(client, bucket, prefix, run_id=run_id, count=args.shards, cap=cap,
-                         concurrency=args.concurrency, dry_run=args.dry_run, summary=summary)
-    summary.duration_seconds = round(time.time() - summary.started_at, 3)
+        summary.run_timed(
+            lambda: finalize_recycle(client, bucket, prefix, run_id=run_id, count=args.shards, cap=cap,
+                                     concurrency=args.concurrency, dry_run=args.dry_run, summary=summary),
+            lambda: bool(summary.recycle_blocked or summary.files_failed))  # partial: refused, or a delete failed
     if summary.result != "error" and not args.quiet:
         print(f"{summary.files_recycled} recycled, {summary.files_failed} failed"
               + (f"; recycling refused: {summary.recycle_blocked}" if summary.recycle_blocked else ""),

@@ -99,7 +99,7 @@ def finalize_recycle(client, bucket: str, prefix: str, *, run_id: str, count: in
                      concurrency: int = 8, dry_run: bool = False, summary: Summary | None = None) -> Summary:
     """The final step of a sharded run: recycle every shard's candidates, or nothing (see the module doc).
 
-    `summary.recycle_blocked` says why nothing was deleted; `summary.exit_code` is 1 then.
+    `summary.recycle_blocked` says why nothing was deleted (the caller's `run_timed` makes the run partial then).
     """
     summary = summary or Summary(dry_run=dry_run)
     try:
@@ -130,8 +130,6 @@ def finalize_recycle(client, bucket: str, prefix: str, *, run_id: str, count: in
     summary.remote_objects -= summary.files_recycled
     if shards_complete and not dry_run:
         drop_run_results(client, bucket, prefix, run_id)
-    summary.result = "partial" if reason or summary.files_failed else "success"
-    summary.exit_code = 1 if reason or summary.files_failed else 0
     return summary
 
 

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import threading
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -23,9 +23,8 @@ _NOT_SIGNED = {"authorization", "expect", "transfer-encoding", "user-agent", "x-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def canonical_host(url: str) -> str:
+def canonical_host(parts: SplitResult) -> str:
     """The Host header value: the URL's host, with its port unless it is the scheme's default."""
-    parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"  # IPv6
@@ -79,7 +78,7 @@ class SigV4Signer:
         credentials = self._credentials.get_frozen_credentials()
         amz_date = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
-        signed = {**headers, "host": canonical_host(url), "X-Amz-Date": amz_date,
+        signed = {**headers, "host": canonical_host(parts), "X-Amz-Date": amz_date,
                   "X-Amz-Content-SHA256": UNSIGNED_PAYLOAD}
         if credentials.token:
             signed["X-Amz-Security-Token"] = credentials.token
