@@ -5,8 +5,8 @@
     python3 bench/profile_summary.py /tmp/prof            # one table per profiled run
 
 Each sample (a stack, leaf last, as py-spy's raw format writes it) is charged to the first group, from the
-leaf up, whose pattern its frame's file matches: so time in botocore's signer called from our code is
-"SigV4 signing", and time in our own code that calls into C (hashlib, os.stat, sqlite3) is ours; a stack
+leaf up, whose pattern its frame's file matches: so time in botocore's signer or in sigv4.py is "SigV4
+signing", and time in our own code that calls into C (hashlib, os.stat, sqlite3) is ours; a stack
 under importlib is start-up, whatever module it runs. bench/run.py samples only the thread that holds the GIL
 (py-spy --gil): where the interpreter's time goes, which is what bounds a Python process on many small
 requests. Work done with the GIL released (MD5 of large buffers, socket waits) is not in it.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 # (group, pattern on a frame's file path), tried in this order on each frame from the leaf up.
 GROUPS = [
-    ("SigV4 signing (botocore/auth.py)", r"botocore/auth\.py"),
+    ("SigV4 signing (botocore/auth.py, s3backup's sigv4.py)", r"(botocore/auth|s3backup_syncer/sigv4)\.py"),
     ("HTTP: http.client, urllib3, sockets", r"(http/client\.py|urllib3/|socket\.py|ssl\.py|selectors\.py)"),
     ("botocore: request building, endpoints, parsing, hooks", r"botocore/"),
     ("s3backup: scan, plan, hash, transfer, state", r"s3backup_syncer/"),
