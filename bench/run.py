@@ -903,6 +903,12 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "`s5cmd sync --delete`, `s3cmd sync --delete-removed`). Compare modes: s3backup size + MD5 (ETag, with a hash "
         "cache), rclone size + mtime (its own metadata; `--checksum`: size + MD5), aws and s5cmd size + mtime "
         "against LastModified, s3cmd size + MD5.",
+        "- What each restore checks: s3backup MD5s every byte it restores, multipart objects included, and "
+        "compares it with the object's ETag; rclone checks an MD5 only where the ETag is one (objects "
+        "uploaded in one part); aws and s5cmd check nothing. On these 2 cores, shared with the server, that "
+        "MD5 is CPU the peers do not spend, and it decides the large restores (R2, R5): README.md, "
+        '"Benchmarks", sets their CPU difference beside the MD5\'s cost at the rate under "Physical limits". '
+        "The check is never turned off to win.",
         "",
         "## Targets",
         "",
