@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
+from s3backup_syncer.direct_put import _botocore_session_of
 from s3backup_syncer.local_s3 import LocalS3
 from s3backup_syncer.sigv4 import SigV4Signer
 from urllib3.util.retry import Retry
@@ -57,7 +58,7 @@ def main() -> None:
             list(pool.map(lambda key: client.put_object(Bucket=BUCKET, Key=key, Body=bodies[key]), keys))
         signer = SigV4Signer(client._request_signer._credentials, client.meta.region_name, "s3")
         url_prefix = client.meta.endpoint_url.rstrip("/") + f"/{BUCKET}/"
-        session = client._endpoint.http_session
+        session = _botocore_session_of(client)  # the client's own HTTP session, as direct_put.py finds it
 
         def url(key: str) -> str:
             return url_prefix + percent_encode(key, safe="/~")
