@@ -12,6 +12,7 @@ a 4xx other than a failed precondition or a missing key) switches it off for the
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
@@ -29,7 +30,11 @@ class DirectGet(DirectPut):
 
     event = "before-sign.s3.GetObject"
 
-    def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], str, object] | None:
+    def signed(self, full_key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
+        """(URL, signed headers) of the GetObject botocore would send, or None while the shortcut is not on.
+
+        May raise (credentials that cannot be refreshed): the caller hands the request to botocore.
+        """
         route = self._route
         if route is None or self._off:
             return None
@@ -37,19 +42,33 @@ class DirectGet(DirectPut):
         if route.user_agent:
             headers["User-Agent"] = route.user_agent
         url = route.url_prefix + percent_encode(full_key, safe="/~")
+        return url, route.sign("GET", url, headers)
+
+    def refused(self, status: int, full_key: str) -> None:
+        """An answer other than 200/206: switch the shortcut off if it says the shortcut itself is wrong."""
+        if status not in _TRANSIENT and status not in _EXPECTED_MISSES:
+            self._off = True
+            log.debug("direct GetObject off: HTTP %d for %s", status, full_key)
+
+    def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], str, object] | None:
         try:
-            prepared = AWSRequest(method="GET", url=url, headers=route.sign("GET", url, headers)).prepare()
+            request = self.signed(full_key, headers)
+            if request is None:
+                return None
+            url, signed_headers = request
+            prepared = AWSRequest(method="GET", url=url, headers=signed_headers).prepare()
             prepared.stream_output = True
             response = self._http.send(prepared)
         except Exception as exc:  # connection trouble and the like: botocore retries it
             log.debug("direct GetObject of %s: %s; handing it to botocore", full_key, exc)
             return None
         if response.status_code in (200, 206):
-            metadata = {name.lower()[len(_META):]: value for name, value in response.headers.items()
-                        if name.lower().startswith(_META)}
-            return metadata, response.headers.get("Content-Range", ""), response.raw
+            return user_metadata(response.headers.items()), response.headers.get("Content-Range", ""), response.raw
         response.raw.close()
-        if response.status_code not in _TRANSIENT and response.status_code not in _EXPECTED_MISSES:
-            self._off = True
-            log.debug("direct GetObject off: HTTP %d for %s", response.status_code, full_key)
+        self.refused(response.status_code, full_key)
         return None
+
+
+def user_metadata(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The x-amz-meta-* headers of an answer, as botocore's `Metadata`: lower-case names without the prefix."""
+    return {name.lower()[len(_META):]: value for name, value in headers if name.lower().startswith(_META)}

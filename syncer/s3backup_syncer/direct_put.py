@@ -17,8 +17,9 @@ mapping still decide every failure. An answer that says the shortcut itself is w
 Everything here that relies on botocore's internals (the client's endpoint and HTTP session, the
 arguments of its `before-sign` event, its signer and credentials, AWSRequest) sits behind one
 switch, `ENABLED`, and is reached only from `_botocore_session_of`, `_signing_for` and
-`DirectPut._learn`/`put`. With the switch off, or with a botocore shaped differently, every
-PutObject goes through `client.put_object`.
+`DirectPut._learn`/`put` (and, for the session's TLS and proxy settings, from
+small_gets.http_settings_like_botocore, which runs only once a route is learnt). With the switch off,
+or with a botocore shaped differently, every PutObject goes through `client.put_object`.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ class DirectPut:
     @property
     def ready(self) -> bool:
         return self._route is not None and not self._off
+
+    @property
+    def url_prefix(self) -> str | None:
+        """The object URL minus the key, once learnt."""
+        return self._route.url_prefix if self._route is not None else None
 
     def close(self) -> None:
         if self._http is not None:

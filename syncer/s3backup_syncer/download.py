@@ -90,6 +90,16 @@ def write_sparse(fd: int, offset: int, data: bytes) -> None:
         _pwrite_all(fd, view[run_start:end], offset + run_start)
 
 
+def write_whole(path: str, data: bytes) -> None:
+    """Create (or truncate) `path` holding `data`, its aligned runs of zeros left as holes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, len(data))
+        write_sparse(fd, 0, data)
+    finally:
+        os.close(fd)
+
+
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)

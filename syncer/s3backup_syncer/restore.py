@@ -13,6 +13,7 @@ an interrupted restore resumes; one that differs is replaced only with `--overwr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import stat
@@ -28,7 +29,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from .attributes_state import RecordedAttributes, open_recorded_attributes
-from .download import Downloader, DownloadFailed, ObjectRef
+from .download import Downloader, DownloadFailed, ObjectRef, write_whole
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
 from .filters import Filters
@@ -45,6 +46,7 @@ from .restore_plan import (
     temp_name,
 )
 from .scan import LocalFile, ScanProblem, walk
+from .small_gets import MAX_SIZE, SmallGets
 from .versions import RemoteVersion, bucket_is_versioned, versions_as_of
 
 log = logging.getLogger("s3backup")
@@ -169,9 +171,11 @@ class RestoreRun:
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
+            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.concurrency)
             try:
                 self._march(remote)
             finally:
+                self._small_gets.close()
                 downloader.close()
         if self.summary.files_listed == 0:
             where = f"s3://{options.bucket}/{options.prefix}"
@@ -210,8 +214,10 @@ class RestoreRun:
 
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options
-        in_flight = threading.BoundedSemaphore(options.concurrency * 4)
+        slots = options.concurrency * 4
+        in_flight = threading.BoundedSemaphore(slots)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
+            self._workers = workers
             for local, remote in merge_join(self._local_files(), remote_objects):
                 if remote is None:
                     continue  # a local file with no object: restore never deletes
@@ -232,8 +238,22 @@ class RestoreRun:
                     self._conflict(remote)
                     continue
                 in_flight.acquire()
-                future = workers.submit(self._process, decision)
-                future.add_done_callback(lambda _: in_flight.release())
+                if self._small_gets_take(decision):
+                    self._small_gets.submit(self._restore_small(decision, in_flight.release))
+                else:
+                    self._to_workers(decision, in_flight.release)
+            for _ in range(slots):  # every file done, on the loop or by a worker (the loop hands over to them)
+                in_flight.acquire()
+
+    def _to_workers(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
+        self._workers.submit(self._process, decision).add_done_callback(lambda _: release())
+
+    def _small_gets_take(self, decision: RestoreDecision) -> bool:
+        """Whether the event loop restores this file (small_gets.py): a small current object, single-part."""
+        remote = decision.remote
+        return (decision.action in (RestoreAction.DOWNLOAD, RestoreAction.REPLACE) and not self.options.dry_run
+                and remote.size <= MAX_SIZE and "-" not in remote.etag and not isinstance(remote, RemoteVersion)
+                and self._small_gets.available())
 
     def _local_files(self) -> Iterator[LocalFile]:
         """The target's files in key order, without restore's own temporary files."""
@@ -310,10 +330,7 @@ class RestoreRun:
     def _restore(self, decision: RestoreDecision) -> None:
         """Download to a temporary name beside the final one, check, set attributes, rename."""
         options, remote = self.options, decision.remote
-        final = os.path.join(str(options.target), *remote.key.split("/"))
-        directory = os.path.dirname(final)
-        self._make_dirs(directory)
-        temp = os.path.join(directory, temp_name(os.path.basename(final)))
+        final, temp = self._paths(remote)
         version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
         ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag, version_id)
         try:
@@ -322,15 +339,54 @@ class RestoreRun:
                 log.warning("%s: its ETag is not a checksum of its content (SSE-KMS?): only the size was checked",
                             remote.key)
                 self.summary.add(files_unverified=1)
-            mtime_ns, mode = file_attributes(fetched.metadata, remote.last_modified,
-                                             self.recorded(remote.key, remote.etag))
-            if mode is not None:
-                os.chmod(temp, mode)
-            os.utime(temp, ns=(mtime_ns, mtime_ns))
-            _place(temp, final, replace=decision.action is RestoreAction.REPLACE)
+            self._finish(decision, temp, final, fetched.metadata)
         except BaseException:
             _remove_quietly(temp)
             raise
+
+    async def _restore_small(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
+        """On the event loop: GET, check against the plain-MD5 ETag, write, finish. Anything else (an error,
+        another kind of ETag, a mismatch) hands the file to a worker, whose retries and reports decide."""
+        remote = decision.remote
+        try:
+            answer = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
+            if answer is None or not _md5_is_etag(answer[1], remote):
+                self._to_workers(decision, release)
+                return
+            metadata, body = answer
+            self.summary.add(bytes_downloaded=len(body))
+            final, temp = self._paths(remote)
+            try:
+                write_whole(temp, body)
+                self._finish(decision, temp, final, metadata)
+            except BaseException:
+                _remove_quietly(temp)
+                raise
+        except FileExistsError:
+            self._conflict(remote)
+        except OSError as exc:
+            log.debug("cannot write %s", remote.key, exc_info=True)
+            self._fail(remote, f"cannot write: {exc.strerror or exc}")
+        except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
+            log.debug("unexpected failure on %s", remote.key, exc_info=True)
+            self._fail(remote, f"{type(exc).__name__}: {exc}")
+        release()
+
+    def _paths(self, remote: RemoteObject) -> tuple[str, str]:
+        """(final path, temporary path beside it), the folders made."""
+        final = os.path.join(str(self.options.target), *remote.key.split("/"))
+        directory = os.path.dirname(final)
+        self._make_dirs(directory)
+        return final, os.path.join(directory, temp_name(os.path.basename(final)))
+
+    def _finish(self, decision: RestoreDecision, temp: str, final: str, metadata: dict[str, str]) -> None:
+        """Give the checked temporary file its mtime and mode, then its final name."""
+        remote = decision.remote
+        mtime_ns, mode = file_attributes(metadata, remote.last_modified, self.recorded(remote.key, remote.etag))
+        if mode is not None:
+            os.chmod(temp, mode)
+        os.utime(temp, ns=(mtime_ns, mtime_ns))
+        _place(temp, final, replace=decision.action is RestoreAction.REPLACE)
         self.summary.add(files_restored=1, bytes_restored=remote.size)
         log.info("restored %s (%d bytes)", remote.key, remote.size)
 
@@ -360,6 +416,11 @@ class RestoreRun:
     def _fail(self, remote: RemoteObject, message: str) -> None:
         log.error("%s: %s", remote.key, message)
         self.summary.fail(remote.key, message, remote.size)
+
+
+def _md5_is_etag(body: bytes, remote: RemoteObject) -> bool:
+    """Whether `body` is the object's content by its plain-MD5 ETag (a multipart ETag: not decided here)."""
+    return len(body) == remote.size and hashlib.md5(body).hexdigest() == remote.etag
 
 
 def _gone_or_changed(exc: Exception) -> bool:

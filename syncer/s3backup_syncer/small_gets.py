@@ -1,0 +1,151 @@
+"""Small GetObjects on one event-loop thread through aiohttp, instead of one blocking request per worker.
+
+On a restore of many small files, a worker thread per request cost more than the requests: botocore's
+HTTP session (http.client's header parsing, urllib3's pool) took ~1.3 ms of CPU per GET over 8 threads,
+against ~0.5 ms for the same signed request on one loop with aiohttp's C parser (bench/http_paths.py),
+and 8 workers waking per file spent as much again in the kernel, handing the GIL over. So restore.py
+runs a small file's whole restore here: this GET, its check and its write.
+
+The request is exactly DirectGet's (route, signature, If-Match); only the HTTP library differs. The
+lane starts once a run has wanted START_AFTER small objects (importing aiohttp costs ~0.3 s of CPU,
+which a short restore would not win back) and DirectGet knows the route; never when botocore's
+session does what this cannot: a proxy or a client certificate. Bodies are read whole, so memory
+stays at (connections) x MAX_SIZE.
+Any failure, or any answer but 200, gives None: the caller then goes the way of botocore, whose
+retries and error mapping decide; DirectGet.refused decides whether the answer switches the shortcut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+
+from botocore.httpsession import get_cert_path
+
+from .direct_get import DirectGet, user_metadata
+from .direct_put import _botocore_session_of
+from .units import MiB
+
+log = logging.getLogger(__name__)
+
+MAX_SIZE = 1 * MiB  # larger objects stream through a worker's own connection (download.py)
+START_AFTER = 256  # small objects wanted before the lane is worth aiohttp's import
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """How botocore's session reaches the endpoint, in the terms aiohttp takes."""
+
+    ssl: ssl.SSLContext | bool  # False: plain HTTP, or TLS without verification (verify=False)
+    connect_timeout: float | None
+    read_timeout: float | None
+
+
+def http_settings_like_botocore(client, url: str) -> HttpSettings | None:
+    """The TLS settings and timeouts of the client's session for `url`, or None when the lane must not be
+    used: a proxy or a client certificate applies, or the session is not shaped as expected."""
+    session = _botocore_session_of(client)
+    try:
+        if session._proxy_config.proxy_url_for(url) or session._cert_file:
+            return None
+        verify = session._verify
+    except AttributeError:
+        return None
+    config = client.meta.config
+    context: ssl.SSLContext | bool = False
+    if url.startswith("https:") and verify is not False:
+        certificates = get_cert_path(verify)
+        context = (ssl.create_default_context(capath=certificates) if os.path.isdir(certificates)
+                   else ssl.create_default_context(cafile=certificates))
+    return HttpSettings(context, config.connect_timeout, config.read_timeout)
+
+
+class SmallGets:
+    """The event loop, its thread and its aiohttp session. One thread (the run's) calls `available` and
+    `submit`; `get` runs on the loop."""
+
+    def __init__(self, direct: DirectGet, client, connections: int):
+        self._direct = direct
+        self._client = client
+        self._connections = connections
+        self._asked = 0  # calls of `available`
+        self._state = "waiting"  # -> "ready" or "off"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._session = None
+        self._url = None  # yarl.URL, once imported
+
+    def available(self) -> bool:
+        """Called once for each small object the run wants: whether the lane takes it (`submit`).
+
+        The first call after START_AFTER of them, once DirectGet knows the route, starts the lane, here:
+        the workers go on with what they hold meanwhile.
+        """
+        if self._state == "waiting":
+            self._asked += 1
+            if self._asked < START_AFTER or not self._direct.ready:
+                return False
+            try:
+                url = self._direct.url_prefix
+                settings = http_settings_like_botocore(self._client, url) if url else None
+                if settings is not None:
+                    self._open(settings)
+            except Exception as exc:  # aiohttp missing or refusing these settings: the other paths serve
+                log.debug("no event loop for small GetObjects: %s", exc)
+            self._state = "ready" if self._loop is not None else "off"
+        return self._state == "ready"
+
+    def submit(self, coroutine) -> None:
+        """Run `coroutine` on the loop; what it raises is its own to handle."""
+        self._loop.call_soon_threadsafe(self._loop.create_task, coroutine)
+
+    async def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
+        """(user metadata, the whole body) of a GetObject answered 200, else None. On the loop only."""
+        try:
+            request = self._direct.signed(full_key, headers)
+            if request is None:
+                return None
+            url, signed_headers = request
+            # encoded=True: the path goes out exactly as it was signed (yarl would re-quote it)
+            async with self._session.get(self._url(url, encoded=True), headers=signed_headers) as response:
+                if response.status != 200:
+                    self._direct.refused(response.status, full_key)
+                    return None
+                if (response.content_length or 0) > MAX_SIZE:
+                    return None
+                return user_metadata(response.headers.items()), await response.read()
+        except Exception as exc:  # connection trouble, a timeout, a body cut short: the caller retries elsewhere
+            log.debug("GetObject of %s on the event loop: %s; handing it over", full_key, exc)
+            return None
+
+    def close(self) -> None:
+        """Stop the loop. The caller has waited for the tasks it submitted."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            self._loop = None
+
+    def _open(self, settings: HttpSettings) -> None:
+        import aiohttp  # here, not at the top: only the runs that use the lane pay for its import
+        import yarl
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="s3backup-small-gets", daemon=True)
+        thread.start()
+
+        async def open_session():
+            return aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections, ssl=settings.ssl),
+                timeout=aiohttp.ClientTimeout(sock_connect=settings.connect_timeout, sock_read=settings.read_timeout),
+                auto_decompress=False, skip_auto_headers=("Accept-Encoding",),
+            )
+
+        self._session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
+        self._url, self._thread, self._loop = yarl.URL, thread, loop
+        log.debug("small GetObjects on the event loop from now on")

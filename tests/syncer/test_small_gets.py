@@ -1,0 +1,200 @@
+"""A restore's small files go through the event loop (small_gets.py) once the run has wanted START_AFTER of
+them: here START_AFTER is 1, so every file after the first few is the loop's. The loop's GETs are told apart
+on the wire: they carry no Range header (a worker's always does, download.py). Each test checks the files."""
+
+from __future__ import annotations
+
+import os
+import random
+import ssl
+import stat
+
+import botocore.session
+import pytest
+from botocore.config import Config
+from s3backup_syncer import small_gets
+from s3backup_syncer.config import SyncOptions
+from s3backup_syncer.engine import run_sync
+from s3backup_syncer.restore import RestoreOptions, run_restore
+from s3backup_syncer.small_gets import http_settings_like_botocore
+
+from tests.conftest import BUCKET
+from tests.reliability.helpers import client_for
+from tests.support.fault_proxy import FaultProxy, Request
+
+KiB = 1024
+PLAIN = [f"a/{i:02d}.bin" for i in range(12)]  # first in key order: the run learns its route on these
+AWKWARD = ["z/a b.txt", "z/ü~+x.bin", "z/q?x=1&y", "z/pct%20", "z/semi;colon", "z/#hash", "z/unicodé/ﬁle",
+           "z/empty", "z/holes.img"]
+
+
+def _write_source(src) -> dict[str, tuple[bytes, int, int]]:
+    """key -> (content, mtime_ns, mode) of a tree whose awkward names come after the plain ones."""
+    rng = random.Random(3)
+    files = {}
+    for number, key in enumerate(PLAIN + AWKWARD):
+        content = rng.randbytes(rng.randrange(1, 40 * KiB))
+        if key == "z/empty":
+            content = b""
+        if key == "z/holes.img":  # 768 KiB, of which 640 KiB in aligned zeros: holes once restored
+            content = rng.randbytes(64 * KiB) + bytes(640 * KiB) + rng.randbytes(64 * KiB)
+        path = src / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        mode = 0o640 if number % 2 else 0o751
+        path.chmod(mode)
+        mtime_ns = 1_600_000_000_123_456_789 + number * 1_000_000_007
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        files[key] = (content, mtime_ns, mode)
+    return files
+
+
+def _restored(target, key: str) -> tuple[bytes, int, int]:
+    path = target / key
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, stat.S_IMODE(st.st_mode)
+
+
+def _loop_gets(requests: list[Request], prefix: str) -> list[str]:
+    """Keys of the GetObjects sent without a Range header: the event loop's."""
+    return [request.path.split(f"/{prefix}/", 1)[1] for request in requests
+            if request.operation == "GetObject" and f"/{prefix}/" in request.path
+            and not any(name.lower() == "range" for name, _ in request.headers)]
+
+
+@pytest.fixture
+def lane_from_the_start(monkeypatch):
+    monkeypatch.setattr(small_gets, "START_AFTER", 1)
+
+
+@pytest.fixture
+def uploaded(s3, tmp_path, prefix):
+    src = tmp_path / "src"
+    files = _write_source(src)
+    options = SyncOptions(source=src, bucket=BUCKET, prefix=prefix + "/", path_style=True)
+    assert run_sync(options, client=client_for(s3)).files_uploaded == len(files)
+    return files
+
+
+def _restore(s3, endpoint: str, prefix: str, target, **extra):
+    options = RestoreOptions(bucket=BUCKET, prefix=prefix + "/", target=target, path_style=True, concurrency=1,
+                             **extra)
+    return run_restore(options, client=client_for(s3, endpoint))
+
+
+def test_the_loop_restores_awkward_names_with_content_mtimes_modes_and_holes(
+        s3, tmp_path, prefix, uploaded, lane_from_the_start):
+    """Fails if the loop is never used, if it sends a key encoded otherwise than signed (the server refuses
+    it), or if a file it restores differs in content, mtime or mode, or is written without its holes."""
+    requests: list[Request] = []
+    target = tmp_path / "restored"
+    with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
+        summary = _restore(s3, proxy.endpoint_url, prefix, target)
+    assert (summary.files_restored, summary.files_failed) == (len(uploaded), 0), summary.errors
+    assert set(AWKWARD) <= set(_loop_gets(requests, prefix)), "every awkward name came through the loop"
+    for key, expected in uploaded.items():
+        assert _restored(target, key) == expected, key
+    holes = target / "z/holes.img"
+    assert holes.stat().st_blocks * 512 <= 256 * KiB, "the 640 KiB of zeros came back as a hole"
+
+
+@pytest.mark.parametrize("fault", ["503", "reset-response", "truncate", "corrupt-response"])
+def test_a_failed_loop_get_is_handed_to_a_worker(s3, tmp_path, prefix, uploaded, lane_from_the_start, fault):
+    """Fails if a fault on the loop loses the file, or if a body with the wrong bytes gets the file's name:
+    the worker's retry (a ranged GET) must restore it, right."""
+    requests: list[Request] = []
+    target = tmp_path / "restored"
+    key = "z/semi;colon"
+    with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
+        proxy.inject(fault, operation="GetObject", match=lambda request: request.path.endswith(f"/{key}"))
+        summary = _restore(s3, proxy.endpoint_url, prefix, target)
+        assert proxy.faults[fault] == 1
+    assert (summary.files_restored, summary.files_failed) == (len(uploaded), 0), summary.errors
+    assert _loop_gets(requests, prefix).count(key) == 1, "the loop tried it once, then a worker"
+    for restored_key, expected in uploaded.items():
+        assert _restored(target, restored_key) == expected, restored_key
+
+
+def test_bytes_that_never_match_leave_no_file_under_the_name(s3, tmp_path, prefix, uploaded, lane_from_the_start):
+    """Fails if a file whose every download is corrupted gets its final name, or is not reported."""
+    target = tmp_path / "restored"
+    key = "z/pct%20"
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.inject("corrupt-response", operation="GetObject", times=100,
+                     match=lambda request: request.path.endswith(f"/{key}"))
+        summary = _restore(s3, proxy.endpoint_url, prefix, target)
+    assert summary.files_failed == 1 and summary.files_restored == len(uploaded) - 1
+    assert any(error.startswith(f"{key}: ") for error in summary.errors)
+    assert not (target / key).exists()
+    assert not [path for path in (target / "z").iterdir() if path.name.startswith(".s3backup-restore")]
+
+
+def test_a_refusal_switches_the_shortcuts_off_and_botocore_restores_the_rest(
+        s3, tmp_path, prefix, uploaded, lane_from_the_start):
+    """A 403 to the loop's request says the shortcut is wrong: fails if the loop goes on being used for the
+    files after it (beyond those already on their way: 4 slots with concurrency 1), or if any file is lost."""
+    requests: list[Request] = []
+    target = tmp_path / "restored"
+    key = "z/#hash"  # the first awkward name in key order: 8 come after it
+    with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
+        proxy.inject("403", operation="GetObject", match=lambda request: request.path.endswith(f"/{key}"))
+        summary = _restore(s3, proxy.endpoint_url, prefix, target)
+        assert proxy.faults["403"] == 1
+    assert (summary.files_restored, summary.files_failed) == (len(uploaded), 0), summary.errors
+    loop_gets = _loop_gets(requests, prefix)
+    assert len(loop_gets) - 1 - loop_gets.index(key) <= 3, loop_gets
+    for restored_key, expected in uploaded.items():
+        assert _restored(target, restored_key) == expected, restored_key
+
+
+def test_overwrite_replaces_a_different_file_through_the_loop(s3, tmp_path, prefix, uploaded, lane_from_the_start):
+    target = tmp_path / "restored"
+    (target / "z").mkdir(parents=True)
+    (target / "z/empty").write_bytes(b"not empty")
+    (target / "z/a b.txt").write_bytes(b"x")
+    requests: list[Request] = []
+    with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
+        summary = _restore(s3, proxy.endpoint_url, prefix, target, overwrite=True)
+    assert (summary.files_restored, summary.files_failed) == (len(uploaded), 0), summary.errors
+    assert {"z/empty", "z/a b.txt"} <= set(_loop_gets(requests, prefix))
+    for key, expected in uploaded.items():
+        assert _restored(target, key) == expected, key
+
+
+# --- the connection settings taken from botocore's session -----------------------------------------------------
+
+def _client(endpoint: str, **options):
+    """A botocore S3 client for `endpoint` (nothing is sent: only its session's settings are read)."""
+    config = options.pop("config", Config())
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s",
+        config=config, **options)
+
+
+def test_plain_http_needs_no_tls_and_keeps_the_clients_timeouts():
+    client = _client("http://127.0.0.1:1", config=Config(connect_timeout=3, read_timeout=7))
+    settings = http_settings_like_botocore(client, "http://127.0.0.1:1/bucket/")
+    assert settings is not None and (settings.ssl, settings.connect_timeout, settings.read_timeout) == (False, 3, 7)
+
+
+def test_https_verifies_with_botocores_certificates_unless_verification_is_off():
+    verified = http_settings_like_botocore(_client("https://s3.example.com"), "https://s3.example.com/bucket/")
+    assert isinstance(verified.ssl, ssl.SSLContext) and verified.ssl.verify_mode == ssl.CERT_REQUIRED
+    assert verified.ssl.cert_store_stats()["x509_ca"] > 0, "the CA bundle botocore uses is loaded"
+    unverified = http_settings_like_botocore(_client("https://s3.example.com", verify=False),
+                                             "https://s3.example.com/bucket/")
+    assert unverified is not None and unverified.ssl is False
+
+
+def test_a_proxy_or_a_client_certificate_keeps_the_loop_off(monkeypatch, tmp_path):
+    url = "https://s3.example.com/bucket/"
+    proxied = _client("https://s3.example.com", config=Config(proxies={"https": "http://proxy.example:3128"}))
+    assert http_settings_like_botocore(proxied, url) is None
+    certificate = tmp_path / "client.pem"
+    certificate.write_text("")
+    assert http_settings_like_botocore(_client("https://s3.example.com", config=Config(
+        client_cert=str(certificate))), url) is None
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert http_settings_like_botocore(_client("https://s3.example.com"), url) is None
