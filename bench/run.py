@@ -137,6 +137,7 @@ def restore_runs(runner: Runner, tools: Tools, server: Server, scenario: str, pr
         target = data / f"restore-{variant.slug}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
+        os.sync()  # the previous run's writes are on disk: no run pays for another's writeback
         result = runner.run(scenario, server, variant, target, prefix, record=False)
         result.verified = "yes" if tree_digest(target) == want else "NO: the restored files differ from the source"
         print(f"    restored tree matches the source: {result.verified}", flush=True)
@@ -482,7 +483,7 @@ class Runner:
     def __init__(self, workdir: Path, tools: Tools, profile_dir: Path | None, repeats: int):
         self.workdir = workdir
         self.tools = tools
-        self.repeats = repeats  # rounds of the short scenarios (0, 1, 3, 4, R1); median and spread reported
+        self.repeats = repeats  # rounds of the short scenarios (0, 1, 3, 4, R1, R5); median and spread reported
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.results: list[Result] = []
@@ -647,7 +648,7 @@ def scenario_large(runner: Runner, tools: Tools, data: Path, sizes: Sizes, notes
                 runner.run("5c8", server, first, memory, f"s5/{first.slug}-c8/", c8=True, expect=expect_memory)
             if tool == "s3backup":
                 restore_runs(runner, tools, server, "R2", f"s2/{first.slug}/", large, data)
-                restore_runs(runner, tools, server, "R5", f"s5/{first.slug}/", memory, data)
+                restore_runs(runner, tools, server, "R5", f"s5/{first.slug}/", memory, data, repeats=runner.repeats)
             if tool == "s5cmd":
                 limits.update(ingest_large(runner, tools, server, first, memory, sizes))
         finally:
@@ -891,12 +892,13 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         f"{m['nproc']} cores shared by the tool, the proxy, SeaweedFS, and (on the development machine) other "
         "work, so absolute times are noisy; ratios within one table are the fairer reading. The proxy costs CPU "
         "too: see the ingest rate direct and via the proxy below.",
-        f"- **Repeats, to steady the comparison.** The short scenarios (0, 1, 3, 4 and R1) run {repeats} rounds, "
+        f"- **Repeats, to steady the comparison.** The short scenarios (0, 1, 3, 4, R1 and R5) run {repeats} rounds, "
         "every tool once per round, round-robin, so that a slow moment of the machine falls on every tool "
         "alike. *time s* is the median, and in brackets the fastest and slowest round; *vs best peer* divides "
         "medians; the other columns belong to the median round. Each round of 1 uploads to a fresh prefix, and "
-        "each round of 3 changes and deletes another 1% of the files first. The long scenarios (2, 5, R2, R5, "
-        "6) run once, as their runs last minutes. (Pinning the tool and the server to separate cores with "
+        "each round of 3 changes and deletes another 1% of the files first. The long scenarios (2, 5, R2, "
+        "6) run once, as their runs last minutes. Every restore starts after an `os.sync()`, so that no run "
+        "pays for the writeback of the one before. (Pinning the tool and the server to separate cores with "
         "`taskset` was the other choice: on 2 cores it would leave each tool one core, which changes what is "
         "measured, not only its noise.)",
         "- Deletions are mirrored in every run (`s3backup --recycle-after 0s`, `rclone sync`, `aws s3 sync --delete`, "
@@ -1007,7 +1009,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run s3backup under py-spy and keep its raw profiles in DIR (timings then skewed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folder")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the short scenarios (0, 1, 3, 4, R1), "
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the short scenarios (0, 1, 3, 4, R1, R5), "
                         "reported as median and spread (default 3)")
     args = parser.parse_args(argv)
     ensure_environment(argv)

@@ -2,7 +2,8 @@
 
     list (remote.py, or versions.py for --as-of) ─┐
                                                    ├─ merge_join (plan.py) + decide_restore (restore_plan.py, pure)
-    walk the target (scan.py) ─────────────────────┘      └─ workers: hash a present file / download (download.py)
+    walk the target (scan.py) ─────────────────────┘      ├─ workers: hash a present file / download (download.py)
+                                                          └─ one event loop: a small file's restore (small_gets.py)
 
 Each file is written under a temporary name in its own directory, checked against the object's
 ETag, given its mtime and mode, and only then renamed to its final name: nothing half-written or
@@ -218,32 +219,38 @@ class RestoreRun:
         in_flight = threading.BoundedSemaphore(slots)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             self._workers = workers
-            for local, remote in merge_join(self._local_files(), remote_objects):
-                if remote is None:
-                    continue  # a local file with no object: restore never deletes
-                if remote.key.endswith("/") and remote.size == 0:
-                    continue  # a folder marker some tools write: folders come with their files
-                if not self.filters.in_scope(remote.key):
-                    self.summary.add(files_excluded=1)
-                    continue
-                self.summary.add(files_listed=1, bytes_listed=remote.size)
-                decision = decide_restore(local, remote, overwrite=options.overwrite)
-                if decision.action is RestoreAction.REFUSE:
-                    self._fail(remote, decision.reason)
-                    continue
-                if decision.action is RestoreAction.SKIP:
-                    self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
-                    continue
-                if decision.action is RestoreAction.CONFLICT:
-                    self._conflict(remote)
-                    continue
-                in_flight.acquire()
-                if self._small_gets_take(decision):
-                    self._small_gets.submit(self._restore_small(decision, in_flight.release))
-                else:
-                    self._to_workers(decision, in_flight.release)
-            for _ in range(slots):  # every file done, on the loop or by a worker (the loop hands over to them)
-                in_flight.acquire()
+            try:
+                self._decide_and_hand_out(remote_objects, in_flight)
+            finally:  # every file done, on the loop or by a worker (to whom the loop hands its failures)
+                for _ in range(slots):
+                    in_flight.acquire()
+
+    def _decide_and_hand_out(self, remote_objects: Iterator[RemoteObject], in_flight: threading.Semaphore) -> None:
+        options = self.options
+        for local, remote in merge_join(self._local_files(), remote_objects):
+            if remote is None:
+                continue  # a local file with no object: restore never deletes
+            if remote.key.endswith("/") and remote.size == 0:
+                continue  # a folder marker some tools write: folders come with their files
+            if not self.filters.in_scope(remote.key):
+                self.summary.add(files_excluded=1)
+                continue
+            self.summary.add(files_listed=1, bytes_listed=remote.size)
+            decision = decide_restore(local, remote, overwrite=options.overwrite)
+            if decision.action is RestoreAction.REFUSE:
+                self._fail(remote, decision.reason)
+                continue
+            if decision.action is RestoreAction.SKIP:
+                self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
+                continue
+            if decision.action is RestoreAction.CONFLICT:
+                self._conflict(remote)
+                continue
+            in_flight.acquire()
+            if self._small_gets_take(decision):
+                self._small_gets.submit(self._restore_small(decision, in_flight.release))
+            else:
+                self._to_workers(decision, in_flight.release)
 
     def _to_workers(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
         self._workers.submit(self._process, decision).add_done_callback(lambda _: release())
@@ -350,11 +357,12 @@ class RestoreRun:
         remote = decision.remote
         try:
             answer = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
+            if answer is not None:
+                self.summary.add(bytes_downloaded=len(answer[1]))
             if answer is None or not _md5_is_etag(answer[1], remote):
                 self._to_workers(decision, release)
                 return
             metadata, body = answer
-            self.summary.add(bytes_downloaded=len(body))
             final, temp = self._paths(remote)
             try:
                 write_whole(temp, body)

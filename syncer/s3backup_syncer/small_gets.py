@@ -4,15 +4,17 @@ On a restore of many small files, a worker thread per request cost more than the
 HTTP session (http.client's header parsing, urllib3's pool) took ~1.3 ms of CPU per GET over 8 threads,
 against ~0.5 ms for the same signed request on one loop with aiohttp's C parser (bench/http_paths.py),
 and 8 workers waking per file spent as much again in the kernel, handing the GIL over. So restore.py
-runs a small file's whole restore here: this GET, its check and its write.
+runs a small file's whole restore on this loop: the GET, the MD5 check, the write and the rename.
 
-The request is exactly DirectGet's (route, signature, If-Match); only the HTTP library differs. The
-lane starts once a run has wanted START_AFTER small objects (importing aiohttp costs ~0.3 s of CPU,
-which a short restore would not win back) and DirectGet knows the route; never when botocore's
-session does what this cannot: a proxy or a client certificate. Bodies are read whole, so memory
-stays at (connections) x MAX_SIZE.
-Any failure, or any answer but 200, gives None: the caller then goes the way of botocore, whose
-retries and error mapping decide; DirectGet.refused decides whether the answer switches the shortcut off.
+The request is exactly DirectGet's (route, signature, If-Match); only the HTTP library differs.
+- It starts once a run has wanted START_AFTER small objects (importing aiohttp costs ~0.3 s of CPU,
+  which a short restore would not win back) and DirectGet knows the route. It never starts when
+  botocore's session does what this cannot (a proxy, a client certificate), nor when DirectGet is off
+  (direct_put.ENABLED).
+- Bodies are read whole, so memory stays within (connections) x MAX_SIZE.
+- Any failure, or any answer but 200, gives None: the caller then hands the file to a worker, whose
+  retries (DirectGet, then botocore) and error mapping decide. DirectGet.refused decides whether the
+  answer switches both shortcuts off.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class SmallGets:
             if request is None:
                 return None
             url, signed_headers = request
-            # encoded=True: the path goes out exactly as it was signed (yarl would re-quote it)
+            # encoded=True: the path goes out byte for byte as it was signed, never re-quoted by yarl
             async with self._session.get(self._url(url, encoded=True), headers=signed_headers) as response:
                 if response.status != 200:
                     self._direct.refused(response.status, full_key)

@@ -8,6 +8,8 @@ import os
 import random
 import ssl
 import stat
+import subprocess
+import sys
 
 import botocore.session
 import pytest
@@ -23,6 +25,7 @@ from tests.reliability.helpers import client_for
 from tests.support.fault_proxy import FaultProxy, Request
 
 KiB = 1024
+SYNCER = [sys.executable, "-m", "s3backup_syncer.cli"]
 PLAIN = [f"a/{i:02d}.bin" for i in range(12)]  # first in key order: the run learns its route on these
 AWKWARD = ["z/a b.txt", "z/ü~+x.bin", "z/q?x=1&y", "z/pct%20", "z/semi;colon", "z/#hash", "z/unicodé/ﬁle",
            "z/empty", "z/holes.img"]
@@ -198,3 +201,29 @@ def test_a_proxy_or_a_client_certificate_keeps_the_loop_off(monkeypatch, tmp_pat
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert http_settings_like_botocore(_client("https://s3.example.com"), url) is None
+
+
+def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_path, prefix):
+    """The default threshold, in a real `s3backup restore`: fails if the loop never starts, if a file comes back
+    wrong, or if the loop is left running or unclosed at exit (asyncio and aiohttp warn on stderr then)."""
+    src = tmp_path / "src"
+    rng = random.Random(9)
+    for number in range(small_gets.START_AFTER + 64):
+        path = src / f"d{number % 7}" / f"{number:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randrange(1, 3 * KiB)))
+    env = {**os.environ, **s3.env()}
+    url = f"s3://{BUCKET}/{prefix}"
+    assert subprocess.run([*SYNCER, "sync", str(src), url, "--path-style", "-q"], env=env).returncode == 0
+    target = tmp_path / "restored"
+
+    restore = subprocess.run([*SYNCER, "restore", url, str(target), "--path-style", "-vv"], env=env,
+                             capture_output=True, text=True, timeout=120)
+
+    assert restore.returncode == 0, restore.stderr[-2000:]
+    assert "small GetObjects on the event loop from now on" in restore.stderr
+    for warning in ("Unclosed", "Task was destroyed", "Traceback", "was never awaited"):
+        assert warning not in restore.stderr
+    for path in src.rglob("*.bin"):
+        assert (target / path.relative_to(src)).read_bytes() == path.read_bytes()
+    assert len(list(target.rglob("*.bin"))) == small_gets.START_AFTER + 64
