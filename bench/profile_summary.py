@@ -23,7 +23,8 @@ from pathlib import Path
 # (group, pattern on a frame's file path), tried in this order on each frame from the leaf up.
 GROUPS = [
     ("SigV4 signing (botocore/auth.py, s3backup's sigv4.py)", r"(botocore/auth|s3backup_syncer/sigv4)\.py"),
-    ("HTTP: http.client, urllib3, sockets", r"(http/client\.py|urllib3/|socket\.py|ssl\.py|selectors\.py)"),
+    ("HTTP: http.client, urllib3, aiohttp and its event loop, sockets",
+     r"(http/client\.py|urllib3/|aiohttp/|yarl/|multidict/|asyncio/|socket\.py|ssl\.py|selectors\.py)"),
     ("botocore: request building, endpoints, parsing, hooks", r"botocore/"),
     ("s3backup: scan, plan, hash, transfer, state", r"s3backup_syncer/"),
     ("threads, queues, logging, other standard library", r"python3\.\d+/"),
