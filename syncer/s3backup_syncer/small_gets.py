@@ -75,7 +75,7 @@ class SmallGets:
         self._client = client
         self._connections = connections
         self._asked = 0  # calls of `available`
-        self._state = "waiting"  # -> "ready" or "off"
+        self._state = "waiting"  # -> "ready" or "off" (closed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._session = None
@@ -98,7 +98,9 @@ class SmallGets:
                     self._open(settings)
             except Exception as exc:  # aiohttp missing or refusing these settings: the other paths serve
                 log.debug("no event loop for small GetObjects: %s", exc)
-            self._state = "ready" if self._loop is not None else "off"
+            if self._session is None:
+                self.close()  # a loop started without a session is stopped, not left running
+            self._state = "ready" if self._session is not None else "off"
         return self._state == "ready"
 
     def submit(self, coroutine) -> None:
@@ -126,8 +128,11 @@ class SmallGets:
 
     def close(self) -> None:
         """Stop the loop. The caller has waited for the tasks it submitted."""
-        if self._loop is not None:
+        self._state = "off"
+        if self._session is not None:
             asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
+            self._session = None
+        if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
@@ -137,8 +142,8 @@ class SmallGets:
         import aiohttp  # here, not at the top: only the runs that use the lane pay for its import
         import yarl
 
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="s3backup-small-gets", daemon=True)
+        self._loop = loop = asyncio.new_event_loop()
+        self._thread = thread = threading.Thread(target=loop.run_forever, name="s3backup-small-gets", daemon=True)
         thread.start()
 
         async def open_session():
@@ -149,5 +154,5 @@ class SmallGets:
             )
 
         self._session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
-        self._url, self._thread, self._loop = yarl.URL, thread, loop
+        self._url = yarl.URL
         log.debug("small GetObjects on the event loop from now on")
