@@ -12,14 +12,14 @@ import kopf
 from s3backup_operator.context import OperatorContext
 from s3backup_operator.cronjobs import CronJobs
 from s3backup_operator.fan_outs import FanOuts, fan_out_status
-from s3backup_operator.kubeapi import ApiError
+from s3backup_operator.kubeapi import ApiError, StatusChange
 from s3backup_operator.metrics import BackupState
 from s3backup_operator.policy import NOT_ALLOWED
 from s3backup_operator.pushgateway import delete_group, redact_url
 from s3backup_operator.render import BACKUP_LABEL, cronjob_name
 from s3backup_operator.run_gates import RunGates
 from s3backup_operator.spec import InvalidSpec, pushgateway_of, schedule_interval
-from s3backup_operator.status import job_finished, ready_condition
+from s3backup_operator.status import job_finished, ready_update
 
 PUSHGATEWAY_DELETE_ATTEMPTS = 3
 #: Reasons that something outside the spec may fix (a Secret created later, a foreign CronJob removed).
@@ -33,7 +33,7 @@ class BackupReconciler:
         self.fan_outs = fan_outs
         self.gates = gates
 
-    def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: logging.Logger) -> None:
+    def reconcile(self, body: dict[str, Any], logger: logging.Logger) -> None:
         """Parse, check the Secret, apply the CronJob; the outcome goes to the Ready condition.
 
         An invalid spec raises InvalidSpec (a kopf.PermanentError: kopf logs it and posts it as an Event);
@@ -44,11 +44,19 @@ class BackupReconciler:
         generation = meta.get("generation")
         name = cronjob_name(meta["name"])
 
+        fields: dict[str, Any] = {}  # written with Ready
+
+        def write_status(change: StatusChange) -> None:
+            """Onto the live status, not kopf's patch: see kubeapi.update_status."""
+            try:
+                context.api.update_backup_status(meta["namespace"], meta["name"], change)
+            except ApiError as error:  # the status must say it: the handler runs again
+                context.metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
+                raise kopf.TemporaryError(f"status not written: {error}", delay=context.config.retry_delay) \
+                    from None
+
         def set_ready(ready: bool, reason: str, message: str) -> None:
-            patch.status["conditions"] = ready_condition(status.get("conditions"), ready, reason, message,
-                                                         generation)
-            if generation is not None:
-                patch.status["observedGeneration"] = generation
+            write_status(lambda live: ready_update(live, ready, reason, message, generation, **fields))
 
         fan_out: dict[str, str] | None = None
         try:
@@ -60,7 +68,7 @@ class BackupReconciler:
                 action, _ = self.cronjobs.apply(spec, body, logger)
                 if status.get("targets"):  # it fanned out before: its targets' CronJobs go
                     self.cronjobs.remove_others(body, keep={name}, logger=logger)
-                    patch.status["targets"] = None
+                    fields["targets"] = None
         except InvalidSpec as problem:
             context.metrics.reconcile_errors.labels(reason=problem.reason).inc()
             ours = status.get("cronJobName") and problem.reason != "CronJobConflict"
@@ -70,14 +78,14 @@ class BackupReconciler:
                     removed = self.cronjobs.remove_refused(body)
                     if status.get("targets"):
                         removed = bool(self.cronjobs.remove_others(body, keep=set(), logger=logger)) or removed
-                        patch.status["targets"] = None
+                        fields["targets"] = None
                 except ApiError as error:
                     raise kopf.TemporaryError(f"deleting CronJob {name!r} of a refused spec: {error}",
                                               delay=context.config.retry_delay) from None
                 kept = f" CronJob {name} deleted." if removed else ""
                 if removed:
                     logger.warning(f"CronJob {name} deleted: {problem.message}")
-                patch.status["cronJobName"] = None
+                fields["cronJobName"] = None
             set_ready(False, problem.reason, problem.message + kept)
             if problem.reason in RETRIED_REASONS:
                 # Something outside the spec may fix it: look again later (a backoff, never a crash loop).
@@ -90,12 +98,11 @@ class BackupReconciler:
             raise kopf.TemporaryError(f"reconciling CronJob {name!r}: {error}",
                                       delay=context.config.retry_delay) from None
         if fan_out is not None:
-            for key, value in fan_out_status(spec, status, fan_out, generation).items():
-                patch.status[key] = value
+            write_status(lambda live: fan_out_status(spec, live, fan_out, generation))
             return
         zone = f" ({spec.time_zone})" if spec.time_zone else ""
-        patch.status["cronJobName"] = name
-        patch.status["schedule"] = spec.schedule
+        fields["cronJobName"] = name
+        fields["schedule"] = spec.schedule
         if spec.suspend:
             set_ready(True, "Suspended", f"CronJob {name} is suspended (schedule {spec.schedule}{zone})")
         else:

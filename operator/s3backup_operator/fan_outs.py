@@ -15,7 +15,7 @@ from s3backup_operator.pushgateway import delete_group
 from s3backup_operator.render import cronjob_name, run_name
 from s3backup_operator.snapshot import FOR_JOB_ANNOTATION
 from s3backup_operator.spec import BackupSpec, InvalidSpec, parse
-from s3backup_operator.status import ready_condition, targets_patch
+from s3backup_operator.status import ready_update, targets_patch
 from s3backup_operator.targets import matching_claims, matching_nodes, targets
 
 
@@ -69,9 +69,9 @@ class FanOuts:
         if not spec.source.fans_out:
             self.known.discard((meta["namespace"], meta["name"]))
             return
-        status = backup.get("status") or {}
-        update = fan_out_status(spec, status, self.apply(spec, backup, logger), meta.get("generation"))
-        self.context.api.patch_backup_status(meta["namespace"], meta["name"], update)
+        cronjobs = self.apply(spec, backup, logger)
+        self.context.api.update_backup_status(
+            meta["namespace"], meta["name"], lambda live: fan_out_status(spec, live, cronjobs, meta.get("generation")))
 
     def nodes_changed(self, event_type: str, node: dict[str, Any], logger: logging.Logger) -> None:
         """A Node joined, left or changed its labels: refresh every fan-out (heartbeats change nothing here)."""
@@ -134,9 +134,5 @@ def fan_out_status(spec: BackupSpec, status: dict[str, Any], cronjobs: dict[str,
     else:
         ready, reason = True, "CronJobsReady"
         message = f"{len(cronjobs)} CronJobs ({names}) run at {spec.schedule}{zone}"
-    update = {"cronJobName": None, "schedule": spec.schedule,
-              "targets": targets_patch(status.get("targets"), cronjobs),
-              "conditions": ready_condition(status.get("conditions"), ready, reason, message, generation)}
-    if generation is not None:
-        update["observedGeneration"] = generation
-    return update
+    return ready_update(status, ready, reason, message, generation, cronJobName=None, schedule=spec.schedule,
+                        targets=targets_patch(status.get("targets"), cronjobs))

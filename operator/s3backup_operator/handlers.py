@@ -106,17 +106,17 @@ def register(
     @kopf.on.resume(**backups, id="reconcile")
     @kopf.on.create(**backups, id="reconcile")
     @kopf.on.update(**backups, id="reconcile")
-    def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-        reconciler.reconcile(dict(body), patch, logger)
+    def reconcile(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        reconciler.reconcile(dict(body), logger)
 
     if config.resync_interval > 0:
         @kopf.timer(**backups, interval=config.resync_interval, initial_delay=config.resync_interval,
                     idle=min(10.0, config.resync_interval), id="resync")
-        def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
+        def resync(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
             if body["metadata"].get("deletionTimestamp"):
                 return
             try:
-                reconciler.reconcile(dict(body), patch, logger)
+                reconciler.reconcile(dict(body), logger)
             except InvalidSpec as problem:  # the Ready condition says it; a timer must not fail for good
                 logger.warning(f"Not ready: {problem.reason}: {problem.message}")
 

@@ -26,6 +26,10 @@ APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 REQUEST_TIMEOUT = (10, 30)  # seconds: connect, read
+CONFLICT_ATTEMPTS = 5
+
+#: A status patch computed from the live status (None or {}: nothing to write).
+StatusChange = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 class ApiError(Exception):
@@ -44,6 +48,37 @@ class ApiError(Exception):
         except (ValueError, AttributeError):
             pass
         return cls(int(error.status or 0), reason, message.splitlines()[0] if message else "")
+
+
+def again_on_conflict(update: Callable[[], None]) -> None:
+    """Run a read-compute-write again when the write meets a newer version of the resource (HTTP 409)."""
+    for attempt in range(CONFLICT_ATTEMPTS):
+        try:
+            update()
+            return
+        except ApiError as error:
+            if error.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
+                raise
+
+
+def update_status(read: Callable[[], dict[str, Any] | None], write: Callable[[dict[str, Any], str], None],
+                  compute: StatusChange) -> None:
+    """Write `compute(live status)` on the version it was computed from, reading again after a conflict.
+
+    Several handlers write one resource's conditions list (the reconcile its Ready, the pod watch RunBlocked,
+    the Job watch Restored), and a merge patch replaces a list whole: a list computed from an older read
+    would drop a condition written meanwhile. A patch that changes nothing is not written.
+    """
+    def attempt() -> None:
+        live = read()
+        if live is None or live["metadata"].get("deletionTimestamp"):
+            return
+        status = live.get("status") or {}
+        patch = compute(status)
+        if patch and any(status.get(key) != value for key, value in patch.items()):
+            write(patch, live["metadata"]["resourceVersion"])
+
+    again_on_conflict(attempt)
 
 
 def _merge_fields(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -256,9 +291,14 @@ class KubeApi:
     def get_backup(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._or_none(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
 
-    def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
-                   {"status": status}, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+    def patch_backup_status(self, namespace: str, name: str, status: dict[str, Any],
+                            resource_version: str | None = None) -> None:
+        self._patch_status(PLURAL, namespace, name, status, resource_version)
+
+    def update_backup_status(self, namespace: str, name: str, compute: StatusChange) -> None:
+        """`compute` the status patch from the live S3Backup's status, and write it on that version only."""
+        update_status(lambda: self.get_backup(namespace, name),
+                      lambda status, version: self.patch_backup_status(namespace, name, status, version), compute)
 
     # S3Restores
     def get_restore(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -267,10 +307,19 @@ class KubeApi:
 
     def patch_restore_status(self, namespace: str, name: str, status: dict[str, Any],
                              resource_version: str | None = None) -> None:
-        """With `resource_version`, only if the S3Restore is still that version (else ApiError 409): for a status
+        self._patch_status(RESTORE_PLURAL, namespace, name, status, resource_version)
+
+    def update_restore_status(self, namespace: str, name: str, compute: StatusChange) -> None:
+        """`compute` the status patch from the live S3Restore's status, and write it on that version only."""
+        update_status(lambda: self.get_restore(namespace, name),
+                      lambda status, version: self.patch_restore_status(namespace, name, status, version), compute)
+
+    def _patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                      resource_version: str | None) -> None:
+        """With `resource_version`, only if the resource is still that version (else ApiError 409): for a status
         computed from a read of it, such as its whole conditions list."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, RESTORE_PLURAL,
-                   name, body, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)
+        self._call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, plural, name,
+                   body, field_manager=FIELD_MANAGER, _content_type=MERGE_PATCH)

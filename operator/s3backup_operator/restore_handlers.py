@@ -8,14 +8,13 @@ spec is immutable: a CEL rule in the CRD; the operator holds to it where that ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from s3backup_operator.context import controller_uid
 from s3backup_operator.events import restore_event
-from s3backup_operator.kubeapi import ApiError
+from s3backup_operator.kubeapi import ApiError, again_on_conflict
 from s3backup_operator.policy import check_job, check_volume
 from s3backup_operator.render import GROUP, MANAGED_BY, VERSION
 from s3backup_operator.restore_render import RESTORE_LABEL, RESTORE_PLURAL, render_restore_job, restore_job_name
@@ -28,7 +27,7 @@ from s3backup_operator.restore_status import (
     restore_status_patch,
 )
 from s3backup_operator.spec import InvalidSpec
-from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_condition, run_blocked_conditions
+from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_update, run_blocked_conditions
 
 if TYPE_CHECKING:
     from s3backup_operator.context import OperatorContext
@@ -71,18 +70,23 @@ class RestoreReconciler:
                                              "rename it")
         return name
 
-    def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: logging.Logger) -> None:
+    def reconcile(self, body: dict[str, Any], logger: logging.Logger) -> None:
         """Parse, check, create the Job once; the outcome goes to the Ready condition (the phase and counts
         come from the Job, see job_changed)."""
         meta, status = body["metadata"], body.get("status") or {}
         generation = meta.get("generation")
         metrics = self.base.metrics
 
-        def set_ready(ready: bool, reason: str, message: str) -> None:
-            patch.status["conditions"] = ready_condition(status.get("conditions"), ready, reason, message,
-                                                         generation)
-            if generation is not None:
-                patch.status["observedGeneration"] = generation
+        def set_ready(ready: bool, reason: str, message: str, **fields: Any) -> None:
+            """Ready (and `fields`) onto the live status, not kopf's patch: see kubeapi.update_status."""
+            try:
+                self.base.api.update_restore_status(
+                    meta["namespace"], meta["name"],
+                    lambda live: ready_update(live, ready, reason, message, generation, **fields))
+            except ApiError as error:  # the status must say it: the handler runs again
+                metrics.reconcile_errors.labels(reason="StatusUpdateFailed").inc()
+                raise kopf.TemporaryError(f"status not written: {error}", delay=self.base.config.retry_delay) \
+                    from None
 
         if status.get("jobName"):  # made once: a restore never runs twice
             if generation != status.get("observedGeneration"):
@@ -105,10 +109,8 @@ class RestoreReconciler:
             set_ready(False, "ApiError", f"Kubernetes API request failed (retrying): {error}")
             raise kopf.TemporaryError(f"creating the restore Job: {error}", delay=self.base.config.retry_delay) \
                 from None
-        patch.status["jobName"] = name
-        if spec.as_of:
-            patch.status["asOf"] = spec.as_of
-        set_ready(True, "JobCreated", ready_message(body, name))
+        as_of = {"asOf": spec.as_of} if spec.as_of else {}
+        set_ready(True, "JobCreated", ready_message(body, name), jobName=name, **as_of)
 
     def job_changed(self, job: dict[str, Any], logger: logging.Logger) -> None:
         """The restore Job changed: phase, times and (once over) counts to the status, and one Event."""
@@ -149,44 +151,20 @@ class RestoreReconciler:
     def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         """A restore pod that cannot start (unschedulable, e.g. a ReadWriteOnce claim in use on another node; a
         missing Secret; the image) -> RunBlocked=True on its S3Restore, and False again once it starts."""
-        again_on_conflict(lambda: self._pod_changed(event_type, pod, logger))
-
-    def _pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         meta = pod["metadata"]
         restore_name = (meta.get("labels") or {}).get(RESTORE_LABEL)
         if not restore_name:
             return
-        restore = self.base.api.get_restore(meta["namespace"], restore_name)
-        if restore is None or restore["metadata"].get("deletionTimestamp"):
-            return
-        status = restore.get("status") or {}
-        blocked = None if event_type == "DELETED" or status.get("phase") in FINISHED_PHASES else pod_blocked(pod)
-        new = run_blocked_conditions(status.get("conditions") or [], meta["name"], blocked,
-                                     gone=event_type == "DELETED")
-        if new is None:
-            return
-        if blocked is not None:
-            logger.warning(f"S3Restore {restore_name}: blocked: {blocked[0]}: {blocked[1]}")
-        self.base.api.patch_restore_status(meta["namespace"], restore_name, {"conditions": new},
-                                           resource_version=restore["metadata"].get("resourceVersion"))
 
+        def change(live: dict[str, Any]) -> dict[str, Any] | None:
+            blocked = None if event_type == "DELETED" or live.get("phase") in FINISHED_PHASES else pod_blocked(pod)
+            new = run_blocked_conditions(live.get("conditions") or [], meta["name"], blocked,
+                                         gone=event_type == "DELETED")
+            if new is not None and blocked is not None:
+                logger.warning(f"S3Restore {restore_name}: blocked: {blocked[0]}: {blocked[1]}")
+            return None if new is None else {"conditions": new}
 
-CONFLICT_ATTEMPTS = 5
-
-
-def again_on_conflict(update: Callable[[], None]) -> None:
-    """Run a read-compute-write of an S3Restore's status again when the write meets a newer version (HTTP 409).
-
-    The Job's and the pod's handlers run concurrently and both write the whole conditions list: without the
-    precondition, one would drop the other's condition (a RunBlocked lost to the Job's phase update).
-    """
-    for attempt in range(CONFLICT_ATTEMPTS):
-        try:
-            update()
-            return
-        except ApiError as error:
-            if error.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
-                raise
+        self.base.api.update_restore_status(meta["namespace"], restore_name, change)
 
 
 def register_restores(registry: kopf.OperatorRegistry, base: OperatorContext) -> RestoreReconciler:
@@ -198,8 +176,8 @@ def register_restores(registry: kopf.OperatorRegistry, base: OperatorContext) ->
     @kopf.on.resume(**restores, id="restore")
     @kopf.on.create(**restores, id="restore")
     @kopf.on.update(**restores, id="restore")
-    def reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-        reconciler.reconcile(dict(body), patch, logger)
+    def reconcile(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        reconciler.reconcile(dict(body), logger)
 
     @kopf.on.event("batch", "v1", "jobs", labels=managed, registry=registry, id="restore-job")
     def job_event(event: dict[str, Any], body: kopf.Body, logger: logging.Logger, **_: Any) -> None:

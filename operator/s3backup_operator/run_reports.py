@@ -149,18 +149,19 @@ class RunReports:
     def pod_changed(self, event_type: str, pod: dict[str, Any], logger: logging.Logger) -> None:
         """A backup pod that cannot start (missing Secret, image pull, unschedulable) -> RunBlocked=True."""
         meta = pod["metadata"]
-        backup = self.context.live_owner(meta)
-        if backup is None:
+        backup_name = (meta.get("labels") or {}).get(BACKUP_LABEL)
+        if not backup_name:
             return
-        backup_name = backup["metadata"]["name"]
         blocked = None if event_type == "DELETED" else pod_blocked(pod)
-        new = run_blocked_conditions((backup.get("status") or {}).get("conditions") or [], meta["name"], blocked,
-                                     gone=event_type == "DELETED")
-        if new is None:
-            return
-        if blocked is not None:
-            logger.warning(f"S3Backup {backup_name}: run blocked: {blocked[0]}: {blocked[1]}")
-        self.context.api.patch_backup_status(meta["namespace"], backup_name, {"conditions": new})
+
+        def change(live: dict[str, Any]) -> dict[str, Any] | None:
+            new = run_blocked_conditions(live.get("conditions") or [], meta["name"], blocked,
+                                         gone=event_type == "DELETED")
+            if new is not None and blocked is not None:
+                logger.warning(f"S3Backup {backup_name}: run blocked: {blocked[0]}: {blocked[1]}")
+            return None if new is None else {"conditions": new}
+
+        self.context.api.update_backup_status(meta["namespace"], backup_name, change)
 
 
 def _target_of(job: dict[str, Any]) -> str | None:

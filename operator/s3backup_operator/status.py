@@ -162,10 +162,14 @@ def set_condition(
     return [condition, *conditions] if kind == "Ready" else [*conditions, condition]
 
 
-def ready_condition(
-    current: list[dict[str, Any]] | None, ready: bool, reason: str, message: str, generation: int | None
-) -> list[dict[str, Any]]:
-    return set_condition(current, "Ready", ready, reason, message, generation)
+def ready_update(status: dict[str, Any], ready: bool, reason: str, message: str, generation: int | None,
+                 **fields: Any) -> dict[str, Any]:
+    """The status patch that sets Ready on `status` (the live one), with observedGeneration and `fields`."""
+    update = {**fields, "conditions": set_condition(status.get("conditions"), "Ready", ready, reason, message,
+                                                    generation)}
+    if generation is not None:
+        update["observedGeneration"] = generation
+    return update
 
 
 #: Why a backup pod cannot start, as the kubelet and scheduler say it. It would wait forever (and, with

@@ -15,7 +15,8 @@ the tests cannot show"):
   adds the minimum kopf and the operator rely on: a new resourceVersion on every write (else kopf waits
   its consistency timeout after each own patch), uid/creationTimestamp/generation on create, and
   generation + 1 when a write to the main resource carries `spec` (even an unchanged one);
-- no optimistic concurrency: resourceVersion preconditions in JSON patches are not checked;
+- no optimistic concurrency: resourceVersion preconditions are not checked (those sent in merge patches are
+  kept in `ApiServerLikeEmulator.preconditions`, by request id, before the new version overwrites them);
 - PATCH is a recursive dict merge (null deletes a key) for any dict body, a JSON patch for a list; no PUT;
 - server-side apply (PATCH application/apply-patch+yaml, the operator's CronJobs) is emulated by
   `ApiServerLikeEmulator` for a single field manager only: it creates a missing object, and otherwise replaces
@@ -76,6 +77,10 @@ class ApiServerLikeEmulator(kmock.KubernetesEmulator):
 
     _versions = itertools.count(100)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.preconditions: dict[Any, str] = {}  # the resourceVersion a write sent, by request id
+
     async def _handle(self, request: kmock.Request):  # type: ignore[override]
         if request.method == "PATCH" and request.headers.get("Content-Type", "").startswith(APPLY_PATCH):
             request = self._server_side_apply(request)
@@ -84,6 +89,8 @@ class ApiServerLikeEmulator(kmock.KubernetesEmulator):
             version = str(next(self._versions))
             if isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
+                if meta.get("resourceVersion"):
+                    self.preconditions[request.id] = meta["resourceVersion"]
                 meta["resourceVersion"] = version
                 if request.action == kmock.action.CREATE:
                     meta.setdefault("uid", str(uuid.uuid4()))

@@ -75,6 +75,47 @@ def test_an_api_fault_is_reported_and_retried(emulator, cluster, config, run_ope
     assert len(applies) == 1  # made once, after the retry
 
 
+RESTORES = f"/apis/s3backup.dev/v1alpha1/namespaces/{NS}/s3restores"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                     "reason": "Unschedulable", "message": "0/1 nodes match"}]}
+
+
+def condition(cluster: Cluster, path: str, kind: str) -> dict[str, Any]:
+    status = (cluster.get(path) or {}).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def test_every_write_of_a_conditions_list_is_conditional_on_the_version_it_was_computed_from(
+        emulator, cluster, config, run_operator):
+    """The reconciles (Ready), the pod watches (RunBlocked) and the Job watch write the same conditions lists, and a
+    merge patch replaces a list whole: unconditional, a list computed from an older read drops a condition written
+    meanwhile (a RunBlocked lost, never turned False). kube-apiserver answers a stale resourceVersion with 409; the
+    emulator does not check it, so this looks at the requests themselves. tests/cluster shows the outcome."""
+    managed = {"app.kubernetes.io/managed-by": "s3backup-operator"}
+    with run_operator(config):
+        cluster.create(BACKUPS, make_backup(destination=PLAIN_BACKUP))
+        wait_ready(cluster, "True", "CronJobReady")
+        cluster.create(RESTORES, {
+            "apiVersion": "s3backup.dev/v1alpha1", "kind": "S3Restore", "metadata": {"name": "back", "namespace": NS},
+            "spec": {"backupRef": {"name": "db-dumps"}, "target": {"persistentVolumeClaim": {"claimName": "fresh"}}}})
+        wait_for(lambda: condition(cluster, f"{RESTORES}/back", "Ready").get("reason") == "JobCreated",
+                 what="the restore's Job")
+        for name, label in (("db-dumps-run-1", {"s3backup.dev/backup": "db-dumps"}),
+                            ("back-restore-1", {"s3backup.dev/restore": "back"})):
+            cluster.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+                "name": name, "namespace": NS, "labels": {**managed, **label}}, "status": UNSCHEDULABLE})
+        for path in (f"{BACKUPS}/db-dumps", f"{RESTORES}/back"):
+            wait_for(lambda: condition(cluster, path, "RunBlocked").get("status") == "True",  # noqa: B023
+                     what=f"RunBlocked on {path}")
+    writes = [request for request in _requests(emulator) if request.method.name == "PATCH"
+              and isinstance(request.data, dict) and "conditions" in (request.data.get("status") or {})]
+    assert {request.resource.plural for request in writes} == {"s3backups", "s3restores"}
+    assert len(writes) >= 4
+    unconditional = [request.data for request in writes if request.id not in emulator.kmock.preconditions]
+    assert unconditional == []
+
+
 def test_no_connection_is_an_api_error():
     api = KubeApi(Configuration(host="http://127.0.0.1:9"))
     try:

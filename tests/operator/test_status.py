@@ -10,7 +10,7 @@ from s3backup_operator.status import (
     SUCCEEDED,
     last_run,
     parse_summary,
-    ready_condition,
+    ready_update,
     run_blocked_conditions,
     status_patch_for_run,
 )
@@ -112,16 +112,19 @@ def test_a_failure_keeps_the_last_success():
     assert status_patch_for_run(current, failure) == {"lastRun": failure}
 
 
-def test_ready_condition_transition_time_moves_only_on_a_flip():
-    first = ready_condition(None, True, "CronJobReady", "ok", 1)
-    assert first[0]["status"] == "True" and first[0]["observedGeneration"] == 1
-    stamped = [{**first[0], "lastTransitionTime": "2020-01-01T00:00:00Z"}]
-    again = ready_condition(stamped, True, "Suspended", "suspended", 2)
-    assert again[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and again[0]["reason"] == "Suspended"
-    flipped = ready_condition(stamped, False, "InvalidSchedule", "bad", 3)
-    assert flipped[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z" and flipped[0]["status"] == "False"
-    other = [{"type": "Other", "status": "True"}]
-    assert [c["type"] for c in ready_condition(other, True, "r", "m", None)] == ["Ready", "Other"]
+def test_ready_update_moves_the_transition_time_only_on_a_flip():
+    first = ready_update({}, True, "CronJobReady", "ok", 1, cronJobName="c")
+    assert first["cronJobName"] == "c" and first["observedGeneration"] == 1
+    assert first["conditions"][0]["status"] == "True" and first["conditions"][0]["observedGeneration"] == 1
+    stamped = {"conditions": [{**first["conditions"][0], "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+    (again,) = ready_update(stamped, True, "Suspended", "suspended", 2)["conditions"]
+    assert again["lastTransitionTime"] == "2020-01-01T00:00:00Z" and again["reason"] == "Suspended"
+    (flipped,) = ready_update(stamped, False, "InvalidSchedule", "bad", 3)["conditions"]
+    assert flipped["lastTransitionTime"] != "2020-01-01T00:00:00Z" and flipped["status"] == "False"
+    others = {"conditions": [{"type": "Other", "status": "True"}]}
+    unversioned = ready_update(others, True, "r", "m", None)
+    assert [c["type"] for c in unversioned["conditions"]] == ["Ready", "Other"]
+    assert "observedGeneration" not in unversioned
 
 
 def _waiting_pod(reason, message="m"):
