@@ -12,12 +12,14 @@ a 4xx other than a failed precondition or a missing key) switches it off for the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 
 from .direct_put import _TRANSIENT, DirectPut
+from .etag import server_etag_is_md5
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,21 @@ _META = "x-amz-meta-"
 _EXPECTED_MISSES = {304, 404, 412}  # the object changed or went: botocore reports it, the shortcut stays on
 
 
+@dataclass(frozen=True)
+class GetAnswer:
+    """What a GetObject's answer says beside its body."""
+
+    metadata: dict[str, str]  # the user metadata, as botocore's `Metadata`
+    etag_is_md5: bool  # False under SSE-KMS, DSSE-KMS or SSE-C: the ETag is then no checksum of the content
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> GetAnswer:
+        """From the answer's headers (a case-insensitive mapping, or lower-case names)."""
+        return cls(user_metadata(headers.items()), server_etag_is_md5(headers, None))
+
+
 class DirectGet(DirectPut):
-    """`get()` returns (user metadata, Content-Range, a raw body with `read(n)` and `close()`), or None."""
+    """`get()` returns (GetAnswer, Content-Range, a raw body with `read(n)` and `close()`), or None."""
 
     event = "before-sign.s3.GetObject"
 
@@ -50,7 +65,7 @@ class DirectGet(DirectPut):
             self._off = True
             log.debug("direct GetObject off: HTTP %d for %s", status, full_key)
 
-    def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], str, object] | None:
+    def get(self, full_key: str, headers: dict[str, str]) -> tuple[GetAnswer, str, object] | None:
         try:
             request = self.signed(full_key, headers)
             if request is None:
@@ -63,7 +78,7 @@ class DirectGet(DirectPut):
             log.debug("direct GetObject of %s: %s; handing it to botocore", full_key, exc)
             return None
         if response.status_code in (200, 206):
-            return user_metadata(response.headers.items()), response.headers.get("Content-Range", ""), response.raw
+            return GetAnswer.of(response.headers), response.headers.get("Content-Range", ""), response.raw
         response.raw.close()
         self.refused(response.status_code, full_key)
         return None

@@ -25,8 +25,8 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from .config import MiB
-from .direct_get import DirectGet
-from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
+from .direct_get import DirectGet, GetAnswer
+from .etag import EtagHasher, multipart_etag_from_digests, parse_etag, server_etag_is_md5
 
 READ_CHUNK = 1 * MiB
 RANGE_THRESHOLD = 16 * MiB
@@ -144,18 +144,18 @@ class Downloader:
         try:
             os.ftruncate(fd, ref.size)  # one hole; written blocks fill it
             if ref.size < RANGE_THRESHOLD:
-                metadata, etags = self._fetch_whole(ref, fd, etag_keys)
+                answer, etags = self._fetch_whole(ref, fd, etag_keys)
             else:
-                metadata, etags = self._fetch_ranges(ref, fd, etag_keys)
-            verified = self._check(ref, fd, etag_keys, etags)
+                answer, etags = self._fetch_ranges(ref, fd, etag_keys)
+            # An ETag that is no checksum (the answer says SSE-KMS, DSSE-KMS or SSE-C): the size alone was checked
+            verified = answer.etag_is_md5 and self._check(ref, fd, etag_keys, etags)
         finally:
             os.close(fd)
-        return Downloaded(metadata, verified)
+        return Downloaded(answer.metadata, verified)
 
     # --- one stream ----------------------------------------------------------------------------
-    def _fetch_whole(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[dict, dict[int, str]]:
+    def _fetch_whole(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
         hasher = EtagHasher(etag_keys[:1])  # the likeliest part size; `_check` reads the file for the others
-        metadata: dict = {}
 
         def consume(offset: int, chunk: bytes) -> None:
             write_sparse(fd, offset, chunk)
@@ -163,28 +163,28 @@ class Downloader:
 
         if ref.size == 0:  # no range of an empty object exists
             response = self.client.get_object(**ref.request())
-            metadata = response.get("Metadata", {})
+            answer = _answer_of(response)
             if response["Body"].read(1):
                 raise ContentMismatch("the object is no longer empty")
         else:
-            metadata = self._stream_range(ref, 0, ref.size, consume)
-        return metadata, hasher.etags()
+            answer = self._stream_range(ref, 0, ref.size, consume)
+        return answer, hasher.etags()
 
     # --- ranges in parallel --------------------------------------------------------------------
-    def _fetch_ranges(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[dict, dict[int, str]]:
+    def _fetch_ranges(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
         multipart = [key for key in etag_keys if key]
         range_size = multipart[0] if multipart else SMALLEST_RANGE
         starts = range(0, ref.size, range_size)
 
-        def fetch_range(start: int) -> tuple[dict, bytes]:
+        def fetch_range(start: int) -> tuple[GetAnswer, bytes]:
             digest = hashlib.md5()
 
             def consume(offset: int, chunk: bytes) -> None:
                 write_sparse(fd, offset, chunk)
                 digest.update(chunk)
 
-            metadata = self._stream_range(ref, start, min(start + range_size, ref.size), consume)
-            return metadata, digest.digest()
+            answer = self._stream_range(ref, start, min(start + range_size, ref.size), consume)
+            return answer, digest.digest()
 
         futures = [self.range_pool.submit(fetch_range, start) for start in starts]
         wait(futures)  # every range is done with the file before anything closes it
@@ -194,17 +194,18 @@ class Downloader:
             etags[range_size] = multipart_etag_from_digests(b"".join(digest for _, digest in results))
         return results[0][0], etags
 
-    def _stream_range(self, ref: ObjectRef, start: int, end: int, consume: Callable[[int, bytes], None]) -> dict:
+    def _stream_range(self, ref: ObjectRef, start: int, end: int,
+                      consume: Callable[[int, bytes], None]) -> GetAnswer:
         """Bytes [start, end) through `consume(offset, chunk)`, in order; a cut body resumes where it stopped."""
-        position, metadata = start, {}
+        position, answer = start, None
         for attempt in range(1, RANGE_ATTEMPTS + 1):
             body = None
             try:
-                answer_metadata, content_range, body = self._get(ref, f"bytes={position}-{end - 1}")
+                this_answer, content_range, body = self._get(ref, f"bytes={position}-{end - 1}")
                 total = content_range.rpartition("/")[2]
                 if total and total != "*" and int(total) != ref.size:
                     raise ContentMismatch(f"the object is {total} bytes, not the {ref.size} listed")
-                metadata = metadata or answer_metadata
+                answer = answer or this_answer
                 while position < end:
                     chunk = body.read(min(READ_CHUNK, end - position))
                     if not chunk:
@@ -212,7 +213,7 @@ class Downloader:
                     consume(position, chunk)
                     position += len(chunk)
                     self.on_bytes(len(chunk))
-                return metadata
+                return answer
             except (ContentMismatch, botocore.exceptions.ClientError):
                 raise
             except (DownloadFailed, *_STREAM_ERRORS) as exc:
@@ -220,10 +221,10 @@ class Downloader:
                     _close_quietly(body)
                 if attempt == RANGE_ATTEMPTS:
                     raise DownloadFailed(f"download cut short {attempt} times: {exc}") from None
-        return metadata
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _get(self, ref: ObjectRef, byte_range: str) -> tuple[dict, str, object]:
-        """(user metadata, Content-Range, body): directly once the route is known, else through botocore."""
+    def _get(self, ref: ObjectRef, byte_range: str) -> tuple[GetAnswer, str, object]:
+        """(GetAnswer, Content-Range, body): directly once the route is known, else through botocore."""
         if not ref.version_id:
             answer = self.direct.get(ref.key, {"Range": byte_range, "If-Match": f'"{ref.etag}"'})
             if answer is not None:
@@ -238,7 +239,7 @@ class Downloader:
         finally:
             if learning:
                 self.direct.learnt(ref.key, succeeded)
-        return response.get("Metadata", {}), response.get("ContentRange", ""), response["Body"]
+        return _answer_of(response), response.get("ContentRange", ""), response["Body"]
 
     # --- the check -----------------------------------------------------------------------------
     def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str]) -> bool:
@@ -282,20 +283,33 @@ class Downloader:
         if not etag_keys:
             return None
         etags = self._hash_stream(ref, etag_keys)
+        if etags is None:
+            return None
         if ref.etag in etags.values():
             return True
         if parse_etag(ref.etag)[1] > 1:
             part_size = self._first_part_size(ref)
             if part_size and part_size not in etags:
-                return ref.etag in self._hash_stream(ref, (part_size,)).values()
+                return ref.etag in (self._hash_stream(ref, (part_size,)) or {}).values()
         return False
 
-    def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> dict[int, str]:
+    def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> dict[int, str] | None:
+        """The ETags of the object's bytes for these part sizes; None if its answer says its ETag is no checksum."""
         hasher = EtagHasher(etag_keys)
         if ref.size == 0:
-            hasher.update(self.client.get_object(**ref.request())["Body"].read())
+            response = self.client.get_object(**ref.request())
+            answer = _answer_of(response)
+            hasher.update(response["Body"].read())
         else:
-            self._stream_range(ref, 0, ref.size, lambda offset, chunk: hasher.update(chunk))
+            answer = self._stream_range(ref, 0, ref.size, lambda offset, chunk: hasher.update(chunk))
+        if not answer.etag_is_md5:
+            return None
         if hasher.bytes != ref.size:
             return {}
         return hasher.etags()
+
+
+def _answer_of(response: dict) -> GetAnswer:
+    """A GetAnswer from botocore's parsed GetObject response (its raw headers have lower-case names)."""
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return GetAnswer(response.get("Metadata", {}), server_etag_is_md5(headers, None))

@@ -30,6 +30,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from .attributes_state import RecordedAttributes, open_recorded_attributes
+from .direct_get import GetAnswer
 from .download import Downloader, DownloadFailed, ObjectRef, write_whole
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
@@ -343,9 +344,7 @@ class RestoreRun:
         try:
             fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)))
             if not fetched.verified:
-                log.warning("%s: its ETag is not a checksum of its content (SSE-KMS?): only the size was checked",
-                            remote.key)
-                self.summary.add(files_unverified=1)
+                self._unverified(remote)
             self._finish(decision, temp, final, fetched.metadata)
         except BaseException:
             _remove_quietly(temp)
@@ -356,17 +355,19 @@ class RestoreRun:
         another kind of ETag, a mismatch) hands the file to a worker, whose retries and reports decide."""
         remote = decision.remote
         try:
-            answer = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
-            if answer is not None:
-                self.summary.add(bytes_downloaded=len(answer[1]))
-            if answer is None or not _md5_is_etag(answer[1], remote):
+            got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
+            if got is not None:
+                self.summary.add(bytes_downloaded=len(got[1]))
+            if got is None or not _is_content(got[1], got[0], remote):
                 self._to_workers(decision, release)
                 return
-            metadata, body = answer
+            answer, body = got
             final, temp = self._paths(remote)
             try:
                 write_whole(temp, body)
-                self._finish(decision, temp, final, metadata)
+                if not answer.etag_is_md5:
+                    self._unverified(remote)
+                self._finish(decision, temp, final, answer.metadata)
             except BaseException:
                 _remove_quietly(temp)
                 raise
@@ -425,10 +426,18 @@ class RestoreRun:
         log.error("%s: %s", remote.key, message)
         self.summary.fail(remote.key, message, remote.size)
 
+    def _unverified(self, remote: RemoteObject) -> None:
+        log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C): only the size was "
+                    "checked", remote.key)
+        self.summary.add(files_unverified=1)
 
-def _md5_is_etag(body: bytes, remote: RemoteObject) -> bool:
-    """Whether `body` is the object's content by its plain-MD5 ETag (a multipart ETag: not decided here)."""
-    return len(body) == remote.size and hashlib.md5(body).hexdigest() == remote.etag
+
+def _is_content(body: bytes, answer: GetAnswer, remote: RemoteObject) -> bool:
+    """Whether `body` is the object's content: by its plain-MD5 ETag, or by its size alone where the answer
+    says the ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C). A multipart ETag is not decided here."""
+    if len(body) != remote.size:
+        return False
+    return not answer.etag_is_md5 or hashlib.md5(body).hexdigest() == remote.etag
 
 
 def _gone_or_changed(exc: Exception) -> bool:

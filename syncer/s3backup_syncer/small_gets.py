@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from botocore.httpsession import get_cert_path
 
-from .direct_get import DirectGet, user_metadata
+from .direct_get import DirectGet, GetAnswer
 from .direct_put import _botocore_session_of
 from .units import MiB
 
@@ -107,8 +107,8 @@ class SmallGets:
         """Run `coroutine` on the loop; what it raises is its own to handle."""
         self._loop.call_soon_threadsafe(self._loop.create_task, coroutine)
 
-    async def get(self, full_key: str, headers: dict[str, str]) -> tuple[dict[str, str], bytes] | None:
-        """(user metadata, the whole body) of a GetObject answered 200, else None. On the loop only."""
+    async def get(self, full_key: str, headers: dict[str, str]) -> tuple[GetAnswer, bytes] | None:
+        """(what the answer says, the whole body) of a GetObject answered 200, else None. On the loop only."""
         try:
             request = self._direct.signed(full_key, headers)
             if request is None:
@@ -121,7 +121,7 @@ class SmallGets:
                     return None
                 if (response.content_length or 0) > MAX_SIZE:
                     return None
-                return user_metadata(response.headers.items()), await response.read()
+                return GetAnswer.of(response.headers), await response.read()
         except Exception as exc:  # connection trouble, a timeout, a body cut short: the caller retries elsewhere
             log.debug("GetObject of %s on the event loop: %s; handing it over", full_key, exc)
             return None
