@@ -266,6 +266,13 @@ class Downloader:
                 return True
         raise ContentMismatch("the content received does not match the object's ETag")
 
+    def head(self, ref: ObjectRef) -> GetAnswer | None:
+        """What a HEAD of the object says (its metadata, whether its ETag is a checksum); None if it fails."""
+        try:
+            return _answer_of(self.client.head_object(**ref.request()))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return None
+
     def _first_part_size(self, ref: ObjectRef) -> int | None:
         try:
             head = self.client.head_object(**ref.request(), PartNumber=1)
@@ -310,6 +317,6 @@ class Downloader:
 
 
 def _answer_of(response: dict) -> GetAnswer:
-    """A GetAnswer from botocore's parsed GetObject response (its raw headers have lower-case names)."""
+    """A GetAnswer from botocore's parsed GetObject or HeadObject response (raw headers: lower-case names)."""
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     return GetAnswer(response.get("Metadata", {}), server_etag_is_md5(headers, None))

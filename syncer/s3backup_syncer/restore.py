@@ -308,7 +308,22 @@ class RestoreRun:
         identical = hasher.bytes == local.size and bool(
             etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None))
         )
+        if not identical and hasher.bytes == local.size == remote.size:
+            identical = self._same_without_checksum(local, remote)
         return after_check(identical, local, remote, overwrite=self.options.overwrite)
+
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
+        """Whether a file whose MD5 is not the object's ETag is still the object, because that ETag is no checksum
+        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then a file of its size that carries the mtime a
+        restore gives it counts as restored, as a sync counts a file of unchanged size and mtime as sent."""
+        options = self.options
+        version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
+        answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size,
+                                                 remote.etag, version_id))
+        if answer is None or answer.etag_is_md5:
+            return False
+        mtime_ns, _ = file_attributes(answer.metadata, remote.last_modified, self.recorded(remote.key, remote.etag))
+        return local.mtime_ns == mtime_ns
 
     def _restore_with_retries(self, decision: RestoreDecision) -> None:
         remote = decision.remote

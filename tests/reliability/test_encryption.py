@@ -104,7 +104,8 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
                                                                               proxy_factory):
     """Under SSE-KMS, DSSE-KMS or SSE-C no ETag is an MD5 of the content: the restore must still bring every file
     back (fails if an opaque ETag is taken for a content mismatch), count each one as unverified, and say so;
-    a scrub must count its samples as unverifiable, not corrupt. 300 small files take the event loop too."""
+    a scrub must count its samples as unverifiable, not corrupt; a second restore must find the files there.
+    300 small files take the event loop too."""
     files = write_tree(src, {**TREE, **{f"small/{i}.bin": 3000 + i for i in range(300)}}, seed=12)
     past_the_racy_window()  # verify compares with the ETags the hash cache kept, which it trusts only past it
     server = EncryptingServer(mode, Credentials(s3.access_key, s3.secret_key), s3.region)
@@ -119,6 +120,15 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
     assert restored.summary["files_restored"] == restored.summary["files_unverified"] == len(files)
     assert {key: (target / key).read_bytes() for key in files} == files
     assert "only the size was checked" in restored.stderr
+
+    # Run again (a resumed restore): the files it gave size and mtime count as there; one changed since does not.
+    (target / "docs" / "note-1.txt").write_bytes(bytes(len(files["docs/note-1.txt"])))
+    again = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
+    assert again.returncode == 1, again.stderr
+    assert (again.summary["files_unchanged"], again.summary["files_conflicting"], again.summary["files_restored"]) \
+        == (len(files) - 1, 1, 0)
+    assert again.summary["errors"] == ["docs/note-1.txt: a different file is already there: left alone (use "
+                                       "--overwrite to replace it)"]
     assert scrub.returncode == 0, scrub.stderr
     assert (scrub.summary["sampled"], scrub.summary["sampled_unverifiable"], scrub.summary["corrupt"]) == (
         len(files), len(files), 0)
