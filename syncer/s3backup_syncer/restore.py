@@ -45,6 +45,7 @@ from .restore_plan import (
     after_check,
     decide_restore,
     file_attributes,
+    same_without_checksum,
     temp_name,
 )
 from .scan import LocalFile, ScanProblem, walk
@@ -168,7 +169,7 @@ class RestoreRun:
             self.summary.as_of = options.as_of.isoformat().replace("+00:00", "Z")
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir, contextlib.ExitStack() as stack:
             remote = self._remote(Path(workdir) / "remote-index.sqlite")  # bad bucket or access: fails here
-            self.recorded = self._recorded_attributes(stack)
+            self.recorded = recorded_attributes(stack, self.client, options.bucket, options.prefix, options.as_of)
             prepare_target(options.target, options.dry_run, create=True)
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
@@ -186,17 +187,6 @@ class RestoreRun:
             log.warning("nothing to restore: no object under %s%s", where,
                         " matches the filters" if options.includes or options.excludes else "")
         return self.summary
-
-    def _recorded_attributes(self, stack: contextlib.ExitStack) -> Callable[[str, str], RecordedAttributes | None]:
-        """Attributes recorded in s3backup's state (as of --as-of): they win over the objects' metadata."""
-        options = self.options
-        try:
-            return stack.enter_context(open_recorded_attributes(
-                self.client, options.bucket, options.prefix, as_of=options.as_of)).lookup
-        except Exception as exc:  # a damaged or unreadable state: the objects' metadata still holds mtimes
-            log.warning("s3backup's recorded attributes cannot be read (%s); mtimes and modes come from the "
-                        "objects' metadata", type(exc).__name__)
-            return lambda key, etag: None
 
     def _remote(self, index_path: Path) -> Iterator[RemoteObject]:
         """The objects to restore, in key order: the current ones, or those current at --as-of."""
@@ -314,16 +304,13 @@ class RestoreRun:
 
     def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
         """Whether a file whose MD5 is not the object's ETag is still the object, because that ETag is no checksum
-        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then a file of its size that carries the mtime a
-        restore gives it counts as restored, as a sync counts a file of unchanged size and mtime as sent."""
+        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by its size and mtime, as a sync judges."""
         options = self.options
         version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
         answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size,
                                                  remote.etag, version_id))
-        if answer is None or answer.etag_is_md5:
-            return False
-        mtime_ns, _ = file_attributes(answer.metadata, remote.last_modified, self.recorded(remote.key, remote.etag))
-        return local.mtime_ns == mtime_ns
+        return answer is not None and not answer.etag_is_md5 and same_without_checksum(
+            local, remote, answer.metadata, self.recorded(remote.key, remote.etag))
 
     def _restore_with_retries(self, decision: RestoreDecision) -> None:
         remote = decision.remote
@@ -445,6 +432,18 @@ class RestoreRun:
         log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C): only the size was "
                     "checked", remote.key)
         self.summary.add(files_unverified=1)
+
+
+def recorded_attributes(stack: contextlib.ExitStack, client, bucket: str, prefix: str,
+                        as_of: datetime | None = None) -> Callable[[str, str], RecordedAttributes | None]:
+    """`lookup(key, etag)` of the attributes in s3backup's state (as of `as_of`), open until `stack` closes: they
+    win over the objects' metadata."""
+    try:
+        return stack.enter_context(open_recorded_attributes(client, bucket, prefix, as_of=as_of)).lookup
+    except Exception as exc:  # a damaged or unreadable state: the objects' metadata still holds mtimes
+        log.warning("s3backup's recorded attributes cannot be read (%s); mtimes and modes come from the "
+                    "objects' metadata", type(exc).__name__)
+        return lambda key, etag: None
 
 
 def _is_content(body: bytes, answer: GetAnswer, remote: RemoteObject) -> bool:

@@ -125,6 +125,13 @@ def file_attributes(
     return mtime, (mode & 0o777 if mode is not None else None)
 
 
+def same_without_checksum(local: LocalFile, remote: RemoteObject, metadata: dict[str, str],
+                          recorded: RecordedAttributes | None) -> bool:
+    """Where the object's ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C): whether `local` is the object by the
+    sync's own test, its size and the mtime a restore gives it (`metadata` from a HEAD)."""
+    return local.size == remote.size and local.mtime_ns == file_attributes(metadata, remote.last_modified, recorded)[0]
+
+
 def _int(text: str | None, base: int = 10) -> int | None:
     try:
         return int(text, base) if text is not None else None

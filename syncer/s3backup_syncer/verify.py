@@ -12,18 +12,21 @@ bytes downloaded do not give the object's ETag).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import botocore.exceptions
 
+from .attributes_state import RecordedAttributes
 from .download import Downloader, DownloadFailed, ObjectRef
 from .engine import check_source
 from .errors import ConfigError
@@ -33,8 +36,8 @@ from .hashcache import HashCache, load_remote_cache
 from .plan import etag_verdict, merge_join
 from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, run_error
 from .report import Progress, RunCounters, human_bytes
-from .restore import make_client
-from .restore_plan import Finding, decide_verify, in_sample
+from .restore import make_client, recorded_attributes
+from .restore_plan import Finding, decide_verify, in_sample, same_without_checksum
 from .scan import LocalFile, ScanProblem, walk
 
 log = logging.getLogger("s3backup")
@@ -127,6 +130,8 @@ class VerifyRun:
         self.out = out or sys.stdout
         self._out_lock = threading.Lock()
         self.cache: HashCache | None = None
+        self._recorded: Callable[[str, str], RecordedAttributes | None] | None = None
+        self._recorded_lock = threading.Lock()
         self.seed = options.seed if options.seed is not None else secrets.randbelow(10**9)
         if options.sample_percent:
             self.summary.sample_percent, self.summary.seed = options.sample_percent, self.seed
@@ -139,7 +144,7 @@ class VerifyRun:
             first_page = listing.first_page()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise run_error(exc, options.bucket) from None
-        with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir, contextlib.ExitStack() as self._stack:
             if options.hash_cache:
                 self.cache, warning = load_remote_cache(self.client, options.bucket, options.prefix, Path(workdir))
                 if warning:
@@ -203,7 +208,7 @@ class VerifyRun:
         try:
             if finding is Finding.CHECK:
                 assert local is not None and remote is not None
-                if self._local_matches(local, remote, etag_keys):
+                if self._local_matches(local, remote, etag_keys) or self._same_without_checksum(local, remote):
                     self.summary.add(files_same=1)
                 else:
                     self._report(Finding.DIFFERS, local.key)
@@ -217,6 +222,20 @@ class VerifyRun:
             key = (local or remote).key  # type: ignore[union-attr]
             log.debug("unexpected failure on %s", key, exc_info=True)
             self._failed(key, f"{type(exc).__name__}: {exc}")
+
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
+        """After an MD5 that is not the ETag: whether that ETag is no checksum (a HEAD's answer says SSE-KMS,
+        DSSE-KMS or SSE-C) and the file is the object by size and mtime, as a sync and a restore judge."""
+        if local.size != remote.size:
+            return False
+        options = self.options
+        answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
+        if answer is None or answer.etag_is_md5:
+            return False
+        with self._recorded_lock:  # s3backup's state, read once, by the first file that needs it
+            if self._recorded is None:
+                self._recorded = recorded_attributes(self._stack, self.client, options.bucket, options.prefix)
+        return same_without_checksum(local, remote, answer.metadata, self._recorded(remote.key, remote.etag))
 
     def _local_matches(self, local: LocalFile, remote: RemoteObject, etag_keys: tuple[int, ...]) -> bool:
         hasher = EtagHasher(etag_keys)

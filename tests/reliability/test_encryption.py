@@ -104,7 +104,8 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
                                                                               proxy_factory):
     """Under SSE-KMS, DSSE-KMS or SSE-C no ETag is an MD5 of the content: the restore must still bring every file
     back (fails if an opaque ETag is taken for a content mismatch), count each one as unverified, and say so;
-    a scrub must count its samples as unverifiable, not corrupt; a second restore must find the files there.
+    a scrub must count its samples as unverifiable, not corrupt; a verify without the hash cache and a second
+    restore must find the files there.
     300 small files take the event loop too."""
     files = write_tree(src, {**TREE, **{f"small/{i}.bin": 3000 + i for i in range(300)}}, seed=12)
     past_the_racy_window()  # verify compares with the ETags the hash cache kept, which it trusts only past it
@@ -115,6 +116,7 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
 
     restored = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
     scrub = run_command("verify", str(src), s3_url, "--sample", "100", endpoint=proxy.endpoint_url)
+    without_cache = run_command("verify", str(target), s3_url, "--no-hash-cache", endpoint=proxy.endpoint_url)
 
     assert restored.returncode == 0, restored.stderr
     assert restored.summary["files_restored"] == restored.summary["files_unverified"] == len(files)
@@ -132,3 +134,6 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
     assert scrub.returncode == 0, scrub.stderr
     assert (scrub.summary["sampled"], scrub.summary["sampled_unverifiable"], scrub.summary["corrupt"]) == (
         len(files), len(files), 0)
+    assert without_cache.returncode == 0, without_cache.stdout  # by size and mtime: each MD5 is not its ETag
+    assert (without_cache.summary["files_same"], without_cache.summary["bytes_hashed"]) == (len(files), sum(
+        len(content) for content in files.values()))
