@@ -27,7 +27,7 @@ from s3backup_operator.restore_status import (
     restore_status_patch,
 )
 from s3backup_operator.spec import InvalidSpec
-from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_update, run_blocked_conditions
+from s3backup_operator.status import job_finished, now_iso, pod_blocked, ready_update, run_blocked_update
 
 if TYPE_CHECKING:
     from s3backup_operator.context import OperatorContext
@@ -158,11 +158,10 @@ class RestoreReconciler:
 
         def change(live: dict[str, Any]) -> dict[str, Any] | None:
             blocked = None if event_type == "DELETED" or live.get("phase") in FINISHED_PHASES else pod_blocked(pod)
-            new = run_blocked_conditions(live.get("conditions") or [], meta["name"], blocked,
-                                         gone=event_type == "DELETED")
-            if new is not None and blocked is not None:
+            update = run_blocked_update(live, meta["name"], blocked, gone=event_type == "DELETED")
+            if update and blocked:
                 logger.warning(f"S3Restore {restore_name}: blocked: {blocked[0]}: {blocked[1]}")
-            return None if new is None else {"conditions": new}
+            return update
 
         self.base.api.update_restore_status(meta["namespace"], restore_name, change)
 

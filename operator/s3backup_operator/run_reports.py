@@ -22,7 +22,7 @@ from s3backup_operator.status import (
     last_run,
     now_iso,
     pod_blocked,
-    run_blocked_conditions,
+    run_blocked_update,
     status_patch_for_run,
     status_patch_for_target_run,
 )
@@ -155,11 +155,10 @@ class RunReports:
         blocked = None if event_type == "DELETED" else pod_blocked(pod)
 
         def change(live: dict[str, Any]) -> dict[str, Any] | None:
-            new = run_blocked_conditions(live.get("conditions") or [], meta["name"], blocked,
-                                         gone=event_type == "DELETED")
-            if new is not None and blocked is not None:
+            update = run_blocked_update(live, meta["name"], blocked, gone=event_type == "DELETED")
+            if update and blocked:
                 logger.warning(f"S3Backup {backup_name}: run blocked: {blocked[0]}: {blocked[1]}")
-            return None if new is None else {"conditions": new}
+            return update
 
         self.context.api.update_backup_status(meta["namespace"], backup_name, change)
 

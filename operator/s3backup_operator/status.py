@@ -213,6 +213,13 @@ def run_blocked_conditions(conditions: list[dict[str, Any]], pod_name: str, bloc
     return None
 
 
+def run_blocked_update(status: dict[str, Any], pod_name: str, blocked: tuple[str, str] | None,
+                       gone: bool) -> dict[str, Any] | None:
+    """`run_blocked_conditions` on a live status, as a status patch (None: nothing to write)."""
+    new = run_blocked_conditions(status.get("conditions") or [], pod_name, blocked, gone)
+    return None if new is None else {"conditions": new}
+
+
 # A fan-out (source.hostPath): one entry per target under status.targets, and the resource's own view of them.
 
 def targets_patch(current: dict[str, Any] | None, cronjobs: dict[str, str]) -> dict[str, Any]:
