@@ -26,7 +26,7 @@ import urllib3.exceptions
 
 from .config import MiB
 from .direct_get import DirectGet, GetAnswer
-from .etag import EtagHasher, multipart_etag_from_digests, parse_etag, server_etag_is_md5
+from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
 
 READ_CHUNK = 1 * MiB
 RANGE_THRESHOLD = 16 * MiB
@@ -317,6 +317,6 @@ class Downloader:
 
 
 def _answer_of(response: dict) -> GetAnswer:
-    """A GetAnswer from botocore's parsed GetObject or HeadObject response (raw headers: lower-case names)."""
-    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    return GetAnswer(response.get("Metadata", {}), server_etag_is_md5(headers, None))
+    """A GetAnswer from botocore's parsed GetObject or HeadObject response, read from its headers as the direct
+    paths read theirs."""
+    return GetAnswer.of(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}))

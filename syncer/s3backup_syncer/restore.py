@@ -231,17 +231,23 @@ class RestoreRun:
             if decision.action is RestoreAction.REFUSE:
                 self._fail(remote, decision.reason)
                 continue
-            if decision.action is RestoreAction.SKIP:
-                self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
-                continue
-            if decision.action is RestoreAction.CONFLICT:
-                self._conflict(remote)
+            if self._settled(decision):
                 continue
             in_flight.acquire()
             if self._small_gets_take(decision):
                 self._small_gets.submit(self._restore_small(decision, in_flight.release))
             else:
                 self._to_workers(decision, in_flight.release)
+
+    def _settled(self, decision: RestoreDecision) -> bool:
+        """Count a file already there (SKIP) or left alone (CONFLICT); True when nothing more is to be done."""
+        if decision.action is RestoreAction.SKIP:
+            self.summary.add(files_unchanged=1, bytes_unchanged=decision.remote.size)
+            return True
+        if decision.action is RestoreAction.CONFLICT:
+            self._conflict(decision.remote)
+            return True
+        return False
 
     def _to_workers(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
         self._workers.submit(self._process, decision).add_done_callback(lambda _: release())
@@ -271,11 +277,7 @@ class RestoreRun:
         try:
             if decision.action is RestoreAction.CHECK:
                 decision = self._check(decision)
-                if decision.action is RestoreAction.SKIP:
-                    self.summary.add(files_unchanged=1, bytes_unchanged=remote.size)
-                    return
-                if decision.action is RestoreAction.CONFLICT:
-                    self._conflict(remote)
+                if self._settled(decision):
                     return
             self._restore_with_retries(decision)
         except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
@@ -295,22 +297,23 @@ class RestoreRun:
             log.warning("%s: cannot read the present file (%s): it counts as different", remote.key, exc.strerror)
             return after_check(False, local, remote, overwrite=self.options.overwrite)
         self.summary.add(bytes_hashed=hasher.bytes)
-        identical = hasher.bytes == local.size and bool(
-            etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None))
+        identical = hasher.bytes == local.size and (
+            bool(etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None)))
+            or self._same_without_checksum(local, remote)
         )
-        if not identical and hasher.bytes == local.size == remote.size:
-            identical = self._same_without_checksum(local, remote)
         return after_check(identical, local, remote, overwrite=self.options.overwrite)
 
     def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
         """Whether a file whose MD5 is not the object's ETag is still the object, because that ETag is no checksum
         (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by its size and mtime, as a sync judges."""
-        options = self.options
-        version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
-        answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size,
-                                                 remote.etag, version_id))
+        answer = self._downloader.head(self._ref(remote))
         return answer is not None and not answer.etag_is_md5 and same_without_checksum(
             local, remote, answer.metadata, self.recorded(remote.key, remote.etag))
+
+    def _ref(self, remote: RemoteObject) -> ObjectRef:
+        """The stored object `remote` is: its version for --as-of, else its key and ETag."""
+        version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
+        return ObjectRef(self.options.bucket, self.options.prefix + remote.key, remote.size, remote.etag, version_id)
 
     def _restore_with_retries(self, decision: RestoreDecision) -> None:
         remote = decision.remote
@@ -339,10 +342,9 @@ class RestoreRun:
 
     def _restore(self, decision: RestoreDecision) -> None:
         """Download to a temporary name beside the final one, check, set attributes, rename."""
-        options, remote = self.options, decision.remote
+        remote = decision.remote
         final, temp = self._paths(remote)
-        version_id = remote.version_id if isinstance(remote, RemoteVersion) else None
-        ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag, version_id)
+        ref = self._ref(remote)
         try:
             fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)))
             if not fetched.verified:

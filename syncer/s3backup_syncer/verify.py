@@ -226,8 +226,6 @@ class VerifyRun:
     def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
         """After an MD5 that is not the ETag: whether that ETag is no checksum (a HEAD's answer says SSE-KMS,
         DSSE-KMS or SSE-C) and the file is the object by size and mtime, as a sync and a restore judge."""
-        if local.size != remote.size:
-            return False
         options = self.options
         answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
         if answer is None or answer.etag_is_md5:
