@@ -3,6 +3,8 @@ counts requests by S3 operation, plus the bytes sent each way.
 
 Run: `python s3proxy.py UPSTREAM_URL` (prints `PORT` on its first stdout line, then serves).
 `GET /__bench__/stats` returns the counters as JSON; `POST /__bench__/reset` zeroes them.
+`POST /__bench__/delay?seconds=S` holds every request after it for S seconds before forwarding it: one
+round trip to a distant bucket, as each request of each connection would wait for it (0 turns it off).
 
 The proxy never rewrites the request (SigV4 signs the Host header, which the server checks as
 received), so clients must use path-style addressing against it. One thread per client
@@ -17,6 +19,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
@@ -48,6 +51,7 @@ class Stats:
 
 
 STATS = Stats()
+DELAY = {"seconds": 0.0}  # set through POST /__bench__/delay
 
 
 def classify(method: str, target: str, headers: dict[str, str]) -> str:
@@ -177,6 +181,9 @@ def answer_stats(client: socket.socket, method: str, target: str) -> None:
         with STATS.lock:
             STATS.reset()
         body = b"{}"
+    elif method == "POST" and target.startswith(STATS_PATH + "delay"):
+        DELAY["seconds"] = float(parse_qs(urlsplit(target).query)["seconds"][0])
+        body = b"{}"
     else:
         body = json.dumps(STATS.snapshot()).encode()
     client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -204,6 +211,8 @@ def serve_connection(client: socket.socket, upstream_addr: tuple[str, int]) -> N
                 upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 upstream_in = upstream.makefile("rb", buffering=1 << 16)
             operation = classify(method, target, headers)
+            if DELAY["seconds"]:
+                time.sleep(DELAY["seconds"])
             upstream.sendall(head)
             sent = len(head)
             response_head = None

@@ -79,6 +79,12 @@ class RestoreOptions:
         if not 1 <= self.concurrency <= 256:
             raise ConfigError(f"invalid --concurrency {self.concurrency}: use 1 to 256")
 
+    @property
+    def files_in_flight(self) -> int:
+        """Files handed out and not yet done: the workers' and the event loop's together. The loop may have this
+        many GETs in flight, since one costs it little but a round trip, which a distant bucket makes long."""
+        return self.concurrency * 4
+
 
 @dataclass
 class RestoreSummary(RunCounters):
@@ -174,7 +180,7 @@ class RestoreRun:
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
-            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.concurrency)
+            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.files_in_flight)
             try:
                 self._march(remote)
             finally:
@@ -206,7 +212,7 @@ class RestoreRun:
 
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options
-        slots = options.concurrency * 4
+        slots = options.files_in_flight
         in_flight = threading.BoundedSemaphore(slots)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             self._workers = workers

@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 
@@ -130,6 +130,8 @@ class FaultProxy:
         self.requests: Counter[str] = Counter()
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str, str]] = []  # (operation, path, fault) of each injected fault
+        self.most_in_flight: Counter[str] = Counter()  # operation -> most requests of it forwarded at once
+        self._now_in_flight: Counter[str] = Counter()
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -224,6 +226,18 @@ class FaultProxy:
         self.stop()
 
     # --- one client connection ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _in_flight(self, operation: str) -> Iterator[None]:
+        """Count a request as in flight from its forwarding to its (delayed) answer."""
+        with self._lock:
+            self._now_in_flight[operation] += 1
+            self.most_in_flight[operation] = max(self.most_in_flight[operation], self._now_in_flight[operation])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._now_in_flight[operation] -= 1
+
     def _serve_connection(self, sock: socket.socket) -> None:
         with self._lock:
             self._sockets.add(sock)
@@ -265,16 +279,17 @@ class FaultProxy:
                     continue
                 if upstream is None:
                     upstream = HTTPConnection(*self._upstream_addr, timeout=120)
-                try:
-                    status, reason, response_headers, body = _forward(upstream, request)
-                except (OSError, ConnectionError):
-                    upstream.close()
-                    upstream = HTTPConnection(*self._upstream_addr, timeout=120)
-                    status, reason, response_headers, body = _forward(upstream, request)
-                if self.rewrite is not None:
-                    response_headers, body = self.rewrite(request, status, response_headers, body)
-                if self.delay_seconds:
-                    self._stop.wait(self.delay_seconds)
+                with self._in_flight(request.operation):
+                    try:
+                        status, reason, response_headers, body = _forward(upstream, request)
+                    except (OSError, ConnectionError):
+                        upstream.close()
+                        upstream = HTTPConnection(*self._upstream_addr, timeout=120)
+                        status, reason, response_headers, body = _forward(upstream, request)
+                    if self.rewrite is not None:
+                        response_headers, body = self.rewrite(request, status, response_headers, body)
+                    if self.delay_seconds:
+                        self._stop.wait(self.delay_seconds)
                 if fault == "500-after":
                     sock.sendall(_error_response(fault, request))
                     continue

@@ -79,9 +79,9 @@ def uploaded(s3, tmp_path, prefix):
     return files
 
 
-def _restore(s3, endpoint: str, prefix: str, target, **extra):
-    options = RestoreOptions(bucket=BUCKET, prefix=prefix + "/", target=target, path_style=True, concurrency=1,
-                             **extra)
+def _restore(s3, endpoint: str, prefix: str, target, concurrency: int = 1, **extra):
+    options = RestoreOptions(bucket=BUCKET, prefix=prefix + "/", target=target, path_style=True,
+                             concurrency=concurrency, **extra)
     return run_restore(options, client=client_for(s3, endpoint))
 
 
@@ -227,3 +227,26 @@ def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_
     for path in src.rglob("*.bin"):
         assert (target / path.relative_to(src)).read_bytes() == path.read_bytes()
     assert len(list(target.rglob("*.bin"))) == small_gets.START_AFTER + 64
+
+
+def test_the_loop_keeps_four_files_per_worker_in_flight_and_never_more(s3, tmp_path, prefix, lane_from_the_start):
+    """Behind a slow link a GET is mostly waiting, which costs the loop little: with --concurrency 2 it may have
+    8 GETs in flight (RestoreOptions.files_in_flight), workers' included, and never more, which bounds memory.
+    Fails if the loop's connections were capped at --concurrency (then at most 2 + 2) or if the bound were lost."""
+    src = tmp_path / "src"
+    rng = random.Random(5)
+    for number in range(64):
+        path = src / f"{number:03d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randrange(1, 8 * KiB)))
+    options = SyncOptions(source=src, bucket=BUCKET, prefix=prefix + "/", path_style=True)
+    assert run_sync(options, client=client_for(s3)).files_uploaded == 64
+    target = tmp_path / "restored"
+
+    with FaultProxy(s3.endpoint_url, delay_seconds=0.05) as proxy:
+        summary = _restore(s3, proxy.endpoint_url, prefix, target, concurrency=2)
+
+    assert summary.files_restored == 64 and summary.files_failed == 0
+    assert 2 + 2 < proxy.most_in_flight["GetObject"] <= 8
+    for path in src.iterdir():
+        assert (target / path.name).read_bytes() == path.read_bytes()
