@@ -19,7 +19,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 
 from .direct_put import _TRANSIENT, DirectPut
-from .etag import server_etag_is_md5
+from .etag import META_MD5, server_etag_is_md5
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,15 @@ class GetAnswer:
     def of(cls, headers: Mapping[str, str]) -> GetAnswer:
         """From the answer's headers (a case-insensitive mapping, or lower-case names)."""
         return cls(user_metadata(headers.items()), server_etag_is_md5(headers, None))
+
+    def expected_etag(self, etag: str) -> str | None:
+        """What the content's ETag must be: the object's own where it is a checksum, else the MD5 that s3backup's
+        sync put in the metadata of a single-part upload (a plain MD5); None where neither is there, so that only
+        the size can be checked."""
+        if self.etag_is_md5:
+            return etag
+        recorded = self.metadata.get(META_MD5, "").lower()
+        return recorded if len(recorded) == 32 and all(c in "0123456789abcdef" for c in recorded) else None
 
 
 class DirectGet(DirectPut):

@@ -67,7 +67,7 @@ class ObjectRef:
 @dataclass
 class Downloaded:
     metadata: dict[str, str]
-    verified: bool  # False when the ETag says nothing checkable (e.g. SSE-KMS): size only
+    verified: bool  # False when neither the ETag (e.g. under SSE-KMS) nor the metadata has a checksum: size only
 
 
 def write_sparse(fd: int, offset: int, data: bytes) -> None:
@@ -147,8 +147,10 @@ class Downloader:
                 answer, etags = self._fetch_whole(ref, fd, etag_keys)
             else:
                 answer, etags = self._fetch_ranges(ref, fd, etag_keys)
-            # An ETag that is no checksum (the answer says SSE-KMS, DSSE-KMS or SSE-C): the size alone was checked
-            verified = answer.etag_is_md5 and self._check(ref, fd, etag_keys, etags)
+            # An ETag that is no checksum (the answer says SSE-KMS, DSSE-KMS or SSE-C): the MD5 in the metadata,
+            # where the sync put one, else the size alone was checked
+            expected = answer.expected_etag(ref.etag)
+            verified = expected is not None and self._check(ref, fd, etag_keys, etags, expected)
         finally:
             os.close(fd)
         return Downloaded(answer.metadata, verified)
@@ -242,16 +244,19 @@ class Downloader:
         return _answer_of(response), response.get("ContentRange", ""), response["Body"]
 
     # --- the check -----------------------------------------------------------------------------
-    def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str]) -> bool:
-        """Whether the file's ETag is the object's, for the part sizes that could have made it.
+    def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str],
+               wanted: str) -> bool:
+        """Whether the file's ETag is `wanted` (the object's, or the MD5 in its metadata), for the part sizes that
+        could have made it.
 
         Raises ContentMismatch when none does. Part sizes not hashed on the way are hashed from
         the file; a multipart object that matches none of the likely part sizes is asked for the
         size of its first part (HEAD with partNumber=1), as a last resort.
         """
+        if wanted != ref.etag:
+            etag_keys = (0,)  # the metadata's MD5 is a plain one
         if not etag_keys:
             return False
-        wanted = ref.etag
         if wanted in etags.values():
             return True
         missing = tuple(key for key in etag_keys if key not in etags)
@@ -264,14 +269,11 @@ class Downloader:
             part_size = self._first_part_size(ref)
             if part_size and part_size not in etags and wanted in hash_file(fd, ref.size, (part_size,)).values():
                 return True
-        raise ContentMismatch("the content received does not match the object's ETag")
+        source = "the object's ETag" if wanted == ref.etag else "the MD5 in the object's metadata"
+        raise ContentMismatch(f"the content received does not match {source}")
 
     def head(self, ref: ObjectRef) -> GetAnswer | None:
-        """What a HEAD of the object says (its metadata, whether its ETag is a checksum); None if it fails."""
-        try:
-            return _answer_of(self.client.head_object(**ref.request()))
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-            return None
+        return head(self.client, ref)
 
     def _first_part_size(self, ref: ObjectRef) -> int | None:
         try:
@@ -289,19 +291,22 @@ class Downloader:
         """
         if not etag_keys:
             return None
-        etags = self._hash_stream(ref, etag_keys)
-        if etags is None:
+        answer, etags = self._hash_stream(ref, etag_keys)
+        expected = answer.expected_etag(ref.etag)
+        if expected is None:
             return None
-        if ref.etag in etags.values():
+        if expected != ref.etag and 0 not in etags:  # an MD5 in the metadata of a multipart object: rare
+            etags = self._hash_stream(ref, (0,))[1]
+        if expected in etags.values():
             return True
-        if parse_etag(ref.etag)[1] > 1:
+        if expected == ref.etag and parse_etag(ref.etag)[1] > 1:
             part_size = self._first_part_size(ref)
             if part_size and part_size not in etags:
-                return ref.etag in (self._hash_stream(ref, (part_size,)) or {}).values()
+                return ref.etag in self._hash_stream(ref, (part_size,))[1].values()
         return False
 
-    def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> dict[int, str] | None:
-        """The ETags of the object's bytes for these part sizes; None if its answer says its ETag is no checksum."""
+    def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
+        """What the answer says, and the ETags of the object's bytes for these part sizes (none if cut short)."""
         hasher = EtagHasher(etag_keys)
         if ref.size == 0:
             response = self.client.get_object(**ref.request())
@@ -309,11 +314,15 @@ class Downloader:
             hasher.update(response["Body"].read())
         else:
             answer = self._stream_range(ref, 0, ref.size, lambda offset, chunk: hasher.update(chunk))
-        if not answer.etag_is_md5:
-            return None
-        if hasher.bytes != ref.size:
-            return {}
-        return hasher.etags()
+        return answer, hasher.etags() if hasher.bytes == ref.size else {}
+
+
+def head(client, ref: ObjectRef) -> GetAnswer | None:
+    """What a HEAD of the object says (its metadata, whether its ETag is a checksum); None if it fails."""
+    try:
+        return _answer_of(client.head_object(**ref.request()))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return None
 
 
 def _answer_of(response: dict) -> GetAnswer:

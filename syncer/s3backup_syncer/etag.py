@@ -154,6 +154,11 @@ def etag_key(size: int, remote_etag: str, configured: int | None) -> list[int]:
     return candidate_part_sizes(size, parts, configured)
 
 
+# Object metadata: the content's MD5 (hex), written with every single-part upload. Where the ETag is no checksum
+# (SSE-KMS, DSSE-KMS, SSE-C), restore and verify check the content against it instead of by its size alone.
+META_MD5 = "s3backup-md5"
+
+
 def server_etag_is_md5(headers: Mapping[str, str], requested_sse: str | None) -> bool:
     """Whether the ETag in an answer to an upload is the MD5 of what was sent.
 

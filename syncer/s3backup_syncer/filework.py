@@ -15,13 +15,14 @@ import botocore.exceptions
 
 from .attributes_state import AttributeState
 from .config import SyncOptions
+from .download import ObjectRef, head
 from .etag import EtagHasher, etag_key
 from .hashcache import HashCache
-from .plan import Action, Decision, verdict_after_hashing
+from .plan import Action, Decision, verdict_after_hashing, worth_asking_for_the_md5
 from .remote import RemoteObject, describe_client_error
 from .report import Summary
 from .scan import LocalFile
-from .transfer import READ_CHUNK, FileChanged, Uploader, UploadFailed
+from .transfer import READ_CHUNK, SERVER_ETAG, FileChanged, Uploader, UploadFailed
 
 log = logging.getLogger("s3backup")
 
@@ -82,15 +83,27 @@ class FileWorker:
         assert local is not None and remote is not None
         etags = hash_file(local, decision.etag_keys)
         self.summary.add(bytes_hashed=local.size)
-        if self.cache is not None:
-            self.cache.store(local, etags)
         action = verdict_after_hashing({**cached, **etags}, remote.etag,
                                        etag_key(local.size, remote.etag, self.options.part_size))
+        if action is Action.UPLOAD_CHANGED and 0 in etags and self._md5_in_metadata_is(local, remote, etags[0]):
+            action = Action.UNCHANGED
+            etags = {**etags, SERVER_ETAG: remote.etag}  # next time the hash cache tells, without a HEAD
+        if self.cache is not None:
+            self.cache.store(local, etags)
         if action is Action.UNCHANGED and self.attributes is not None:
             # Same content: the object stays as it is. The file's attributes may differ from those in
             # the object's metadata (a touch, another tool's upload): they go in s3backup's state.
             self.attributes.record(local.key, remote.etag, local.mtime_ns, local.mode)
         return action
+
+    def _md5_in_metadata_is(self, local: LocalFile, remote: RemoteObject, md5: str) -> bool:
+        """Whether an object whose ETag is not the file's MD5 holds the file all the same: its ETag is no checksum
+        and the MD5 the sync put in its metadata is `md5` (one HEAD, where plan.worth_asking_for_the_md5)."""
+        if not worth_asking_for_the_md5(local, remote):
+            return False
+        ref = ObjectRef(self.options.bucket, self.options.prefix + remote.key, remote.size, remote.etag)
+        answer = head(self.uploader.client, ref)
+        return answer is not None and not answer.etag_is_md5 and answer.expected_etag(remote.etag) == md5
 
     def _upload_with_retries(self, local: LocalFile, remote: RemoteObject | None, action: Action) -> None:
         """botocore retries each request; this retries the whole file when a request's answer was bad."""

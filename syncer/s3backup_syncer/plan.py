@@ -113,6 +113,14 @@ def etag_verdict(known: dict[int, str], remote_etag: str, candidate_keys: Iterab
     return None
 
 
+def worth_asking_for_the_md5(local: LocalFile, remote: RemoteObject) -> bool:
+    """After hashing, when the file's MD5 is not the object's ETag: whether to ask (HEAD) for the MD5 the sync put
+    in the metadata, in case that ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C). Only for an object written
+    after the file last changed (LastModified has one-second steps), as every object is after a hash cache is
+    lost; a file changed since its upload is sent again without asking."""
+    return local.mtime_ns < (remote.last_modified.timestamp() + 1) * 1_000_000_000
+
+
 def decide_remote_only(
     remote: RemoteObject,
     *,

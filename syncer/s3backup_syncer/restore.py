@@ -104,7 +104,7 @@ class RestoreSummary(RunCounters):
     files_failed: int = 0
     bytes_failed: int = 0
     files_excluded: int = 0
-    files_unverified: int = 0  # ETag not checkable (e.g. SSE-KMS): only the size was checked
+    files_unverified: int = 0  # no checksum in ETag (e.g. SSE-KMS) nor metadata: only the size was checked
     bytes_hashed: int = 0  # local bytes read to compare present files
 
     def fail(self, key: str, message: str, size: int = 0, counter: str = "files_failed") -> None:
@@ -303,18 +303,20 @@ class RestoreRun:
             log.warning("%s: cannot read the present file (%s): it counts as different", remote.key, exc.strerror)
             return after_check(False, local, remote, overwrite=self.options.overwrite)
         self.summary.add(bytes_hashed=hasher.bytes)
+        etags = hasher.etags()
         identical = hasher.bytes == local.size and (
-            bool(etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None)))
-            or self._same_without_checksum(local, remote)
+            bool(etag_verdict(etags, remote.etag, etag_key(remote.size, remote.etag, None)))
+            or self._same_without_checksum(local, remote, etags.get(0))
         )
         return after_check(identical, local, remote, overwrite=self.options.overwrite)
 
-    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_md5: str | None) -> bool:
         """Whether a file whose MD5 is not the object's ETag is still the object, because that ETag is no checksum
-        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by its size and mtime, as a sync judges."""
+        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by the MD5 in the metadata, or by size and mtime."""
         answer = self._downloader.head(self._ref(remote))
         return answer is not None and not answer.etag_is_md5 and same_without_checksum(
-            local, remote, answer.metadata, self.recorded(remote.key, remote.etag))
+            local, remote, answer.metadata, self.recorded(remote.key, remote.etag), local_md5=local_md5,
+            content_md5=answer.expected_etag(remote.etag))
 
     def _ref(self, remote: RemoteObject) -> ObjectRef:
         """The stored object `remote` is: its version for --as-of, else its key and ETag."""
@@ -361,8 +363,8 @@ class RestoreRun:
             raise
 
     async def _restore_small(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
-        """On the event loop: GET, check against the plain-MD5 ETag, write, finish. Anything else (an error,
-        another kind of ETag, a mismatch) hands the file to a worker, whose retries and reports decide."""
+        """On the event loop: GET, check (`_is_content`), write, finish. Anything else (an error, another kind of
+        ETag, a mismatch) hands the file to a worker, whose retries and reports decide."""
         remote = decision.remote
         try:
             got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
@@ -375,7 +377,7 @@ class RestoreRun:
             final, temp = self._paths(remote)
             try:
                 write_whole(temp, body)
-                if not answer.etag_is_md5:
+                if answer.expected_etag(remote.etag) is None:
                     self._unverified(remote)
                 self._finish(decision, temp, final, answer.metadata)
             except BaseException:
@@ -437,8 +439,8 @@ class RestoreRun:
         self.summary.fail(remote.key, message, remote.size)
 
     def _unverified(self, remote: RemoteObject) -> None:
-        log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C): only the size was "
-                    "checked", remote.key)
+        log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C), and its metadata "
+                    "holds no MD5 (a multipart or another tool's upload): only the size was checked", remote.key)
         self.summary.add(files_unverified=1)
 
 
@@ -455,11 +457,13 @@ def recorded_attributes(stack: contextlib.ExitStack, client, bucket: str, prefix
 
 
 def _is_content(body: bytes, answer: GetAnswer, remote: RemoteObject) -> bool:
-    """Whether `body` is the object's content: by its plain-MD5 ETag, or by its size alone where the answer
-    says the ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C). A multipart ETag is not decided here."""
+    """Whether `body` is the object's content: by its plain-MD5 ETag or, where the answer says the ETag is no
+    checksum (SSE-KMS, DSSE-KMS, SSE-C), by the MD5 the sync put in its metadata, else by its size alone.
+    A multipart ETag is not decided here."""
     if len(body) != remote.size:
         return False
-    return not answer.etag_is_md5 or hashlib.md5(body).hexdigest() == remote.etag
+    expected = answer.expected_etag(remote.etag)
+    return expected is None or hashlib.md5(body).hexdigest() == expected
 
 
 def _gone_or_changed(exc: Exception) -> bool:

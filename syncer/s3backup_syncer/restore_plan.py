@@ -126,9 +126,16 @@ def file_attributes(
 
 
 def same_without_checksum(local: LocalFile, remote: RemoteObject, metadata: dict[str, str],
-                          recorded: RecordedAttributes | None) -> bool:
-    """Where the object's ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C): whether `local` is the object by the
-    sync's own test, its size and the mtime a restore gives it (`metadata` from a HEAD)."""
+                          recorded: RecordedAttributes | None, *, local_md5: str | None = None,
+                          content_md5: str | None = None) -> bool:
+    """Where the object's ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C): whether `local` is the object.
+
+    By content where the sync put the content's MD5 in the metadata (`content_md5`, GetAnswer.expected_etag) and
+    the file's is known (`local_md5`); else by the sync's own test, its size and the mtime a restore gives it
+    (`metadata` from a HEAD).
+    """
+    if content_md5 is not None and local_md5 is not None:
+        return local_md5 == content_md5
     return local.size == remote.size and local.mtime_ns == file_attributes(metadata, remote.last_modified, recorded)[0]
 
 

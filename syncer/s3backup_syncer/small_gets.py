@@ -8,7 +8,9 @@ runs a small file's whole restore on this loop: the GET, the MD5 check, the writ
 
 The request is exactly DirectGet's (route, signature, If-Match); only the HTTP library differs.
 - It starts once a run has wanted START_AFTER small objects (importing aiohttp costs ~0.3 s of CPU,
-  which a short restore would not win back) and DirectGet knows the route. It never starts when
+  which a short restore would not win back), or sooner where they come slowly (a distant bucket, where
+  each waits a round trip): once EARLY_AFTER of them have taken longer than that import. And only once
+  DirectGet knows the route. It never starts when
   botocore's session does what this cannot (a proxy, a client certificate), nor when DirectGet is off
   (direct_put.ENABLED).
 - Bodies are read whole, so memory stays within (connections) x MAX_SIZE.
@@ -24,6 +26,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 
 from botocore.httpsession import get_cert_path
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_SIZE = 1 * MiB  # larger objects stream through a worker's own connection (download.py)
 START_AFTER = 256  # small objects wanted before the lane is worth aiohttp's import
+EARLY_AFTER = 32  # ... or this many, once they have taken IMPORT_SECONDS
+IMPORT_SECONDS = 0.3  # about what importing aiohttp costs
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class SmallGets:
         self._client = client
         self._connections = connections
         self._asked = 0  # calls of `available`
+        self._first_asked = 0.0  # time.monotonic() of the first
         self._state = "waiting"  # -> "ready" or "off" (closed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -84,12 +90,14 @@ class SmallGets:
     def available(self) -> bool:
         """Called once for each small object the run wants: whether the lane takes it (`submit`).
 
-        The first call after START_AFTER of them, once DirectGet knows the route, starts the lane, here:
-        the workers go on with what they hold meanwhile.
+        The first call once the lane is worth starting (`_worth_starting`) and DirectGet knows the route starts
+        the lane, here: the workers go on with what they hold meanwhile.
         """
         if self._state == "waiting":
             self._asked += 1
-            if self._asked < START_AFTER or not self._direct.ready:
+            if self._asked == 1:
+                self._first_asked = time.monotonic()
+            if not self._worth_starting() or not self._direct.ready:
                 return False
             try:
                 url = self._direct.url_prefix
@@ -102,6 +110,11 @@ class SmallGets:
                 self.close()  # a loop started without a session is stopped, not left running
             self._state = "ready" if self._session is not None else "off"
         return self._state == "ready"
+
+    def _worth_starting(self) -> bool:
+        """START_AFTER small objects, or EARLY_AFTER that took longer than the import will."""
+        return self._asked >= START_AFTER or (
+            self._asked >= EARLY_AFTER and time.monotonic() - self._first_asked >= IMPORT_SECONDS)
 
     def submit(self, coroutine) -> None:
         """Run `coroutine` on the loop; what it raises is its own to handle."""

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from .attributes_state import META_MODE, META_MTIME
 from .config import SyncOptions
 from .direct_put import DirectPut
-from .etag import multipart_etag_from_digests, part_count, part_size_for, server_etag_is_md5, uses_multipart
+from .etag import META_MD5, multipart_etag_from_digests, part_count, part_size_for, server_etag_is_md5, uses_multipart
 from .report import Summary
 from .scan import LocalFile
 from .units import MiB
@@ -317,7 +317,9 @@ class Uploader:
             if handle.read(1):
                 raise FileChanged("file grew while it was read")
             self._check_unchanged(f, handle)
-            response = self._put_object(self._full_key(f.key), body, self._object_args(f))
+            args = self._object_args(f)
+            args["Metadata"][META_MD5] = body.md5.hex()
+            response = self._put_object(self._full_key(f.key), body, args)
             self._wrote()
         finally:
             self._release(body)

@@ -87,7 +87,7 @@ class VerifySummary(RunCounters):
     sample_percent: float = 0.0
     seed: int | None = None
     sampled: int = 0  # objects downloaded and checked
-    sampled_unverifiable: int = 0  # sampled objects whose ETag is no checksum (SSE-KMS)
+    sampled_unverifiable: int = 0  # sampled objects whose ETag (SSE-KMS) and metadata hold no checksum
     bytes_downloaded: int = 0
     bytes_hashed: int = 0  # local bytes read because the hash cache did not know them
 
@@ -208,7 +208,9 @@ class VerifyRun:
         try:
             if finding is Finding.CHECK:
                 assert local is not None and remote is not None
-                if self._local_matches(local, remote, etag_keys) or self._same_without_checksum(local, remote):
+                etags = self._local_etags(local, etag_keys)
+                if (etag_verdict(etags, remote.etag, etag_key(remote.size, remote.etag, None))
+                        or self._same_without_checksum(local, remote, etags.get(0))):
                     self.summary.add(files_same=1)
                 else:
                     self._report(Finding.DIFFERS, local.key)
@@ -223,9 +225,10 @@ class VerifyRun:
             log.debug("unexpected failure on %s", key, exc_info=True)
             self._failed(key, f"{type(exc).__name__}: {exc}")
 
-    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject) -> bool:
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_md5: str | None) -> bool:
         """After an MD5 that is not the ETag: whether that ETag is no checksum (a HEAD's answer says SSE-KMS,
-        DSSE-KMS or SSE-C) and the file is the object by size and mtime, as a sync and a restore judge."""
+        DSSE-KMS or SSE-C) and the file is the object by the MD5 in its metadata, or else by size and mtime, as a
+        sync and a restore judge."""
         options = self.options
         answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
         if answer is None or answer.etag_is_md5:
@@ -233,9 +236,11 @@ class VerifyRun:
         with self._recorded_lock:  # s3backup's state, read once, by the first file that needs it
             if self._recorded is None:
                 self._recorded = recorded_attributes(self._stack, self.client, options.bucket, options.prefix)
-        return same_without_checksum(local, remote, answer.metadata, self._recorded(remote.key, remote.etag))
+        return same_without_checksum(local, remote, answer.metadata, self._recorded(remote.key, remote.etag),
+                                     local_md5=local_md5, content_md5=answer.expected_etag(remote.etag))
 
-    def _local_matches(self, local: LocalFile, remote: RemoteObject, etag_keys: tuple[int, ...]) -> bool:
+    def _local_etags(self, local: LocalFile, etag_keys: tuple[int, ...]) -> dict[int, str]:
+        """The file's ETags for these part sizes (0: its MD5), read once."""
         hasher = EtagHasher(etag_keys)
         with open(local.path, "rb") as handle:
             while chunk := handle.read(READ_CHUNK):
@@ -243,7 +248,7 @@ class VerifyRun:
             if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
                 raise OSError(0, "the file changed while it was read")
         self.summary.add(bytes_hashed=hasher.bytes)
-        return bool(etag_verdict(hasher.etags(), remote.etag, etag_key(remote.size, remote.etag, None)))
+        return hasher.etags()
 
     def _scrub(self, remote: RemoteObject) -> None:
         options = self.options

@@ -6,6 +6,7 @@ by an opaque one, as S3 does. Integrity then rests on Content-MD5, which the ser
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 import pytest
@@ -100,12 +101,13 @@ def test_bucket_default_encryption_is_told_from_the_answers(mode, s3, src, s3_ur
 
 
 @pytest.mark.parametrize("mode", list(HEADERS))
-def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mode, s3, src, s3_url, tmp_path,
+def test_an_encrypted_backup_restores_checked_against_the_md5_in_its_metadata(mode, s3, src, s3_url, tmp_path,
                                                                               proxy_factory):
     """Under SSE-KMS, DSSE-KMS or SSE-C no ETag is an MD5 of the content: the restore must still bring every file
-    back (fails if an opaque ETag is taken for a content mismatch), count each one as unverified, and say so;
-    a scrub must count its samples as unverifiable, not corrupt; a verify without the hash cache and a second
-    restore must find the files there.
+    back (fails if an opaque ETag is taken for a content mismatch). A single-part upload carries its MD5 in the
+    metadata, so only the multipart dump is checked by size alone, counted as unverified and named; a scrub
+    counts that one as unverifiable, not corrupt; a verify without the hash cache and a second restore find the
+    files there, and a file whose bytes changed since, with its size and mtime kept, is told apart by content.
     300 small files take the event loop too."""
     files = write_tree(src, {**TREE, **{f"small/{i}.bin": 3000 + i for i in range(300)}}, seed=12)
     past_the_racy_window()  # verify compares with the ETags the hash cache kept, which it trusts only past it
@@ -119,12 +121,16 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
     without_cache = run_command("verify", str(target), s3_url, "--no-hash-cache", endpoint=proxy.endpoint_url)
 
     assert restored.returncode == 0, restored.stderr
-    assert restored.summary["files_restored"] == restored.summary["files_unverified"] == len(files)
+    assert (restored.summary["files_restored"], restored.summary["files_unverified"]) == (len(files), 1)
     assert {key: (target / key).read_bytes() for key in files} == files
-    assert "only the size was checked" in restored.stderr
+    warnings = [line for line in restored.stderr.splitlines() if "only the size was checked" in line]
+    assert len(warnings) == 1 and "db/dump.sql" in warnings[0], restored.stderr
 
-    # Run again (a resumed restore): the files it gave size and mtime count as there; one changed since does not.
-    (target / "docs" / "note-1.txt").write_bytes(bytes(len(files["docs/note-1.txt"])))
+    # Run again (a resumed restore): the files count as there; one whose bytes changed, size and mtime kept, not.
+    changed = target / "docs" / "note-1.txt"
+    stat = changed.stat()
+    changed.write_bytes(bytes(len(files["docs/note-1.txt"])))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     again = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
     assert again.returncode == 1, again.stderr
     assert (again.summary["files_unchanged"], again.summary["files_conflicting"], again.summary["files_restored"]) \
@@ -133,7 +139,41 @@ def test_an_encrypted_backup_restores_checked_by_size_and_reported_unverified(mo
                                        "--overwrite to replace it)"]
     assert scrub.returncode == 0, scrub.stderr
     assert (scrub.summary["sampled"], scrub.summary["sampled_unverifiable"], scrub.summary["corrupt"]) == (
-        len(files), len(files), 0)
-    assert without_cache.returncode == 0, without_cache.stdout  # by size and mtime: each MD5 is not its ETag
+        len(files), 1, 0)
+    assert without_cache.returncode == 0, without_cache.stdout
     assert (without_cache.summary["files_same"], without_cache.summary["bytes_hashed"]) == (len(files), sum(
         len(content) for content in files.values()))
+
+
+@pytest.mark.parametrize("mode", ["aws:kms"])
+def test_under_encryption_bytes_other_than_the_content_are_caught_by_the_md5_in_the_metadata(
+        mode, s3, src, s3_url, tmp_path, proxy_factory):
+    """A server that answers other bytes of the right size for one small object, under SSE-KMS: the restore must
+    fail that file and leave nothing under its name (on the event loop, then in a worker), and a scrub must call
+    it corrupt. Checked by size alone, as before the MD5 went into the metadata, both would pass it."""
+    files = write_tree(src, {f"small/{i}.bin": 3000 + i for i in range(300)}, seed=13)
+    server = EncryptingServer(mode, Credentials(s3.access_key, s3.secret_key), s3.region)
+    victim = "small/280.bin"  # after the first 256 small files: the event loop's
+
+    def answer(request, status, headers, body):
+        headers, body = server.answer(request, status, headers, body)
+        if request.operation == "GetObject" and request.path.endswith("/" + victim) and status in (200, 206):
+            body = bytes(len(body))
+        return headers, body
+
+    proxy = proxy_factory(rewrite=answer, rewrite_request=server.request)
+    assert run_syncer(src, s3_url, proxy.endpoint_url).returncode == 0
+    target = tmp_path / "restored"
+
+    restored = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
+    scrub = run_command("verify", str(src), s3_url, "--sample", "100", endpoint=proxy.endpoint_url)
+
+    assert restored.returncode == 1, restored.stderr
+    assert (restored.summary["files_restored"], restored.summary["files_failed"],
+            restored.summary["files_unverified"]) == (len(files) - 1, 1, 0)
+    assert "the MD5 in the object's metadata" in restored.summary["errors"][0]
+    assert not (target / victim).exists()
+    assert {key: (target / key).read_bytes() for key in files if key != victim} == {
+        key: content for key, content in files.items() if key != victim}
+    assert scrub.returncode == 1
+    assert (scrub.summary["corrupt"], scrub.summary["sampled_unverifiable"]) == (1, 0)

@@ -229,24 +229,29 @@ def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_
     assert len(list(target.rglob("*.bin"))) == small_gets.START_AFTER + 64
 
 
-def test_the_loop_keeps_four_files_per_worker_in_flight_and_never_more(s3, tmp_path, prefix, lane_from_the_start):
-    """Behind a slow link a GET is mostly waiting, which costs the loop little: with --concurrency 2 it may have
-    8 GETs in flight (RestoreOptions.files_in_flight), workers' included, and never more, which bounds memory.
-    Fails if the loop's connections were capped at --concurrency (then at most 2 + 2) or if the bound were lost."""
+def test_behind_a_slow_link_the_loop_starts_early_and_keeps_four_files_per_worker_in_flight(s3, tmp_path, prefix):
+    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start before
+    START_AFTER small files, once EARLY_AFTER have taken longer than aiohttp's import (fails if it waits for
+    START_AFTER: then no GET is the loop's). With --concurrency 2 it may then have 8 GETs in flight
+    (RestoreOptions.files_in_flight), workers' included, and never more, which bounds memory (fails if the
+    loop's connections were capped at --concurrency: then at most 2 + 2)."""
     src = tmp_path / "src"
     rng = random.Random(5)
-    for number in range(64):
+    count = small_gets.START_AFTER // 2
+    for number in range(count):
         path = src / f"{number:03d}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.randbytes(rng.randrange(1, 8 * KiB)))
     options = SyncOptions(source=src, bucket=BUCKET, prefix=prefix + "/", path_style=True)
-    assert run_sync(options, client=client_for(s3)).files_uploaded == 64
+    assert run_sync(options, client=client_for(s3)).files_uploaded == count
     target = tmp_path / "restored"
+    requests: list[Request] = []
 
-    with FaultProxy(s3.endpoint_url, delay_seconds=0.05) as proxy:
+    with FaultProxy(s3.endpoint_url, delay_seconds=0.05, on_request=requests.append) as proxy:
         summary = _restore(s3, proxy.endpoint_url, prefix, target, concurrency=2)
 
-    assert summary.files_restored == 64 and summary.files_failed == 0
+    assert summary.files_restored == count and summary.files_failed == 0
+    assert len(_loop_gets(requests, prefix)) >= count - small_gets.EARLY_AFTER - 8 - 8
     assert 2 + 2 < proxy.most_in_flight["GetObject"] <= 8
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
