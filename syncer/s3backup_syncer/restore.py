@@ -30,7 +30,6 @@ from pathlib import Path
 import botocore.exceptions
 
 from .attributes_state import RecordedAttributes, open_recorded_attributes
-from .direct_get import GetAnswer
 from .download import Downloader, DownloadFailed, ObjectRef, write_whole
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
@@ -368,16 +367,19 @@ class RestoreRun:
         remote = decision.remote
         try:
             got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
-            if got is not None:
-                self.summary.add(bytes_downloaded=len(got[1]))
-            if got is None or not _is_content(got[1], got[0], remote):
+            if got is None:
                 self._to_workers(decision, release)
                 return
             answer, body = got
+            self.summary.add(bytes_downloaded=len(body))
+            expected = answer.expected_etag(remote.etag)
+            if not _is_content(body, expected, remote):
+                self._to_workers(decision, release)
+                return
             final, temp = self._paths(remote)
             try:
                 write_whole(temp, body)
-                if answer.expected_etag(remote.etag) is None:
+                if expected is None:
                     self._unverified(remote)
                 self._finish(decision, temp, final, answer.metadata)
             except BaseException:
@@ -456,13 +458,12 @@ def recorded_attributes(stack: contextlib.ExitStack, client, bucket: str, prefix
         return lambda key, etag: None
 
 
-def _is_content(body: bytes, answer: GetAnswer, remote: RemoteObject) -> bool:
-    """Whether `body` is the object's content: by its plain-MD5 ETag or, where the answer says the ETag is no
-    checksum (SSE-KMS, DSSE-KMS, SSE-C), by the MD5 the sync put in its metadata, else by its size alone.
+def _is_content(body: bytes, expected: str | None, remote: RemoteObject) -> bool:
+    """Whether `body` is the object's content: by the plain MD5 its answer calls for (GetAnswer.expected_etag:
+    the ETag, or the MD5 the sync put in the metadata), or by its size alone where there is none (`None`).
     A multipart ETag is not decided here."""
     if len(body) != remote.size:
         return False
-    expected = answer.expected_etag(remote.etag)
     return expected is None or hashlib.md5(body).hexdigest() == expected
 
 
