@@ -8,10 +8,16 @@ Object-Lock bucket. The file's attributes are recorded here instead, keyed by th
 and ETag, and a restore applies them over the metadata. A row whose ETag is no longer the
 object's is ignored by readers, so an object replaced by anyone else never inherits attributes.
 
+A row also holds the content's ETag where the object's own is no checksum (SSE-KMS, DSSE-KMS,
+SSE-C) and its metadata cannot carry one: a multipart upload, whose ETag is known only after
+its last part. Restore, verify and the sync then check such an object by content, not size.
+The column came later (schema 1 still): readers of a state without it find no content ETags.
+
 The state is a SQLite file (on disk, whatever the number of files), kept between runs as the
 gzipped object `PREFIX/.s3backup/attributes.sqlite.gz`, or a shard's under
 `PREFIX/.s3backup/shards/N/I/` (shards.py). Rows are removed when this run uploads or recycles
-their key. A shard records only its own keys; readers take the union of all states.
+their key (an upload that needs a content ETag replaces its row). A shard records only its own
+keys; readers take the union of all states.
 
 Readers: `open_recorded_attributes(client, bucket, prefix)`, which reads every shard's state too.
 """
@@ -45,6 +51,7 @@ META_MODE = "s3backup-mode"  # object metadata: the file's permission bits (octa
 class RecordedAttributes(NamedTuple):
     mtime_ns: int
     mode: int | None  # permission bits; None when not known
+    content_etag: str | None = None  # the content's ETag (`md5-N`) where the object's is no checksum
 
 
 class _Table:
@@ -57,23 +64,34 @@ class _Table:
             version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"attribute state schema {version}, expected {SCHEMA_VERSION}")
+            self._select = self._select_for_columns()
             return
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE IF NOT EXISTS attributes (key TEXT PRIMARY KEY, etag TEXT NOT NULL,"
-                        " mtime_ns INT NOT NULL, mode INT)")
+                        " mtime_ns INT NOT NULL, mode INT, content_etag TEXT)")
+        if "content_etag" not in self._columns():  # a state written before the column
+            self.db.execute("ALTER TABLE attributes ADD COLUMN content_etag TEXT")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
         version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         if version is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif version[0] != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"attribute state schema {version[0]}, expected {SCHEMA_VERSION}")
+        self._select = self._select_for_columns()
+
+    def _columns(self) -> set[str]:
+        return {row[1] for row in self.db.execute("PRAGMA table_info(attributes)")}
+
+    def _select_for_columns(self) -> str:
+        content_etag = "content_etag" if "content_etag" in self._columns() else "NULL"
+        return f"SELECT etag, mtime_ns, mode, {content_etag} FROM attributes WHERE key = ?"
 
     def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
-        row = self.db.execute("SELECT etag, mtime_ns, mode FROM attributes WHERE key = ?", (key,)).fetchone()
+        row = self.db.execute(self._select, (key,)).fetchone()
         if row is None or row[0] != etag.strip('"'):
             return None
-        return RecordedAttributes(row[1], row[2])
+        return RecordedAttributes(row[1], row[2], row[3])
 
 
 class AttributeState:
@@ -85,30 +103,31 @@ class AttributeState:
         self._db = self._table.db
         self._db.execute("BEGIN")
         self._lock = threading.Lock()
-        self._queued: collections.deque[tuple[str, str | None, int, int | None]] = collections.deque()
+        self._queued: collections.deque[tuple[str, str | None, RecordedAttributes | None]] = collections.deque()
         self.changed = False
 
-    def record(self, key: str, etag: str, mtime_ns: int, mode: int | None) -> None:
-        """The object `key` (with `etag`) holds this content; the file's attributes are these."""
-        self._queued.append((key, etag.strip('"'), mtime_ns, mode))
+    def record(self, key: str, etag: str, mtime_ns: int, mode: int | None, content_etag: str | None = None) -> None:
+        """The object `key` (with `etag`) holds this content; the file's attributes are these, and where `etag` is
+        no checksum of the content and the metadata holds none, `content_etag` is the content's ETag."""
+        self._queued.append((key, etag.strip('"'), RecordedAttributes(mtime_ns, mode, content_etag)))
 
     def forget(self, key: str) -> None:
         """`key` was uploaded (its metadata is right) or recycled: its row no longer applies."""
-        self._queued.append((key, None, 0, None))
+        self._queued.append((key, None, None))
 
     def write_queued(self, at_least: int = 1) -> None:
         if len(self._queued) < at_least:
             return
         with self._lock:
             while self._queued:
-                key, etag, mtime_ns, mode = self._queued.popleft()
-                if etag is None:
+                key, etag, attributes = self._queued.popleft()
+                if etag is None or attributes is None:
                     if self._db.execute("DELETE FROM attributes WHERE key = ?", (key,)).rowcount:
                         self.changed = True
                     continue
-                if self._table.lookup(key, etag) != (mtime_ns, mode):
-                    self._db.execute("INSERT OR REPLACE INTO attributes VALUES (?, ?, ?, ?)",
-                                     (key, etag, mtime_ns, mode))
+                if self._table.lookup(key, etag) != attributes:
+                    self._db.execute("INSERT OR REPLACE INTO attributes (key, etag, mtime_ns, mode, content_etag)"
+                                     " VALUES (?, ?, ?, ?, ?)", (key, etag, *attributes))
                     self.changed = True
 
     def lookup(self, key: str, etag: str) -> RecordedAttributes | None:

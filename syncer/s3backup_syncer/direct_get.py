@@ -12,7 +12,7 @@ a 4xx other than a failed precondition or a missing key) switches it off for the
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from botocore.awsrequest import AWSRequest
@@ -39,14 +39,15 @@ class GetAnswer:
         """From the answer's headers (a case-insensitive mapping, or lower-case names)."""
         return cls(user_metadata(headers.items()), server_etag_is_md5(headers, None))
 
-    def expected_etag(self, etag: str) -> str | None:
+    def expected_etag(self, etag: str, recorded_etag: Callable[[], str | None] = lambda: None) -> str | None:
         """What the content's ETag must be: the object's own where it is a checksum, else the MD5 that s3backup's
-        sync put in the metadata of a single-part upload (a plain MD5); None where neither is there, so that only
-        the size can be checked."""
+        sync put in the metadata of a single-part upload (a plain MD5), else the ETag its state recorded for a
+        multipart upload (`recorded_etag()`, asked only then); None where none is there: only the size can be
+        checked."""
         if self.etag_is_md5:
             return etag
-        recorded = self.metadata.get(META_MD5, "").lower()
-        return recorded if len(recorded) == 32 and all(c in "0123456789abcdef" for c in recorded) else None
+        md5 = self.metadata.get(META_MD5, "").lower()
+        return md5 if len(md5) == 32 and all(c in "0123456789abcdef" for c in md5) else recorded_etag()
 
 
 class DirectGet(DirectPut):

@@ -138,8 +138,12 @@ class Downloader:
         self.range_pool.shutdown(wait=True)
         self.direct.close()
 
-    def fetch(self, ref: ObjectRef, path: str, etag_keys: tuple[int, ...]) -> Downloaded:
-        """Write the object to `path` (created or truncated) and check it. Raises DownloadFailed."""
+    def fetch(self, ref: ObjectRef, path: str, etag_keys: tuple[int, ...],
+              recorded_etag: Callable[[], str | None] = lambda: None) -> Downloaded:
+        """Write the object to `path` (created or truncated) and check it. Raises DownloadFailed.
+
+        `recorded_etag()`: the content's ETag in s3backup's state, asked where the object's is no checksum.
+        """
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # read back by `_check`
         try:
             os.ftruncate(fd, ref.size)  # one hole; written blocks fill it
@@ -148,8 +152,8 @@ class Downloader:
             else:
                 answer, etags = self._fetch_ranges(ref, fd, etag_keys)
             # An ETag that is no checksum (the answer says SSE-KMS, DSSE-KMS or SSE-C): the MD5 in the metadata,
-            # where the sync put one, else the size alone was checked
-            expected = answer.expected_etag(ref.etag)
+            # or the ETag in s3backup's state, where the sync put one, else the size alone was checked
+            expected = answer.expected_etag(ref.etag, recorded_etag)
             verified = expected is not None and self._check(ref, fd, etag_keys, etags, expected)
         finally:
             os.close(fd)
@@ -246,14 +250,15 @@ class Downloader:
     # --- the check -----------------------------------------------------------------------------
     def _check(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...], etags: dict[int, str],
                wanted: str) -> bool:
-        """Whether the file's ETag is `wanted` (the object's, or the MD5 in its metadata), for the part sizes that
-        could have made it.
+        """Whether the file's ETag is `wanted` (the object's, the MD5 in its metadata, or the ETag in s3backup's
+        state), for the part sizes that could have made it.
 
         Raises ContentMismatch when none does. Part sizes not hashed on the way are hashed from
         the file; a multipart object that matches none of the likely part sizes is asked for the
         size of its first part (HEAD with partNumber=1), as a last resort.
         """
-        if wanted != ref.etag:
+        _, parts = parse_etag(wanted)
+        if parts == 0 and wanted != ref.etag:
             etag_keys = (0,)  # the metadata's MD5 is a plain one
         if not etag_keys:
             return False
@@ -264,12 +269,12 @@ class Downloader:
             etags.update(hash_file(fd, ref.size, missing))
             if wanted in etags.values():
                 return True
-        _, parts = parse_etag(wanted)
         if parts > 1:
             part_size = self._first_part_size(ref)
             if part_size and part_size not in etags and wanted in hash_file(fd, ref.size, (part_size,)).values():
                 return True
-        source = "the object's ETag" if wanted == ref.etag else "the MD5 in the object's metadata"
+        source = ("the object's ETag" if wanted == ref.etag else "the MD5 in the object's metadata" if parts == 0
+                  else "the ETag s3backup recorded for the object")
         raise ContentMismatch(f"the content received does not match {source}")
 
     def head(self, ref: ObjectRef) -> GetAnswer | None:
@@ -284,25 +289,27 @@ class Downloader:
         return size if isinstance(size, int) and 0 < size < ref.size else None
 
     # --- scrub: a content check that keeps nothing -----------------------------------------------
-    def content_matches(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> bool | None:
-        """Download the object and tell whether its bytes give its ETag (None: the ETag is no checksum).
+    def content_matches(self, ref: ObjectRef, etag_keys: tuple[int, ...],
+                        recorded_etag: Callable[[], str | None] = lambda: None) -> bool | None:
+        """Download the object and tell whether its bytes give its content's ETag (None: none is known).
 
         A server that returns bytes other than those it stored fails this while its listing looks fine.
         """
         if not etag_keys:
             return None
         answer, etags = self._hash_stream(ref, etag_keys)
-        expected = answer.expected_etag(ref.etag)
+        expected = answer.expected_etag(ref.etag, recorded_etag)
         if expected is None:
             return None
-        if expected != ref.etag and 0 not in etags:  # an MD5 in the metadata of a multipart object: rare
+        _, parts = parse_etag(expected)
+        if parts == 0 and expected != ref.etag and 0 not in etags:  # an MD5 in a multipart object's metadata: rare
             etags = self._hash_stream(ref, (0,))[1]
         if expected in etags.values():
             return True
-        if expected == ref.etag and parse_etag(ref.etag)[1] > 1:
+        if parts > 1:
             part_size = self._first_part_size(ref)
             if part_size and part_size not in etags:
-                return ref.etag in self._hash_stream(ref, (part_size,))[1].values()
+                return expected in self._hash_stream(ref, (part_size,))[1].values()
         return False
 
     def _hash_stream(self, ref: ObjectRef, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:

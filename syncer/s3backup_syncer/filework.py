@@ -22,7 +22,7 @@ from .plan import Action, Decision, verdict_after_hashing, worth_asking_for_the_
 from .remote import RemoteObject, describe_client_error
 from .report import Summary
 from .scan import LocalFile
-from .transfer import READ_CHUNK, SERVER_ETAG, FileChanged, Uploader, UploadFailed
+from .transfer import READ_CHUNK, SERVER_ETAG, FileChanged, Uploader, UploadFailed, content_etag_to_record
 
 log = logging.getLogger("s3backup")
 
@@ -83,18 +83,27 @@ class FileWorker:
         assert local is not None and remote is not None
         etags = hash_file(local, decision.etag_keys)
         self.summary.add(bytes_hashed=local.size)
-        action = verdict_after_hashing({**cached, **etags}, remote.etag,
-                                       etag_key(local.size, remote.etag, self.options.part_size))
-        if action is Action.UPLOAD_CHANGED and 0 in etags and self._md5_in_metadata_is(local, remote, etags[0]):
+        known = {**cached, **etags}
+        action = verdict_after_hashing(known, remote.etag, etag_key(local.size, remote.etag, self.options.part_size))
+        content_etag = self._recorded_content_etag(remote) if action is Action.UPLOAD_CHANGED else None
+        if content_etag is not None and content_etag in known.values():
+            action = Action.UNCHANGED  # an encrypted multipart object, which s3backup's state vouches for
+        elif action is Action.UPLOAD_CHANGED and 0 in etags and self._md5_in_metadata_is(local, remote, etags[0]):
             action = Action.UNCHANGED
+        if action is Action.UNCHANGED and remote.etag not in known.values():
             etags = {**etags, SERVER_ETAG: remote.etag}  # next time the hash cache tells, without a HEAD
         if self.cache is not None:
             self.cache.store(local, etags)
         if action is Action.UNCHANGED and self.attributes is not None:
             # Same content: the object stays as it is. The file's attributes may differ from those in
             # the object's metadata (a touch, another tool's upload): they go in s3backup's state.
-            self.attributes.record(local.key, remote.etag, local.mtime_ns, local.mode)
+            self.attributes.record(local.key, remote.etag, local.mtime_ns, local.mode, content_etag)
         return action
+
+    def _recorded_content_etag(self, remote: RemoteObject) -> str | None:
+        """The content's ETag that s3backup's state holds for this object (one whose ETag is no checksum)."""
+        recorded = self.attributes.lookup(remote.key, remote.etag) if self.attributes is not None else None
+        return recorded.content_etag if recorded is not None else None
 
     def _md5_in_metadata_is(self, local: LocalFile, remote: RemoteObject, md5: str) -> bool:
         """Whether an object whose ETag is not the file's MD5 holds the file all the same: its ETag is no checksum
@@ -130,7 +139,11 @@ class FileWorker:
         if self.cache is not None:
             self.cache.store(local, etags)
         if self.attributes is not None:
-            self.attributes.forget(local.key)  # the new object's metadata holds the attributes
+            content_etag = content_etag_to_record(etags)
+            if content_etag is None:
+                self.attributes.forget(local.key)  # the new object's metadata holds the attributes
+            else:  # and s3backup's state the content's ETag, which neither the object's ETag nor metadata hold
+                self.attributes.record(local.key, etags[SERVER_ETAG], local.mtime_ns, local.mode, content_etag)
         self.on_uploaded(local, remote)
         self.summary.add(files_uploaded=1)
         log.info("uploaded %s (%d bytes, %s)", local.key, local.size, action.value)

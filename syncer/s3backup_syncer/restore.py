@@ -305,17 +305,25 @@ class RestoreRun:
         etags = hasher.etags()
         identical = hasher.bytes == local.size and (
             bool(etag_verdict(etags, remote.etag, etag_key(remote.size, remote.etag, None)))
-            or self._same_without_checksum(local, remote, etags.get(0))
+            or self._same_without_checksum(local, remote, etags)
         )
         return after_check(identical, local, remote, overwrite=self.options.overwrite)
 
-    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_md5: str | None) -> bool:
-        """Whether a file whose MD5 is not the object's ETag is still the object, because that ETag is no checksum
-        (a HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by the MD5 in the metadata, or by size and mtime."""
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_etags: dict[int, str]) -> bool:
+        """Whether a file whose ETag is not the object's is still the object, because that ETag is no checksum (a
+        HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by the MD5 in the metadata or the ETag in s3backup's
+        state, or by size and mtime."""
         answer = self._downloader.head(self._ref(remote))
-        return answer is not None and not answer.etag_is_md5 and same_without_checksum(
-            local, remote, answer.metadata, self.recorded(remote.key, remote.etag), local_md5=local_md5,
-            content_md5=answer.expected_etag(remote.etag))
+        if answer is None or answer.etag_is_md5:
+            return False
+        recorded = self.recorded(remote.key, remote.etag)
+        return same_without_checksum(local, remote, answer.metadata, recorded, local_etags=local_etags, content_etag=(
+            answer.expected_etag(remote.etag, lambda: recorded.content_etag if recorded else None)))
+
+    def _recorded_etag(self, remote: RemoteObject) -> str | None:
+        """The content's ETag in s3backup's state, for an object whose own is no checksum (attributes_state.py)."""
+        recorded = self.recorded(remote.key, remote.etag)
+        return recorded.content_etag if recorded is not None else None
 
     def _ref(self, remote: RemoteObject) -> ObjectRef:
         """The stored object `remote` is: its version for --as-of, else its key and ETag."""
@@ -353,7 +361,8 @@ class RestoreRun:
         final, temp = self._paths(remote)
         ref = self._ref(remote)
         try:
-            fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)))
+            fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)),
+                                             lambda: self._recorded_etag(remote))
             if not fetched.verified:
                 self._unverified(remote)
             self._finish(decision, temp, final, fetched.metadata)
@@ -441,8 +450,9 @@ class RestoreRun:
         self.summary.fail(remote.key, message, remote.size)
 
     def _unverified(self, remote: RemoteObject) -> None:
-        log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C), and its metadata "
-                    "holds no MD5 (a multipart or another tool's upload): only the size was checked", remote.key)
+        log.warning("%s: its ETag is not a checksum of its content (SSE-KMS, DSSE-KMS or SSE-C), and neither its "
+                    "metadata nor s3backup's state holds one (another tool's upload, or an older s3backup's): only "
+                    "the size was checked", remote.key)
         self.summary.add(files_unverified=1)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
-from .attributes_state import META_MODE, META_MTIME
+from .attributes_state import META_MODE, META_MTIME, RecordedAttributes
 from .config import parse_duration
 from .errors import ConfigError
 from .plan import Action, decide_present
@@ -98,9 +98,6 @@ def temp_name(file_name: str) -> str:
 
 # --- attributes ---------------------------------------------------------------------------------
 
-RecordedAttributes = tuple[int, int | None]  # (mtime_ns, mode or None), from s3backup's state
-
-
 def file_attributes(
     metadata: dict[str, str], last_modified: datetime, recorded: RecordedAttributes | None
 ) -> tuple[int, int | None]:
@@ -126,16 +123,16 @@ def file_attributes(
 
 
 def same_without_checksum(local: LocalFile, remote: RemoteObject, metadata: dict[str, str],
-                          recorded: RecordedAttributes | None, *, local_md5: str | None = None,
-                          content_md5: str | None = None) -> bool:
+                          recorded: RecordedAttributes | None, *, local_etags: dict[int, str],
+                          content_etag: str | None) -> bool:
     """Where the object's ETag is no checksum (SSE-KMS, DSSE-KMS, SSE-C): whether `local` is the object.
 
-    By content where the sync put the content's MD5 in the metadata (`content_md5`, GetAnswer.expected_etag) and
-    the file's is known (`local_md5`); else by the sync's own test, its size and the mtime a restore gives it
-    (`metadata` from a HEAD).
+    By content where the sync left the content's ETag (`content_etag`, GetAnswer.expected_etag: the MD5 in the
+    metadata, or the ETag in s3backup's state) and the file was hashed (`local_etags`, by part size); else by
+    the sync's own test, its size and the mtime a restore gives it (`metadata` from a HEAD).
     """
-    if content_md5 is not None and local_md5 is not None:
-        return local_md5 == content_md5
+    if content_etag is not None and local_etags:
+        return content_etag in local_etags.values()
     return local.size == remote.size and local.mtime_ns == file_attributes(metadata, remote.last_modified, recorded)[0]
 
 

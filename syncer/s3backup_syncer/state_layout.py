@@ -109,12 +109,25 @@ def _build(client, bucket: str, prefix: str, donors: list[str], target: Path, ta
                 db.execute(f"DELETE FROM {table} WHERE NOT owns(key)")
             else:
                 db.execute("ATTACH DATABASE ? AS donor", (str(donor),))
-                db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM donor.{table} WHERE owns(key)")
+                columns = _with_donor_columns(db, table)
+                db.execute(f"INSERT OR IGNORE INTO main.{table} ({columns}) SELECT {columns} FROM donor.{table}"
+                           " WHERE owns(key)")
                 db.execute("DETACH DATABASE donor")
         finally:
             db.close()
             if not first:
                 donor.unlink()
+
+
+def _with_donor_columns(db: sqlite3.Connection, table: str) -> str:
+    """The donor's columns, added to the target's table where missing (states of an older s3backup have fewer:
+    columns are only ever added), as a list for INSERT ... SELECT."""
+    donor = [(row[1], row[2]) for row in db.execute(f"PRAGMA donor.table_info({table})")]
+    present = {row[1] for row in db.execute(f"PRAGMA main.table_info({table})")}
+    for name, kind in donor:
+        if name not in present:
+            db.execute(f"ALTER TABLE main.{table} ADD COLUMN {name} {kind}")
+    return ", ".join(name for name, _ in donor)
 
 
 def drop_other_layouts(client, bucket: str, prefix: str, current: int,

@@ -51,6 +51,14 @@ READ_CHUNK = 1 * MiB
 SERVER_ETAG = -1  # hash-cache key of the ETag the server gave our upload, when it is not an MD5
 
 
+def content_etag_to_record(etags: dict[int, str]) -> str | None:
+    """Of an upload's ETags (`Uploader.upload`), the one s3backup's state must keep (attributes_state.py): a
+    multipart upload's, where the server's ETag is no checksum. A single-part upload's MD5 is in its metadata."""
+    if SERVER_ETAG not in etags:
+        return None
+    return next((etag for key, etag in etags.items() if key > 0), None)
+
+
 class UploadFailed(Exception):
     """This file could not be uploaded; the run goes on with the others."""
 

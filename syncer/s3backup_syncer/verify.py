@@ -130,7 +130,7 @@ class VerifyRun:
         self.out = out or sys.stdout
         self._out_lock = threading.Lock()
         self.cache: HashCache | None = None
-        self._recorded: Callable[[str, str], RecordedAttributes | None] | None = None
+        self._lookup_recorded: Callable[[str, str], RecordedAttributes | None] | None = None
         self._recorded_lock = threading.Lock()
         self.seed = options.seed if options.seed is not None else secrets.randbelow(10**9)
         if options.sample_percent:
@@ -210,7 +210,7 @@ class VerifyRun:
                 assert local is not None and remote is not None
                 etags = self._local_etags(local, etag_keys)
                 if (etag_verdict(etags, remote.etag, etag_key(remote.size, remote.etag, None))
-                        or self._same_without_checksum(local, remote, etags.get(0))):
+                        or self._same_without_checksum(local, remote, etags)):
                     self.summary.add(files_same=1)
                 else:
                     self._report(Finding.DIFFERS, local.key)
@@ -225,19 +225,29 @@ class VerifyRun:
             log.debug("unexpected failure on %s", key, exc_info=True)
             self._failed(key, f"{type(exc).__name__}: {exc}")
 
-    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_md5: str | None) -> bool:
-        """After an MD5 that is not the ETag: whether that ETag is no checksum (a HEAD's answer says SSE-KMS,
-        DSSE-KMS or SSE-C) and the file is the object by the MD5 in its metadata, or else by size and mtime, as a
-        sync and a restore judge."""
+    def _same_without_checksum(self, local: LocalFile, remote: RemoteObject, local_etags: dict[int, str]) -> bool:
+        """After ETags that are not the object's: whether that ETag is no checksum (a HEAD's answer says SSE-KMS,
+        DSSE-KMS or SSE-C) and the file is the object by the MD5 in its metadata or the ETag in s3backup's state,
+        or else by size and mtime, as a sync and a restore judge."""
         options = self.options
         answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
         if answer is None or answer.etag_is_md5:
             return False
-        with self._recorded_lock:  # s3backup's state, read once, by the first file that needs it
-            if self._recorded is None:
-                self._recorded = recorded_attributes(self._stack, self.client, options.bucket, options.prefix)
-        return same_without_checksum(local, remote, answer.metadata, self._recorded(remote.key, remote.etag),
-                                     local_md5=local_md5, content_md5=answer.expected_etag(remote.etag))
+        recorded = self._recorded(remote.key, remote.etag)
+        return same_without_checksum(local, remote, answer.metadata, recorded, local_etags=local_etags, content_etag=(
+            answer.expected_etag(remote.etag, lambda: recorded.content_etag if recorded else None)))
+
+    def _recorded(self, key: str, etag: str) -> RecordedAttributes | None:
+        """What s3backup's state records for the object; the state is read once, by the first file that needs it."""
+        with self._recorded_lock:
+            if self._lookup_recorded is None:
+                options = self.options
+                self._lookup_recorded = recorded_attributes(self._stack, self.client, options.bucket, options.prefix)
+        return self._lookup_recorded(key, etag)
+
+    def _recorded_etag(self, remote: RemoteObject) -> str | None:
+        recorded = self._recorded(remote.key, remote.etag)
+        return recorded.content_etag if recorded is not None else None
 
     def _local_etags(self, local: LocalFile, etag_keys: tuple[int, ...]) -> dict[int, str]:
         """The file's ETags for these part sizes (0: its MD5), read once."""
@@ -254,7 +264,8 @@ class VerifyRun:
         options = self.options
         ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag)
         try:
-            verdict = self._downloader.content_matches(ref, tuple(etag_key(remote.size, remote.etag, None)))
+            verdict = self._downloader.content_matches(ref, tuple(etag_key(remote.size, remote.etag, None)),
+                                                       lambda: self._recorded_etag(remote))
         except (DownloadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             message = str(exc) if isinstance(exc, DownloadFailed) else describe_client_error(exc, options.bucket)
             self._failed(remote.key, f"cannot download for the content check: {message}")

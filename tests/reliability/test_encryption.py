@@ -14,6 +14,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.conftest import BUCKET
 from tests.reliability.helpers import MiB, assert_bucket_matches, run_command, run_syncer, write_tree
 from tests.syncer.test_sync import past_the_racy_window
 
@@ -101,13 +102,13 @@ def test_bucket_default_encryption_is_told_from_the_answers(mode, s3, src, s3_ur
 
 
 @pytest.mark.parametrize("mode", list(HEADERS))
-def test_an_encrypted_backup_restores_checked_against_the_md5_in_its_metadata(mode, s3, src, s3_url, tmp_path,
-                                                                              proxy_factory):
+def test_an_encrypted_backup_restores_checked_by_content(mode, s3, src, s3_url, tmp_path, proxy_factory):
     """Under SSE-KMS, DSSE-KMS or SSE-C no ETag is an MD5 of the content: the restore must still bring every file
-    back (fails if an opaque ETag is taken for a content mismatch). A single-part upload carries its MD5 in the
-    metadata, so only the multipart dump is checked by size alone, counted as unverified and named; a scrub
-    counts that one as unverifiable, not corrupt; a verify without the hash cache and a second restore find the
-    files there, and a file whose bytes changed since, with its size and mtime kept, is told apart by content.
+    back (fails if an opaque ETag is taken for a content mismatch), and check each by content: a single-part
+    upload carries its MD5 in the metadata, the multipart dump's ETag is in s3backup's state. So nothing is
+    unverified, to a restore or a scrub; a verify without the hash cache and a second restore find the files
+    there, and files whose bytes changed since, with size and mtime kept, are told apart: a small one and the
+    multipart dump (by size and mtime alone, as before the state held its ETag, the dump passed).
     300 small files take the event loop too."""
     files = write_tree(src, {**TREE, **{f"small/{i}.bin": 3000 + i for i in range(300)}}, seed=12)
     past_the_racy_window()  # verify compares with the ETags the hash cache kept, which it trusts only past it
@@ -121,48 +122,50 @@ def test_an_encrypted_backup_restores_checked_against_the_md5_in_its_metadata(mo
     without_cache = run_command("verify", str(target), s3_url, "--no-hash-cache", endpoint=proxy.endpoint_url)
 
     assert restored.returncode == 0, restored.stderr
-    assert (restored.summary["files_restored"], restored.summary["files_unverified"]) == (len(files), 1)
+    assert (restored.summary["files_restored"], restored.summary["files_unverified"]) == (len(files), 0)
     assert {key: (target / key).read_bytes() for key in files} == files
-    warnings = [line for line in restored.stderr.splitlines() if "only the size was checked" in line]
-    assert len(warnings) == 1 and "db/dump.sql" in warnings[0], restored.stderr
+    assert "only the size was checked" not in restored.stderr
 
-    # Run again (a resumed restore): the files count as there; one whose bytes changed, size and mtime kept, not.
-    changed = target / "docs" / "note-1.txt"
-    stat = changed.stat()
-    changed.write_bytes(bytes(len(files["docs/note-1.txt"])))
-    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # Run again (a resumed restore): the files count as there; those whose bytes changed, size and mtime kept, not.
+    for key in ("docs/note-1.txt", "db/dump.sql"):
+        changed = target / key
+        stat = changed.stat()
+        changed.write_bytes(files[key][:-1] + bytes([files[key][-1] ^ 1]))
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     again = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
     assert again.returncode == 1, again.stderr
     assert (again.summary["files_unchanged"], again.summary["files_conflicting"], again.summary["files_restored"]) \
-        == (len(files) - 1, 1, 0)
-    assert again.summary["errors"] == ["docs/note-1.txt: a different file is already there: left alone (use "
-                                       "--overwrite to replace it)"]
+        == (len(files) - 2, 2, 0)
+    left_alone = "a different file is already there: left alone (use --overwrite to replace it)"
+    assert sorted(again.summary["errors"]) == [f"{key}: {left_alone}" for key in ("db/dump.sql", "docs/note-1.txt")]
     assert scrub.returncode == 0, scrub.stderr
     assert (scrub.summary["sampled"], scrub.summary["sampled_unverifiable"], scrub.summary["corrupt"]) == (
-        len(files), 1, 0)
+        len(files), 0, 0)
     assert without_cache.returncode == 0, without_cache.stdout
     assert (without_cache.summary["files_same"], without_cache.summary["bytes_hashed"]) == (len(files), sum(
         len(content) for content in files.values()))
 
 
 @pytest.mark.parametrize("mode", ["aws:kms"])
-def test_under_encryption_bytes_other_than_the_content_are_caught_by_the_md5_in_the_metadata(
+def test_under_encryption_bytes_other_than_the_content_are_caught_by_the_checksum_s3backup_kept(
         mode, s3, src, s3_url, tmp_path, proxy_factory):
-    """A server that answers other bytes of the right size for one small object, under SSE-KMS: the restore must
-    fail that file and leave nothing under its name (on the event loop, then in a worker), and a scrub must call
-    it corrupt. Checked by size alone, as before the MD5 went into the metadata, both would pass it."""
-    files = write_tree(src, {f"small/{i}.bin": 3000 + i for i in range(300)}, seed=13)
+    """A server that answers other bytes of the right size for one small object and for the multipart dump, under
+    SSE-KMS: the restore must fail both files and leave nothing under their names (the small one on the event
+    loop, then in a worker), and a scrub must call both corrupt. Checked by size alone, as before the MD5 went
+    into the metadata and the dump's ETag into s3backup's state, both would pass them."""
+    files = write_tree(src, {**{f"small/{i}.bin": 3000 + i for i in range(300)}, "db/dump.sql": 6 * MiB + 1},
+                       seed=13)
     server = EncryptingServer(mode, Credentials(s3.access_key, s3.secret_key), s3.region)
-    victim = "small/280.bin"  # after the first 256 small files: the event loop's
+    victims = ("db/dump.sql", "small/280.bin")  # small/280.bin comes after the first 256 small files: the loop's
 
     def answer(request, status, headers, body):
         headers, body = server.answer(request, status, headers, body)
-        if request.operation == "GetObject" and request.path.endswith("/" + victim) and status in (200, 206):
+        if request.operation == "GetObject" and request.path.endswith(victims) and status in (200, 206):
             body = bytes(len(body))
         return headers, body
 
     proxy = proxy_factory(rewrite=answer, rewrite_request=server.request)
-    assert run_syncer(src, s3_url, proxy.endpoint_url).returncode == 0
+    assert run_syncer(src, s3_url, proxy.endpoint_url, "--part-size", "5MiB").returncode == 0
     target = tmp_path / "restored"
 
     restored = run_command("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
@@ -170,10 +173,42 @@ def test_under_encryption_bytes_other_than_the_content_are_caught_by_the_md5_in_
 
     assert restored.returncode == 1, restored.stderr
     assert (restored.summary["files_restored"], restored.summary["files_failed"],
-            restored.summary["files_unverified"]) == (len(files) - 1, 1, 0)
-    assert "the MD5 in the object's metadata" in restored.summary["errors"][0]
-    assert not (target / victim).exists()
-    assert {key: (target / key).read_bytes() for key in files if key != victim} == {
-        key: content for key, content in files.items() if key != victim}
+            restored.summary["files_unverified"]) == (len(files) - 2, 2, 0)
+    assert sorted(restored.summary["errors"]) == [
+        "db/dump.sql: the content received does not match the ETag s3backup recorded for the object",
+        "small/280.bin: the content received does not match the MD5 in the object's metadata"]
+    assert not any((target / victim).exists() for victim in victims)
+    assert {key: (target / key).read_bytes() for key in files if key not in victims} == {
+        key: content for key, content in files.items() if key not in victims}
     assert scrub.returncode == 1
-    assert (scrub.summary["corrupt"], scrub.summary["sampled_unverifiable"]) == (1, 0)
+    assert (scrub.summary["corrupt"], scrub.summary["sampled_unverifiable"]) == (2, 0)
+
+
+def test_under_encryption_a_sync_that_lost_its_hash_cache_rewrites_nothing(s3, src, s3_url, prefix, direct,
+                                                                            proxy_factory):
+    """After a lost hash cache (or new inodes: a volume moved or restored) every file is read again, and under
+    SSE-KMS no ETag is its MD5. The sync must still keep every object: a single-part one by the MD5 in its metadata
+    (one HEAD), the multipart dump by the ETag in s3backup's state. Without that state, only the dump is sent
+    again, and its upload records its ETag for the next time. Each rewrite would be a full-size new version on a
+    versioned bucket."""
+    write_tree(src, TREE, seed=14)
+    past_the_racy_window()
+    server = EncryptingServer("aws:kms", Credentials(s3.access_key, s3.secret_key), s3.region)
+    sent: list[str] = []
+    proxy = proxy_factory(rewrite=server.answer, rewrite_request=server.request, on_request=lambda request: sent.append(
+        request.path.rpartition(f"/{prefix}/")[2]) if request.operation in ("PutObject", "CompleteMultipartUpload")
+        and "/.s3backup/" not in request.path else None)
+
+    def sync_without_the_cache() -> list[str]:
+        sent.clear()
+        result = run_syncer(src, s3_url, proxy.endpoint_url, "--part-size", "5MiB", "--no-hash-cache")
+        assert result.returncode == 0, result.stderr
+        assert result.summary["files_unchanged"] + result.summary["files_uploaded"] == len(TREE)
+        return sorted(sent)
+
+    assert run_syncer(src, s3_url, proxy.endpoint_url, "--part-size", "5MiB").returncode == 0
+    assert sync_without_the_cache() == []
+    direct.delete_object(Bucket=BUCKET, Key=f"{prefix}/.s3backup/attributes.sqlite.gz")
+    assert sync_without_the_cache() == ["db/dump.sql"]
+    assert sync_without_the_cache() == []
+    assert_bucket_matches(direct, prefix, src)

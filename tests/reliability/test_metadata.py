@@ -78,7 +78,7 @@ def test_touch_and_chmod_add_no_version_and_are_recorded_for_restore(s3, src, ve
     assert _versions(versioned, prefix) == {key: 1 for key in TREE}, "an unchanged object was rewritten"
     for key in TREE:
         st = (src / key).stat()
-        assert _recorded(versioned, prefix, key) == (st.st_mtime_ns, stat.S_IMODE(st.st_mode)), key
+        assert _recorded(versioned, prefix, key) == (st.st_mtime_ns, stat.S_IMODE(st.st_mode), None), key
     assert _recorded(versioned, prefix, "report.pdf").mode == 0o600
     metadata = versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/report.pdf")["Metadata"]
     assert metadata["s3backup-mode"] == f"{uploaded_mode:o}"  # as uploaded: the object was left alone
@@ -123,7 +123,7 @@ def test_adopting_a_prefix_another_tool_filled_adds_no_version(s3, src, versione
     for key in TREE:
         assert "s3backup-mtime" not in versioned.head_object(Bucket=VERSIONED, Key=f"{prefix}/{key}")["Metadata"]
         st = (src / key).stat()
-        assert _recorded(versioned, prefix, key) == (st.st_mtime_ns, stat.S_IMODE(st.st_mode)), key
+        assert _recorded(versioned, prefix, key) == (st.st_mtime_ns, stat.S_IMODE(st.st_mode), None), key
 
 
 def test_recorded_attributes_do_not_apply_to_an_object_someone_else_replaced(s3, src, versioned):
