@@ -7,10 +7,9 @@ and 8 workers waking per file spent as much again in the kernel, handing the GIL
 runs a small file's whole restore on this loop: the GET, the MD5 check, the write and the rename.
 
 The request is exactly DirectGet's (route, signature, If-Match); only the HTTP library differs.
-- It starts once a run has wanted START_AFTER small objects (importing aiohttp costs ~0.3 s of CPU,
-  which a short restore would not win back), or sooner where they come slowly (a distant bucket, where
-  each waits a round trip): once EARLY_AFTER of them have taken longer than that import. And only once
-  DirectGet knows the route. It never starts when
+- Once a run has wanted START_AFTER small objects, aiohttp is imported on a thread of its own (~0.3 s of
+  CPU, which a short restore would not win back), while the workers go on; the lane starts at the first
+  small object wanted after that import, once DirectGet knows the route. It never starts when
   botocore's session does what this cannot (a proxy, a client certificate), nor when DirectGet is off
   (direct_put.ENABLED).
 - Bodies are read whole, so memory stays within (connections) x MAX_SIZE.
@@ -22,11 +21,12 @@ The request is exactly DirectGet's (route, signature, If-Match); only the HTTP l
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import ssl
+import sys
 import threading
-import time
 from dataclasses import dataclass
 
 from botocore.httpsession import get_cert_path
@@ -38,9 +38,7 @@ from .units import MiB
 log = logging.getLogger(__name__)
 
 MAX_SIZE = 1 * MiB  # larger objects stream through a worker's own connection (download.py)
-START_AFTER = 256  # small objects wanted before the lane is worth aiohttp's import
-EARLY_AFTER = 32  # ... or this many, once they have taken IMPORT_SECONDS
-IMPORT_SECONDS = 0.3  # about what importing aiohttp costs
+START_AFTER = 32  # small objects wanted before the lane is worth aiohttp's import
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class SmallGets:
         self._client = client
         self._connections = connections
         self._asked = 0  # calls of `available`
-        self._first_asked = 0.0  # time.monotonic() of the first
+        self._importer: threading.Thread | None = None  # imports aiohttp, from the START_AFTER-th call
         self._state = "waiting"  # -> "ready" or "off" (closed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -90,14 +88,15 @@ class SmallGets:
     def available(self) -> bool:
         """Called once for each small object the run wants: whether the lane takes it (`submit`).
 
-        The first call once the lane is worth starting (`_worth_starting`) and DirectGet knows the route starts
-        the lane, here: the workers go on with what they hold meanwhile.
+        The first call once aiohttp is imported and DirectGet knows the route starts the lane, here: the
+        workers go on with what they hold meanwhile.
         """
         if self._state == "waiting":
             self._asked += 1
-            if self._asked == 1:
-                self._first_asked = time.monotonic()
-            if not self._worth_starting() or not self._direct.ready:
+            if self._asked == START_AFTER and "aiohttp" not in sys.modules:
+                self._importer = threading.Thread(target=_import_aiohttp, name="s3backup-import", daemon=True)
+                self._importer.start()
+            if self._asked < START_AFTER or self._importing() or not self._direct.ready:
                 return False
             try:
                 url = self._direct.url_prefix
@@ -111,10 +110,8 @@ class SmallGets:
             self._state = "ready" if self._session is not None else "off"
         return self._state == "ready"
 
-    def _worth_starting(self) -> bool:
-        """START_AFTER small objects, or EARLY_AFTER that took longer than the import will."""
-        return self._asked >= START_AFTER or (
-            self._asked >= EARLY_AFTER and time.monotonic() - self._first_asked >= IMPORT_SECONDS)
+    def _importing(self) -> bool:
+        return self._importer is not None and self._importer.is_alive()
 
     def submit(self, coroutine) -> None:
         """Run `coroutine` on the loop; what it raises is its own to handle."""
@@ -142,6 +139,8 @@ class SmallGets:
     def close(self) -> None:
         """Stop the loop. The caller has waited for the tasks it submitted."""
         self._state = "off"
+        if self._importer is not None:
+            self._importer.join()  # no import left running into the interpreter's shutdown
         if self._session is not None:
             asyncio.run_coroutine_threadsafe(self._session.close(), self._loop).result()
             self._session = None
@@ -152,7 +151,7 @@ class SmallGets:
             self._loop = None
 
     def _open(self, settings: HttpSettings) -> None:
-        import aiohttp  # here, not at the top: only the runs that use the lane pay for its import
+        import aiohttp  # here, not at the top: only the runs that use the lane pay for its import (_import_aiohttp)
         import yarl
 
         self._loop = loop = asyncio.new_event_loop()
@@ -169,3 +168,12 @@ class SmallGets:
         self._session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
         self._url = yarl.URL
         log.debug("small GetObjects on the event loop from now on")
+
+
+def _import_aiohttp() -> None:
+    """On a thread of its own: what `_open` imports, so that the run's thread never waits for it."""
+    try:
+        for module in ("aiohttp", "yarl"):
+            importlib.import_module(module)
+    except Exception as exc:  # missing or broken: `_open` meets the same error and the lane stays off
+        log.debug("aiohttp cannot be imported: %s", exc)

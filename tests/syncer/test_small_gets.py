@@ -1,6 +1,7 @@
 """A restore's small files go through the event loop (small_gets.py) once the run has wanted START_AFTER of
-them: here START_AFTER is 1, so every file after the first few is the loop's. The loop's GETs are told apart
-on the wire: they carry no Range header (a worker's always does, download.py). Each test checks the files."""
+them and aiohttp is imported: here START_AFTER is 1, and aiohttp is imported already (below), so every file
+after the first few is the loop's. The loop's GETs are told apart on the wire: they carry no Range header (a
+worker's always does, download.py). Each test checks the files."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 
+import aiohttp  # noqa: F401 - imported before any restore here: the loop then never waits for the import
 import botocore.session
 import pytest
 from botocore.config import Config
@@ -203,12 +205,15 @@ def test_a_proxy_or_a_client_certificate_keeps_the_loop_off(monkeypatch, tmp_pat
     assert http_settings_like_botocore(_client("https://s3.example.com"), url) is None
 
 
-def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_path, prefix):
-    """The default threshold, in a real `s3backup restore`: fails if the loop never starts, if a file comes back
-    wrong, or if the loop is left running or unclosed at exit (asyncio and aiohttp warn on stderr then)."""
+def test_the_cli_imports_aiohttp_aside_takes_the_loop_and_exits_cleanly(s3, tmp_path, prefix):
+    """The default threshold, in a real `s3backup restore`, which imports aiohttp on a thread of its own: fails
+    if the loop never starts, if a file comes back wrong, or if the loop is left running or unclosed at exit
+    (asyncio and aiohttp warn on stderr then). Each GET waits 50 ms at the proxy, so that the workers alone
+    would take 1.6 s, longer than the import."""
     src = tmp_path / "src"
     rng = random.Random(9)
-    for number in range(small_gets.START_AFTER + 64):
+    count = 256
+    for number in range(count):
         path = src / f"d{number % 7}" / f"{number:04d}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.randbytes(rng.randrange(1, 3 * KiB)))
@@ -217,8 +222,9 @@ def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_
     assert subprocess.run([*SYNCER, "sync", str(src), url, "--path-style", "-q"], env=env).returncode == 0
     target = tmp_path / "restored"
 
-    restore = subprocess.run([*SYNCER, "restore", url, str(target), "--path-style", "-vv"], env=env,
-                             capture_output=True, text=True, timeout=120)
+    with FaultProxy(s3.endpoint_url, delay_seconds=0.05) as proxy:
+        restore = subprocess.run([*SYNCER, "restore", url, str(target), "--path-style", "-vv", "--endpoint-url",
+                                  proxy.endpoint_url], env=env, capture_output=True, text=True, timeout=120)
 
     assert restore.returncode == 0, restore.stderr[-2000:]
     assert "small GetObjects on the event loop from now on" in restore.stderr
@@ -226,18 +232,18 @@ def test_the_cli_takes_the_loop_after_256_small_files_and_exits_cleanly(s3, tmp_
         assert warning not in restore.stderr
     for path in src.rglob("*.bin"):
         assert (target / path.relative_to(src)).read_bytes() == path.read_bytes()
-    assert len(list(target.rglob("*.bin"))) == small_gets.START_AFTER + 64
+    assert len(list(target.rglob("*.bin"))) == count
 
 
 def test_behind_a_slow_link_the_loop_starts_early_and_keeps_four_files_per_worker_in_flight(s3, tmp_path, prefix):
-    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start before
-    START_AFTER small files, once EARLY_AFTER have taken longer than aiohttp's import (fails if it waits for
-    START_AFTER: then no GET is the loop's). With --concurrency 2 it may then have 8 GETs in flight
-    (RestoreOptions.files_in_flight), workers' included, and never more, which bounds memory (fails if the
-    loop's connections were capped at --concurrency: then at most 2 + 2)."""
+    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once
+    START_AFTER small files were wanted (fails if it waited for 256, as it once did: then no GET is the loop's).
+    With --concurrency 2 it may then have 8 GETs in flight (RestoreOptions.files_in_flight), workers' included,
+    and never more, which bounds memory (fails if the loop's connections were capped at --concurrency: then at
+    most 2 + 2)."""
     src = tmp_path / "src"
     rng = random.Random(5)
-    count = small_gets.START_AFTER // 2
+    count = 128
     for number in range(count):
         path = src / f"{number:03d}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +257,7 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_four_files_per_worke
         summary = _restore(s3, proxy.endpoint_url, prefix, target, concurrency=2)
 
     assert summary.files_restored == count and summary.files_failed == 0
-    assert len(_loop_gets(requests, prefix)) >= count - small_gets.EARLY_AFTER - 8 - 8
+    assert len(_loop_gets(requests, prefix)) >= count - small_gets.START_AFTER - 8 - 8
     assert 2 + 2 < proxy.most_in_flight["GetObject"] <= 8
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
