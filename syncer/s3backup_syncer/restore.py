@@ -79,10 +79,15 @@ class RestoreOptions:
             raise ConfigError(f"invalid --concurrency {self.concurrency}: use 1 to 256")
 
     @property
-    def files_in_flight(self) -> int:
-        """Files handed out and not yet done: the workers' and the event loop's together. The loop may have this
-        many GETs in flight, since one costs it little but a round trip, which a distant bucket makes long."""
+    def files_for_workers(self) -> int:
+        """Files handed to the workers and not yet done: enough to keep `concurrency` of them busy."""
         return self.concurrency * 4
+
+    @property
+    def files_on_the_loop(self) -> int:
+        """Small files on the event loop at once, each at most small_gets.MAX_SIZE in memory. A GET costs the loop
+        little but a round trip, which a distant bucket makes long: so more of them than workers."""
+        return self.concurrency * 8
 
 
 @dataclass
@@ -179,7 +184,7 @@ class RestoreRun:
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
-            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.files_in_flight)
+            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.files_on_the_loop)
             try:
                 self._march(remote)
             finally:
@@ -211,17 +216,20 @@ class RestoreRun:
 
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options
-        slots = options.files_in_flight
-        in_flight = threading.BoundedSemaphore(slots)
+        worker_slots = threading.BoundedSemaphore(options.files_for_workers)
+        loop_slots = threading.BoundedSemaphore(options.files_on_the_loop)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             self._workers = workers
             try:
-                self._decide_and_hand_out(remote_objects, in_flight)
+                self._decide_and_hand_out(remote_objects, worker_slots, loop_slots)
             finally:  # every file done, on the loop or by a worker (to whom the loop hands its failures)
-                for _ in range(slots):
-                    in_flight.acquire()
+                for slots, count in ((worker_slots, options.files_for_workers),
+                                     (loop_slots, options.files_on_the_loop)):
+                    for _ in range(count):
+                        slots.acquire()
 
-    def _decide_and_hand_out(self, remote_objects: Iterator[RemoteObject], in_flight: threading.Semaphore) -> None:
+    def _decide_and_hand_out(self, remote_objects: Iterator[RemoteObject], worker_slots: threading.Semaphore,
+                             loop_slots: threading.Semaphore) -> None:
         options = self.options
         for local, remote in merge_join(self._local_files(), remote_objects):
             if remote is None:
@@ -238,11 +246,12 @@ class RestoreRun:
                 continue
             if self._settled(decision):
                 continue
-            in_flight.acquire()
             if self._small_gets_take(decision):
-                self._small_gets.submit(self._restore_small(decision, in_flight.release))
+                loop_slots.acquire()
+                self._small_gets.submit(self._restore_small(decision, loop_slots.release))
             else:
-                self._to_workers(decision, in_flight.release)
+                worker_slots.acquire()
+                self._to_workers(decision, worker_slots.release)
 
     def _settled(self, decision: RestoreDecision) -> bool:
         """Count a file already there (SKIP) or left alone (CONFLICT); True when nothing more is to be done."""

@@ -235,12 +235,12 @@ def test_the_cli_imports_aiohttp_aside_takes_the_loop_and_exits_cleanly(s3, tmp_
     assert len(list(target.rglob("*.bin"))) == count
 
 
-def test_behind_a_slow_link_the_loop_starts_early_and_keeps_four_files_per_worker_in_flight(s3, tmp_path, prefix):
+def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_worker_in_flight(s3, tmp_path, prefix):
     """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once
     START_AFTER small files were wanted (fails if it waited for 256, as it once did: then no GET is the loop's).
-    With --concurrency 2 it may then have 8 GETs in flight (RestoreOptions.files_in_flight), workers' included,
-    and never more, which bounds memory (fails if the loop's connections were capped at --concurrency: then at
-    most 2 + 2)."""
+    With --concurrency 2 the loop may then have 16 GETs in flight (RestoreOptions.files_on_the_loop), the
+    workers 2 more, and never more, which bounds memory (fails if the loop's GETs were capped at 4 ×
+    --concurrency, as before, or shared one bound with the workers' files: then at most 8)."""
     src = tmp_path / "src"
     rng = random.Random(5)
     count = 128
@@ -258,6 +258,6 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_four_files_per_worke
 
     assert summary.files_restored == count and summary.files_failed == 0
     assert len(_loop_gets(requests, prefix)) >= count - small_gets.START_AFTER - 8 - 8
-    assert 2 + 2 < proxy.most_in_flight["GetObject"] <= 8
+    assert 8 < proxy.most_in_flight["GetObject"] <= 16 + 2
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
