@@ -86,8 +86,9 @@ class RestoreOptions:
     @property
     def files_on_the_loop(self) -> int:
         """Small files on the event loop at once, each at most small_gets.MAX_SIZE in memory. A GET costs the loop
-        little but a round trip, which a distant bucket makes long: so more of them than workers."""
-        return self.concurrency * 8
+        little but a round trip, which a distant bucket makes long: so more of them than workers. At most 256
+        (s5cmd's default), so that a high --concurrency does not open thousands of sockets."""
+        return min(self.concurrency * 8, 256)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class RestoreSummary(RunCounters):
     files_failed: int = 0
     bytes_failed: int = 0
     files_excluded: int = 0
-    files_unverified: int = 0  # no checksum in ETag (e.g. SSE-KMS) nor metadata: only the size was checked
+    files_unverified: int = 0  # no checksum in ETag (e.g. SSE-KMS), metadata nor state: size only
     bytes_hashed: int = 0  # local bytes read to compare present files
 
     def fail(self, key: str, message: str, size: int = 0, counter: str = "files_failed") -> None:

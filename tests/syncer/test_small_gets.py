@@ -261,3 +261,10 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_work
     assert 8 < proxy.most_in_flight["GetObject"] <= 16 + 2
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
+
+
+def test_the_loop_keeps_eight_files_per_worker_and_never_more_than_256(tmp_path):
+    """The loop's own bound and the workers' queue (restore.py); 256 at most, whatever --concurrency."""
+    options = RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=8)
+    assert (options.files_on_the_loop, options.files_for_workers) == (64, 32)
+    assert RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=256).files_on_the_loop == 256
