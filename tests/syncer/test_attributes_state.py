@@ -8,6 +8,15 @@ from s3backup_syncer.attributes_state import AttributeReader, AttributeState, _T
 from s3backup_syncer.state_layout import _with_donor_columns
 
 
+def _older_state(path) -> sqlite3.Connection:
+    """A state as an s3backup before the content_etag column wrote it, with one row (f, abc, 5, 0o644)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE attributes (key TEXT PRIMARY KEY, etag TEXT NOT NULL, mtime_ns INT NOT NULL, mode INT)")
+    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    db.execute("INSERT INTO meta VALUES ('schema', '1')")
+    db.execute("INSERT INTO attributes VALUES ('f', 'abc', 5, 420)")
+    return db
+
 def test_a_row_applies_only_to_the_etag_it_was_recorded_for(tmp_path):
     state = AttributeState(tmp_path / "a.sqlite")
     state.record("dir/f.txt", '"abc"', 1_700_000_000_000_000_000, 0o640)
@@ -49,12 +58,7 @@ def test_a_content_etag_is_kept_with_the_row_and_a_change_of_it_is_a_change(tmp_
 def test_a_state_written_before_the_content_etag_column_is_read_and_taken_up(tmp_path):
     """An older s3backup's state has no content_etag column: readers find none, writers add the column."""
     path = tmp_path / "old.sqlite"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("CREATE TABLE attributes (key TEXT PRIMARY KEY, etag TEXT NOT NULL, mtime_ns INT NOT NULL, mode INT)")
-    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
-    db.execute("INSERT INTO meta VALUES ('schema', '1')")
-    db.execute("INSERT INTO attributes VALUES ('f', 'abc', 5, 420)")
-    db.close()
+    _older_state(path).close()
     reader = AttributeReader([_Table(path, read_only=True)])
     assert reader.lookup("f", "abc") == (5, 0o644, None)
     writer = AttributeState(path)
@@ -68,11 +72,7 @@ def test_a_new_shard_layout_is_seeded_from_states_with_and_without_the_column(tm
     """state_layout merges the rows of several states into one: an older s3backup's state (no content_etag)
     first, then a newer one's, whose content ETags must survive the merge."""
     older = tmp_path / "older.sqlite"
-    db = sqlite3.connect(older, isolation_level=None)
-    db.execute("CREATE TABLE attributes (key TEXT PRIMARY KEY, etag TEXT NOT NULL, mtime_ns INT NOT NULL, mode INT)")
-    db.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
-    db.execute("INSERT INTO meta VALUES ('schema', '1')")
-    db.execute("INSERT INTO attributes VALUES ('f', 'abc', 5, 420)")
+    db = _older_state(older)
     newer = AttributeState(tmp_path / "newer.sqlite")
     newer.record("g", "opaque-2", 6, None, "0123456789abcdef0123456789abcdef-2")
     newer.finish()
