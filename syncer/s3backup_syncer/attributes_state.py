@@ -54,6 +54,11 @@ class RecordedAttributes(NamedTuple):
     content_etag: str | None = None  # the content's ETag (`md5-N`) where the object's is no checksum
 
 
+def content_etag_of(recorded: RecordedAttributes | None) -> str | None:
+    """The content's ETag in a lookup's answer (None: no row, or a row without one)."""
+    return recorded.content_etag if recorded is not None else None
+
+
 class _Table:
     """The SQLite table; one connection, used from one thread at a time (callers hold the lock)."""
 

@@ -277,9 +277,6 @@ class Downloader:
                   else "the ETag s3backup recorded for the object")
         raise ContentMismatch(f"the content received does not match {source}")
 
-    def head(self, ref: ObjectRef) -> GetAnswer | None:
-        return head(self.client, ref)
-
     def _first_part_size(self, ref: ObjectRef) -> int | None:
         try:
             head = self.client.head_object(**ref.request(), PartNumber=1)

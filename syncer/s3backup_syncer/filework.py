@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import botocore.exceptions
 
-from .attributes_state import AttributeState
+from .attributes_state import AttributeState, content_etag_of
 from .config import SyncOptions
 from .download import ObjectRef, head
 from .etag import EtagHasher, etag_key
@@ -85,7 +85,9 @@ class FileWorker:
         self.summary.add(bytes_hashed=local.size)
         known = {**cached, **etags}
         action = verdict_after_hashing(known, remote.etag, etag_key(local.size, remote.etag, self.options.part_size))
-        content_etag = self._recorded_content_etag(remote) if action is Action.UPLOAD_CHANGED else None
+        content_etag = None
+        if action is Action.UPLOAD_CHANGED and self.attributes is not None:
+            content_etag = content_etag_of(self.attributes.lookup(remote.key, remote.etag))
         if content_etag is not None and content_etag in known.values():
             action = Action.UNCHANGED  # an encrypted multipart object, which s3backup's state vouches for
         elif action is Action.UPLOAD_CHANGED and 0 in etags and self._md5_in_metadata_is(local, remote, etags[0]):
@@ -99,11 +101,6 @@ class FileWorker:
             # the object's metadata (a touch, another tool's upload): they go in s3backup's state.
             self.attributes.record(local.key, remote.etag, local.mtime_ns, local.mode, content_etag)
         return action
-
-    def _recorded_content_etag(self, remote: RemoteObject) -> str | None:
-        """The content's ETag that s3backup's state holds for this object (one whose ETag is no checksum)."""
-        recorded = self.attributes.lookup(remote.key, remote.etag) if self.attributes is not None else None
-        return recorded.content_etag if recorded is not None else None
 
     def _md5_in_metadata_is(self, local: LocalFile, remote: RemoteObject, md5: str) -> bool:
         """Whether an object whose ETag is not the file's MD5 holds the file all the same: its ETag is no checksum

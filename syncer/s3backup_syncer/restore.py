@@ -29,8 +29,8 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from .attributes_state import RecordedAttributes, open_recorded_attributes
-from .download import Downloader, DownloadFailed, ObjectRef, write_whole
+from .attributes_state import RecordedAttributes, content_etag_of, open_recorded_attributes
+from .download import Downloader, DownloadFailed, ObjectRef, head, write_whole
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
 from .filters import Filters
@@ -323,17 +323,12 @@ class RestoreRun:
         """Whether a file whose ETag is not the object's is still the object, because that ETag is no checksum (a
         HEAD's answer says SSE-KMS, DSSE-KMS or SSE-C): then by the MD5 in the metadata or the ETag in s3backup's
         state, or by size and mtime."""
-        answer = self._downloader.head(self._ref(remote))
+        answer = head(self.client, self._ref(remote))
         if answer is None or answer.etag_is_md5:
             return False
         recorded = self.recorded(remote.key, remote.etag)
         return same_without_checksum(local, remote, answer.metadata, recorded, local_etags=local_etags, content_etag=(
-            answer.expected_etag(remote.etag, lambda: recorded.content_etag if recorded else None)))
-
-    def _recorded_etag(self, remote: RemoteObject) -> str | None:
-        """The content's ETag in s3backup's state, for an object whose own is no checksum (attributes_state.py)."""
-        recorded = self.recorded(remote.key, remote.etag)
-        return recorded.content_etag if recorded is not None else None
+            answer.expected_etag(remote.etag, lambda: content_etag_of(recorded))))
 
     def _ref(self, remote: RemoteObject) -> ObjectRef:
         """The stored object `remote` is: its version for --as-of, else its key and ETag."""
@@ -372,7 +367,7 @@ class RestoreRun:
         ref = self._ref(remote)
         try:
             fetched = self._downloader.fetch(ref, temp, tuple(etag_key(remote.size, remote.etag, None)),
-                                             lambda: self._recorded_etag(remote))
+                                             lambda: content_etag_of(self.recorded(remote.key, remote.etag)))
             if not fetched.verified:
                 self._unverified(remote)
             self._finish(decision, temp, final, fetched.metadata)

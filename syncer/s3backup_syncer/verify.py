@@ -26,8 +26,8 @@ from pathlib import Path
 
 import botocore.exceptions
 
-from .attributes_state import RecordedAttributes
-from .download import Downloader, DownloadFailed, ObjectRef
+from .attributes_state import RecordedAttributes, content_etag_of
+from .download import Downloader, DownloadFailed, ObjectRef, head
 from .engine import check_source
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
@@ -230,12 +230,12 @@ class VerifyRun:
         DSSE-KMS or SSE-C) and the file is the object by the MD5 in its metadata or the ETag in s3backup's state,
         or else by size and mtime, as a sync and a restore judge."""
         options = self.options
-        answer = self._downloader.head(ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
+        answer = head(self.client, ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag))
         if answer is None or answer.etag_is_md5:
             return False
         recorded = self._recorded(remote.key, remote.etag)
         return same_without_checksum(local, remote, answer.metadata, recorded, local_etags=local_etags, content_etag=(
-            answer.expected_etag(remote.etag, lambda: recorded.content_etag if recorded else None)))
+            answer.expected_etag(remote.etag, lambda: content_etag_of(recorded))))
 
     def _recorded(self, key: str, etag: str) -> RecordedAttributes | None:
         """What s3backup's state records for the object; the state is read once, by the first file that needs it."""
@@ -244,10 +244,6 @@ class VerifyRun:
                 options = self.options
                 self._lookup_recorded = recorded_attributes(self._stack, self.client, options.bucket, options.prefix)
         return self._lookup_recorded(key, etag)
-
-    def _recorded_etag(self, remote: RemoteObject) -> str | None:
-        recorded = self._recorded(remote.key, remote.etag)
-        return recorded.content_etag if recorded is not None else None
 
     def _local_etags(self, local: LocalFile, etag_keys: tuple[int, ...]) -> dict[int, str]:
         """The file's ETags for these part sizes (0: its MD5), read once."""
@@ -265,7 +261,7 @@ class VerifyRun:
         ref = ObjectRef(options.bucket, options.prefix + remote.key, remote.size, remote.etag)
         try:
             verdict = self._downloader.content_matches(ref, tuple(etag_key(remote.size, remote.etag, None)),
-                                                       lambda: self._recorded_etag(remote))
+                                                       lambda: content_etag_of(self._recorded(remote.key, remote.etag)))
         except (DownloadFailed, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             message = str(exc) if isinstance(exc, DownloadFailed) else describe_client_error(exc, options.bucket)
             self._failed(remote.key, f"cannot download for the content check: {message}")
