@@ -48,7 +48,7 @@ from .restore_plan import (
     temp_name,
 )
 from .scan import LocalFile, ScanProblem, walk
-from .small_gets import MAX_SIZE, SmallGets
+from .small_gets import MAX_SIZE, LoopSlots, SmallGets
 from .versions import RemoteVersion, bucket_is_versioned, versions_as_of
 
 log = logging.getLogger("s3backup")
@@ -218,19 +218,18 @@ class RestoreRun:
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options
         worker_slots = threading.BoundedSemaphore(options.files_for_workers)
-        loop_slots = threading.BoundedSemaphore(options.files_on_the_loop)
+        loop_slots = LoopSlots(options.files_on_the_loop, self._small_gets)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             self._workers = workers
             try:
                 self._decide_and_hand_out(remote_objects, worker_slots, loop_slots)
             finally:  # every file done, on the loop or by a worker (to whom the loop hands its failures)
-                for slots, count in ((worker_slots, options.files_for_workers),
-                                     (loop_slots, options.files_on_the_loop)):
-                    for _ in range(count):
-                        slots.acquire()
+                loop_slots.wait_for_all()
+                for _ in range(options.files_for_workers):
+                    worker_slots.acquire()
 
     def _decide_and_hand_out(self, remote_objects: Iterator[RemoteObject], worker_slots: threading.Semaphore,
-                             loop_slots: threading.Semaphore) -> None:
+                             loop_slots: LoopSlots) -> None:
         options = self.options
         for local, remote in merge_join(self._local_files(), remote_objects):
             if remote is None:
@@ -248,10 +247,12 @@ class RestoreRun:
             if self._settled(decision):
                 continue
             if self._small_gets_take(decision):
-                loop_slots.acquire()
-                self._small_gets.submit(self._restore_small(decision, loop_slots.release))
+                loop_slots.take()
+                loop_slots.hand_over(self._restore_small(decision, loop_slots))
             else:
-                worker_slots.acquire()
+                if not worker_slots.acquire(blocking=False):
+                    loop_slots.submit_held()  # no file waits in the loop's batch while this thread does
+                    worker_slots.acquire()
                 self._to_workers(decision, worker_slots.release)
 
     def _settled(self, decision: RestoreDecision) -> bool:
@@ -375,20 +376,21 @@ class RestoreRun:
             _remove_quietly(temp)
             raise
 
-    async def _restore_small(self, decision: RestoreDecision, release: Callable[[], None]) -> None:
+    async def _restore_small(self, decision: RestoreDecision, slots: LoopSlots) -> None:
         """On the event loop: GET, check (`_is_content`), write, finish. Anything else (an error, another kind of
         ETag, a mismatch) hands the file to a worker, whose retries and reports decide."""
         remote = decision.remote
+        slots.started()
         try:
             got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
             if got is None:
-                self._to_workers(decision, release)
+                self._hand_to_a_worker(decision, slots)
                 return
             answer, body = got
             self.summary.add(bytes_downloaded=len(body))
             expected = answer.expected_etag(remote.etag)
             if not _is_content(body, expected, remote):
-                self._to_workers(decision, release)
+                self._hand_to_a_worker(decision, slots)
                 return
             final, temp = self._paths(remote)
             try:
@@ -407,7 +409,13 @@ class RestoreRun:
         except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
             log.debug("unexpected failure on %s", remote.key, exc_info=True)
             self._fail(remote, f"{type(exc).__name__}: {exc}")
-        release()
+        slots.finished()
+
+    def _hand_to_a_worker(self, decision: RestoreDecision, slots: LoopSlots) -> None:
+        """The loop's file goes to a worker, which frees its slot when done (if the handing over fails, the
+        caller's `except` frees it)."""
+        self._to_workers(decision, slots.free_one)
+        slots.finished(slot_freed=False)
 
     def _paths(self, remote: RemoteObject) -> tuple[str, str]:
         """(final path, temporary path beside it), the folders made."""

@@ -113,9 +113,9 @@ class SmallGets:
     def _importing(self) -> bool:
         return self._importer is not None and self._importer.is_alive()
 
-    def submit(self, coroutine) -> None:
-        """Run `coroutine` on the loop; what it raises is its own to handle."""
-        self._loop.call_soon_threadsafe(self._loop.create_task, coroutine)
+    def submit(self, coroutines: list) -> None:
+        """Run the coroutines on the loop, with one wake-up of it; what they raise is their own to handle."""
+        self._loop.call_soon_threadsafe(_create_tasks, self._loop, coroutines)
 
     async def get(self, full_key: str, headers: dict[str, str]) -> tuple[GetAnswer, bytes] | None:
         """(what the answer says, the whole body) of a GetObject answered 200, else None. On the loop only."""
@@ -168,6 +168,70 @@ class SmallGets:
         self._session = asyncio.run_coroutine_threadsafe(open_session(), loop).result()
         self._url = yarl.URL
         log.debug("small GetObjects on the event loop from now on")
+
+
+def _create_tasks(loop: asyncio.AbstractEventLoop, coroutines: list) -> None:
+    for coroutine in coroutines:
+        loop.create_task(coroutine)
+
+
+class LoopSlots:
+    """The bound on the files held for the loop, handed over in batches both ways.
+
+    Handed one at a time, each file woke the loop (its self-pipe) and, once the bound was reached, woke the
+    run's thread again when it was done: two GIL handoffs per file, the run's and the loop's threads making
+    ~20 futex calls for each small file. So the run's thread submits up to `batch` files at once, and the
+    loop frees their slots `batch` at a time, or all it holds when it runs dry. No file waits in a batch
+    while the run's thread blocks: `take` submits the batch first.
+    """
+
+    def __init__(self, size: int, small_gets: SmallGets):
+        self.size = size
+        self.batch = max(1, size // 4)
+        self._free = threading.BoundedSemaphore(size)
+        self._small_gets = small_gets
+        self._to_submit: list = []  # the run's thread only
+        self._running = 0  # the loop's thread only, as is _done
+        self._done = 0
+
+    # --- the run's thread ---
+    def take(self) -> None:
+        """One slot, blocking once the batch so far is submitted."""
+        if not self._free.acquire(blocking=False):
+            self.submit_held()
+            self._free.acquire()
+
+    def hand_over(self, coroutine) -> None:
+        """After `take`: the file's coroutine, submitted with the batch."""
+        self._to_submit.append(coroutine)
+        if len(self._to_submit) >= self.batch:
+            self.submit_held()
+
+    def submit_held(self) -> None:
+        if self._to_submit:
+            self._small_gets.submit(self._to_submit)
+            self._to_submit = []
+
+    def wait_for_all(self) -> None:
+        self.submit_held()
+        for _ in range(self.size):
+            self._free.acquire()
+
+    # --- the loop's thread ---
+    def started(self) -> None:
+        self._running += 1
+
+    def finished(self, slot_freed: bool = True) -> None:
+        """A file done on the loop; slot_freed=False when a worker took it over (and calls `free_one`)."""
+        self._running -= 1
+        self._done += slot_freed
+        if self._done and (self._done >= self.batch or self._running == 0):
+            self._free.release(self._done)
+            self._done = 0
+
+    # --- a worker's thread ---
+    def free_one(self) -> None:
+        self._free.release()
 
 
 def _import_aiohttp() -> None:

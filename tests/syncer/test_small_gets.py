@@ -11,6 +11,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 
 import aiohttp  # noqa: F401 - imported before any restore here: the loop then never waits for the import
 import botocore.session
@@ -20,7 +21,7 @@ from s3backup_syncer import small_gets
 from s3backup_syncer.config import SyncOptions
 from s3backup_syncer.engine import run_sync
 from s3backup_syncer.restore import RestoreOptions, run_restore
-from s3backup_syncer.small_gets import http_settings_like_botocore
+from s3backup_syncer.small_gets import LoopSlots, http_settings_like_botocore
 
 from tests.conftest import BUCKET
 from tests.reliability.helpers import client_for
@@ -271,3 +272,56 @@ def test_the_loop_keeps_eight_files_per_worker_and_never_more_than_256(tmp_path)
     options = RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=8)
     assert (options.files_on_the_loop, options.files_for_workers) == (64, 32)
     assert RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=256).files_on_the_loop == 256
+
+
+# --- the loop's slots, handed over in batches -------------------------------------------------------------------
+
+class _Submitted:
+    """Stands for SmallGets on the run's side: records each batch handed to the loop."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def submit(self, coroutines: list) -> None:
+        self.batches.append(list(coroutines))
+
+
+def _take_on_a_thread(slots: LoopSlots) -> threading.Thread:
+    thread = threading.Thread(target=slots.take, daemon=True)
+    thread.start()
+    thread.join(0.2)
+    return thread
+
+
+def test_loop_slots_go_over_in_batches_and_never_hold_a_file_back():
+    """Fails if the loop is woken for each file, if slots come back one at a time while the loop is busy, if a
+    file waits in a batch while the run's thread blocks, or if a loop that runs dry keeps a slot (the run would
+    then wait for ever)."""
+    submitted = _Submitted()
+    slots = LoopSlots(8, submitted)  # batches of 2
+    for number in range(8):
+        slots.take()
+        slots.hand_over(number)
+    assert submitted.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    for _ in range(8):
+        slots.started()  # the loop runs all eight
+
+    slots.finished()
+    blocked = _take_on_a_thread(slots)
+    assert blocked.is_alive(), "one slot came back alone while seven files run"
+    slots.finished()  # a second: a batch of slots comes back
+    blocked.join(5)
+    assert not blocked.is_alive()
+    slots.hand_over(8)  # one slot is still free: taken without a wait, held for its batch
+    assert submitted.batches[-1] == [6, 7]
+
+    slots.take()
+    blocked = _take_on_a_thread(slots)
+    assert blocked.is_alive() and submitted.batches[-1] == [8], "the held file was submitted before the wait"
+    for _ in range(5):
+        slots.finished(slot_freed=False)  # files handed to workers, which free their slots when done
+    blocked.join(0.2)
+    assert blocked.is_alive(), "a file handed to a worker gave its slot back before the worker was done"
+    slots.finished()  # the loop's last file: it runs dry, and its slot comes back, though fewer than a batch
+    blocked.join(5)
+    assert not blocked.is_alive()
