@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Client CPU per small GetObject by three HTTP paths: where the small-file restore's CPU could go down.
+"""Client CPU per small GetObject by four HTTP paths: where the small-file restore's CPU could go down.
 
     .venv/bin/python bench/http_paths.py            # 3,000 objects of 1-64 KiB, about a minute
 
@@ -7,7 +7,8 @@ Every path sends the same request, signed by s3backup's sigv4.py, to a local Sea
 and MD5s it (as a restore checks it), for the same objects:
   1. today's direct GET (direct_get.py): botocore's URLLib3Session.send, 8 threads;
   2. the urllib3 pool that session made, called directly (looked up once), 8 threads;
-  3. aiohttp (a dependency of kopf, so already in the image) on one event-loop thread, 8 and 32 in flight.
+  3. aiohttp (a dependency of kopf, so already in the image) on one event-loop thread, 8 and 32 in flight;
+  4. s3backup's own GET client (http_get.py, what the restore's loop uses) on one thread, 8 and 32 in flight.
 CPU is this process's user + system time; the server is another process. A measurement, not the syncer's code:
 it reaches into botocore's client (its HTTP session and credentials) the way direct_put.py does.
 """
@@ -27,6 +28,7 @@ import aiohttp
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 from s3backup_syncer.direct_put import _botocore_session_of
+from s3backup_syncer.http_get import HttpGetPool
 from s3backup_syncer.local_s3 import LocalS3
 from s3backup_syncer.sigv4 import SigV4Signer
 from urllib3.util.retry import Retry
@@ -87,6 +89,17 @@ def main() -> None:
                         assert response.status == 200 and hashlib.md5(await response.read()).digest()
                 await asyncio.gather(*(get(key) for key in keys))
 
+        async def via_http_get(in_flight: int) -> None:
+            slots = asyncio.Semaphore(in_flight)
+            http = HttpGetPool(url_prefix, tls=False, connect_timeout=10, read_timeout=60, max_body=1 << 20)
+
+            async def get(key: str) -> None:
+                async with slots:
+                    answer = await http.get(url(key), signer.sign("GET", url(key), {}))
+                    assert answer.status == 200 and hashlib.md5(answer.body).digest()
+            await asyncio.gather(*(get(key) for key in keys))
+            http.close()
+
         print(f"{OBJECTS:,} GETs of 1-64 KiB objects\n")
         print("| path | wall s | CPU s | CPU per GET µs |\n|---|---|---|---|")
         for name, get in (("1. botocore's URLLib3Session.send (today), 8 threads", via_session),
@@ -96,6 +109,9 @@ def main() -> None:
         for in_flight in (8, 32):
             measure(f"3. aiohttp, one thread, {in_flight} in flight",
                     lambda in_flight=in_flight: asyncio.run(via_aiohttp(in_flight)))
+        for in_flight in (8, 32):
+            measure(f"4. s3backup's http_get.py, one thread, {in_flight} in flight",
+                    lambda in_flight=in_flight: asyncio.run(via_http_get(in_flight)))
         with ThreadPoolExecutor(8) as threads:
             measure("1. again (warm server)", lambda: list(threads.map(via_session, keys)))
 

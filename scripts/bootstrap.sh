@@ -23,6 +23,8 @@ if [ "$what" = "test" ]; then
   command -v promtool >/dev/null || missing+=(prometheus)
   # reliability suite: libfaketime skews the syncer's clock (clock-skew tests); setpriv (util-linux) is always there
   command -v faketime >/dev/null || missing+=(faketime)
+  # the TLS tests make a self-signed certificate for SeaweedFS's HTTPS
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

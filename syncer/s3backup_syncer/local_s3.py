@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ class LocalS3:
     secret_key: str = field(default_factory=lambda: secrets.token_hex(20))
     region: str = "us-east-1"
     log_path: Path | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key): the S3 API on HTTPS only (tests of TLS)
     endpoint_url: str = ""
     _process: subprocess.Popen | None = None
     _tempdir: tempfile.TemporaryDirectory | None = None
@@ -112,13 +114,15 @@ class LocalS3:
             "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.max=1000", "-master.volumeSizeLimitMB=256",
         ]
+        if self.tls:
+            command += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
         self.log_path = self.log_path or self.data_dir / "weed.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self._process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         log.close()
-        self.endpoint_url = f"http://127.0.0.1:{ports['s3']}"
+        self.endpoint_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{ports['s3']}"
         self._wait_ready(timeout)
         return self
 
@@ -129,7 +133,8 @@ class LocalS3:
                 raise RuntimeError(f"weed exited early; see {self.log_path}")
             try:
                 # Anonymous listing is refused once identities exist: any HTTP answer means ready.
-                urllib.request.urlopen(self.endpoint_url, timeout=2)
+                context = ssl.create_default_context(cafile=self.tls[0]) if self.tls else None
+                urllib.request.urlopen(self.endpoint_url, timeout=2, context=context)
                 return
             except urllib.error.HTTPError:
                 return

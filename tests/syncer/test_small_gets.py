@@ -1,10 +1,11 @@
-"""A restore's small files go through the event loop (small_gets.py) once the run has wanted START_AFTER of
-them and aiohttp is imported: here START_AFTER is 1, and aiohttp is imported already (below), so every file
-after the first few is the loop's. The loop's GETs are told apart on the wire: they carry no Range header (a
-worker's always does, download.py). Each test checks the files."""
+"""A restore's small files go through the event loop (small_gets.py, http_get.py) once DirectGet knows the
+route, from a worker's first GET: so every file after the first few is the loop's. The loop's GETs are told
+apart on the wire: they carry no Range header (a worker's always does, download.py). Each test checks the
+files."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import ssl
@@ -13,13 +14,14 @@ import subprocess
 import sys
 import threading
 
-import aiohttp  # noqa: F401 - imported before any restore here: the loop then never waits for the import
+import boto3
 import botocore.session
 import pytest
 from botocore.config import Config
-from s3backup_syncer import small_gets
 from s3backup_syncer.config import SyncOptions
 from s3backup_syncer.engine import run_sync
+from s3backup_syncer.http_get import HttpGetError, HttpGetPool
+from s3backup_syncer.local_s3 import LocalS3
 from s3backup_syncer.restore import RestoreOptions, run_restore
 from s3backup_syncer.small_gets import LoopSlots, http_settings_like_botocore
 
@@ -70,11 +72,6 @@ def _loop_gets(requests: list[Request], prefix: str) -> list[str]:
 
 
 @pytest.fixture
-def lane_from_the_start(monkeypatch):
-    monkeypatch.setattr(small_gets, "START_AFTER", 1)
-
-
-@pytest.fixture
 def uploaded(s3, tmp_path, prefix):
     src = tmp_path / "src"
     files = _write_source(src)
@@ -90,7 +87,7 @@ def _restore(s3, endpoint: str, prefix: str, target, concurrency: int = 1, **ext
 
 
 def test_the_loop_restores_awkward_names_with_content_mtimes_modes_and_holes(
-        s3, tmp_path, prefix, uploaded, lane_from_the_start):
+        s3, tmp_path, prefix, uploaded):
     """Fails if the loop is never used, if it sends a key encoded otherwise than signed (the server refuses
     it), or if a file it restores differs in content, mtime or mode, or is written without its holes."""
     requests: list[Request] = []
@@ -106,7 +103,7 @@ def test_the_loop_restores_awkward_names_with_content_mtimes_modes_and_holes(
 
 
 @pytest.mark.parametrize("fault", ["503", "reset-response", "truncate", "corrupt-response"])
-def test_a_failed_loop_get_is_handed_to_a_worker(s3, tmp_path, prefix, uploaded, lane_from_the_start, fault):
+def test_a_failed_loop_get_is_handed_to_a_worker(s3, tmp_path, prefix, uploaded, fault):
     """Fails if a fault on the loop loses the file, or if a body with the wrong bytes gets the file's name:
     the worker's retry (a ranged GET) must restore it, right."""
     requests: list[Request] = []
@@ -122,7 +119,7 @@ def test_a_failed_loop_get_is_handed_to_a_worker(s3, tmp_path, prefix, uploaded,
         assert _restored(target, restored_key) == expected, restored_key
 
 
-def test_bytes_that_never_match_leave_no_file_under_the_name(s3, tmp_path, prefix, uploaded, lane_from_the_start):
+def test_bytes_that_never_match_leave_no_file_under_the_name(s3, tmp_path, prefix, uploaded):
     """Fails if a file whose every download is corrupted gets its final name, or is not reported."""
     target = tmp_path / "restored"
     key = "z/pct%20"
@@ -137,7 +134,7 @@ def test_bytes_that_never_match_leave_no_file_under_the_name(s3, tmp_path, prefi
 
 
 def test_a_refusal_switches_the_shortcuts_off_and_botocore_restores_the_rest(
-        s3, tmp_path, prefix, uploaded, lane_from_the_start):
+        s3, tmp_path, prefix, uploaded):
     """A 403 to the loop's request says the shortcut is wrong: fails if the loop goes on being used for the
     files after it (beyond those already on their way: the loop's other slots), or if any file is lost. The 24
     files after the key outnumber those slots, so a loop that ignored the refusal would send them all."""
@@ -156,7 +153,7 @@ def test_a_refusal_switches_the_shortcuts_off_and_botocore_restores_the_rest(
         assert _restored(target, restored_key) == expected, restored_key
 
 
-def test_overwrite_replaces_a_different_file_through_the_loop(s3, tmp_path, prefix, uploaded, lane_from_the_start):
+def test_overwrite_replaces_a_different_file_through_the_loop(s3, tmp_path, prefix, uploaded):
     target = tmp_path / "restored"
     (target / "z").mkdir(parents=True)
     (target / "z/empty").write_bytes(b"not empty")
@@ -209,11 +206,10 @@ def test_a_proxy_or_a_client_certificate_keeps_the_loop_off(monkeypatch, tmp_pat
     assert http_settings_like_botocore(_client("https://s3.example.com"), url) is None
 
 
-def test_the_cli_imports_aiohttp_aside_takes_the_loop_and_exits_cleanly(s3, tmp_path, prefix):
-    """The default threshold, in a real `s3backup restore`, which imports aiohttp on a thread of its own: fails
-    if the loop never starts, if a file comes back wrong, or if the loop is left running or unclosed at exit
-    (asyncio and aiohttp warn on stderr then). Each GET waits 50 ms at the proxy, so that the workers alone
-    would take 1.6 s, longer than the import."""
+def test_the_cli_takes_the_loop_and_exits_cleanly(s3, tmp_path, prefix):
+    """A real `s3backup restore`, in Python's development mode (which shows ResourceWarnings): fails if the loop
+    never starts, if a file comes back wrong, or if the loop or a connection is left running or unclosed at
+    exit (asyncio warns on stderr then). Each GET waits 50 ms at the proxy, as on a distant bucket."""
     src = tmp_path / "src"
     rng = random.Random(9)
     count = 256
@@ -227,21 +223,22 @@ def test_the_cli_imports_aiohttp_aside_takes_the_loop_and_exits_cleanly(s3, tmp_
     target = tmp_path / "restored"
 
     with FaultProxy(s3.endpoint_url, delay_seconds=0.05) as proxy:
-        restore = subprocess.run([*SYNCER, "restore", url, str(target), "--path-style", "-vv", "--endpoint-url",
-                                  proxy.endpoint_url], env=env, capture_output=True, text=True, timeout=120)
+        restore = subprocess.run([sys.executable, "-X", "dev", *SYNCER[1:], "restore", url, str(target),
+                                  "--path-style", "-vv", "--endpoint-url", proxy.endpoint_url],
+                                 env=env, capture_output=True, text=True, timeout=120)
 
     assert restore.returncode == 0, restore.stderr[-2000:]
     assert "small GetObjects on the event loop from now on" in restore.stderr
-    for warning in ("Unclosed", "Task was destroyed", "Traceback", "was never awaited"):
-        assert warning not in restore.stderr
+    for warning in ("unclosed", "task was destroyed", "traceback", "was never awaited", "resourcewarning"):
+        assert warning not in restore.stderr.lower()
     for path in src.rglob("*.bin"):
         assert (target / path.relative_to(src)).read_bytes() == path.read_bytes()
     assert len(list(target.rglob("*.bin"))) == count
 
 
 def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_worker_in_flight(s3, tmp_path, prefix):
-    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once
-    START_AFTER small files were wanted (fails if it waited for 256, as it once did: then no GET is the loop's).
+    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once the
+    route is known (fails if it waited for 256 files, as it once did: then no GET is the loop's).
     With --concurrency 2 the loop may then have 16 GETs in flight (RestoreOptions.files_on_the_loop), the
     workers 2 more, and never more, which bounds memory (fails if the loop's GETs were capped at 4 ×
     --concurrency, as before, or shared one bound with the workers' files: then at most 8)."""
@@ -261,7 +258,7 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_work
         summary = _restore(s3, proxy.endpoint_url, prefix, target, concurrency=2)
 
     assert summary.files_restored == count and summary.files_failed == 0
-    assert len(_loop_gets(requests, prefix)) >= count - small_gets.START_AFTER - 8 - 8
+    assert len(_loop_gets(requests, prefix)) >= count - 8 - 8
     assert 8 < proxy.most_in_flight["GetObject"] <= 16 + 2
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
@@ -325,3 +322,68 @@ def test_loop_slots_go_over_in_batches_and_never_hold_a_file_back():
     slots.finished()  # the loop's last file: it runs dry, and its slot comes back, though fewer than a batch
     blocked.join(5)
     assert not blocked.is_alive()
+
+
+# --- over TLS: SeaweedFS on HTTPS, its certificate trusted as a user trusts a private CA ---------------------
+
+@pytest.fixture(scope="module")
+def s3_on_https(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    certificate, key = folder / "certificate.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+                   check=True, capture_output=True)
+    with LocalS3(tls=(certificate, key)) as server:
+        boto3.client("s3", endpoint_url=server.endpoint_url, region_name=server.region, verify=str(certificate),
+                     aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+                     ).create_bucket(Bucket=BUCKET)
+        yield server, certificate
+
+
+def test_over_tls_the_loop_verifies_the_server_as_botocore_does(s3_on_https, tmp_path):
+    """With AWS_CA_BUNDLE naming the server's certificate: fails if the loop does not take the files over TLS
+    (a connection of its own that failed to verify would hand each file over), or if a file comes back wrong.
+    Without it, the certificate is refused, with a message and no traceback, and nothing is restored."""
+    server, certificate = s3_on_https
+    src = tmp_path / "src"
+    rng = random.Random(11)
+    for number in range(64):
+        path = src / f"{number:02d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randrange(1, 16 * KiB)))
+    env = {**os.environ, **server.env(), "AWS_CA_BUNDLE": str(certificate)}
+    url = f"s3://{BUCKET}/tls"
+    assert subprocess.run([*SYNCER, "sync", str(src), url, "--path-style", "-q"], env=env).returncode == 0
+
+    restore = subprocess.run([*SYNCER, "restore", url, str(tmp_path / "restored"), "--path-style", "-vv"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert restore.returncode == 0, restore.stderr[-2000:]
+    assert "small GetObjects on the event loop from now on" in restore.stderr
+    assert "handing it over" not in restore.stderr
+    for path in src.iterdir():
+        assert (tmp_path / "restored" / path.name).read_bytes() == path.read_bytes()
+
+    env.pop("AWS_CA_BUNDLE")
+    refused = subprocess.run([*SYNCER, "restore", url, str(tmp_path / "untrusted"), "--path-style"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "certificate" in refused.stderr.lower(), refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert not list((tmp_path / "untrusted").rglob("*.bin"))
+
+
+def test_the_loops_connections_refuse_a_certificate_they_were_not_told_to_trust(s3_on_https):
+    """Fails if http_get.py's connections skip the verification botocore's settings ask for: with the server's
+    certificate trusted, an unsigned GET gets the server's refusal over TLS; with the system's CAs only, the
+    handshake itself fails."""
+    server, certificate = s3_on_https
+
+    async def status(context: ssl.SSLContext) -> int:
+        pool = HttpGetPool(server.endpoint_url, tls=context, connect_timeout=5, read_timeout=10, max_body=1024)
+        try:
+            return (await pool.get(f"{server.endpoint_url}/{BUCKET}/any", {})).status
+        finally:
+            pool.close()
+
+    assert asyncio.run(status(ssl.create_default_context(cafile=str(certificate)))) == 403
+    with pytest.raises(HttpGetError, match="certificate"):
+        asyncio.run(status(ssl.create_default_context()))
