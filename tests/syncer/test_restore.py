@@ -273,13 +273,14 @@ def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, 
     rates = {"truncate": 0.05, "reset-response": 0.05, "500": 0.05, "503": 0.05}  # retried, each request
     with FaultProxy(s3.endpoint_url, rates=rates, seed=2,
                     scope=lambda request: request.operation == "GetObject") as proxy:
-        proxy.inject("corrupt-response", match=getting("d/03.bin"), times=3)  # every attempt: never placed
+        # every attempt, the event loop's (small_gets.py) and a worker's: never placed
+        proxy.inject("corrupt-response", match=getting("d/03.bin"), times=100)
         proxy.inject("corrupt-response", match=getting("big.bin"), times=2)  # a range: the file is tried again
         proxy.inject("truncate", match=getting("d/05.bin"), times=1)  # taken up where it stopped
         faulty = run("restore", s3_url, str(target), endpoint=proxy.endpoint_url)
         rules_left = [rule.times for rule in proxy.rules]
 
-    assert rules_left == [0, 0, 0]
+    assert rules_left[1:] == [0, 0] and 100 - rules_left[0] >= 3, rules_left  # a worker tries a file 3 times
     expected = tree(src)
     restored = tree(target)
     assert "d/03.bin" not in restored
