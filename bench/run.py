@@ -945,8 +945,8 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "The check is never turned off to win.",
         f"- RL stands for a bucket in another region: the proxy holds every request {SLOW_LINK_SECONDS * 1000:.0f} ms "
         "before forwarding it, so a tool's speed there is mostly how many requests it keeps in flight (s3backup: "
-        "8 workers, and once the first GET has shown the route, up to 64 GETs on its event loop, "
-        "8 × `--concurrency`; "
+        "8 workers, and once the first GET has shown the route, up to 256 GETs on its event loop, "
+        "32 × `--concurrency`; "
         "rclone 4 transfers; aws 10; s5cmd 256). The delay is per request on a kept-alive connection; opening a "
         "connection costs no more than on loopback.",
         "",

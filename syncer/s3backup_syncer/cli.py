@@ -137,7 +137,7 @@ def add_restore_parser(commands) -> None:
     _add_filter_arguments(what)
     restore.add_argument("--concurrency", type=int, default=8, metavar="N",
                          help="parallel files, and parallel ranges of large files (default 8); "
-                         "small files keep up to 8 × N requests in flight (256 at most)")
+                         "small files keep up to 32 × N requests in flight (256 at most), within 8 × N MiB")
     restore.add_argument("--dry-run", action="store_true", help="print what would be restored; change nothing")
     _add_output_arguments(restore)
 

@@ -53,7 +53,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._fail(HttpGetError(f"connection closed: {exc}" if exc else "connection closed"))
 
-    def request(self, data: bytes) -> asyncio.Future:
+    def request(self, data: bytes, max_body: int) -> asyncio.Future:
+        self._max_body = max_body
         self._waiter = asyncio.get_running_loop().create_future()
         self.last_seen = time.monotonic()
         self.transport.write(data)
@@ -157,8 +158,9 @@ class HttpGetPool:
         self._busy: set[_Connection] = set()
         self._watch: asyncio.TimerHandle | None = None
 
-    async def get(self, url: str, headers: dict[str, str]) -> Answer:
-        """GET `url` (of this origin, its path sent as it is: percent-encoded as signed) with `headers`."""
+    async def get(self, url: str, headers: dict[str, str], max_body: int | None = None) -> Answer:
+        """GET `url` (of this origin, its path sent as it is: percent-encoded as signed) with `headers`; a body of
+        more than `max_body` bytes (the pool's, if None) raises."""
         if not url.startswith(self.origin + "/"):
             raise HttpGetError("another origin than the pool's")
         lines = [f"GET {url[len(self.origin):]} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
@@ -167,7 +169,8 @@ class HttpGetPool:
         connection = await self._connection()
         self._busy.add(connection)
         try:
-            return await connection.request("".join(lines).encode("latin-1"))
+            return await connection.request("".join(lines).encode("latin-1"),
+                                            self._max_body if max_body is None else max_body)
         finally:
             self._busy.discard(connection)
             if not connection.closed:

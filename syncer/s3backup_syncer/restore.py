@@ -85,10 +85,16 @@ class RestoreOptions:
 
     @property
     def files_on_the_loop(self) -> int:
-        """Small files on the event loop at once, each at most small_gets.MAX_SIZE in memory. A GET costs the loop
-        little but a round trip, which a distant bucket makes long: so more of them than workers. At most 256
-        (s5cmd's default), so that a high --concurrency does not open thousands of sockets."""
-        return min(self.concurrency * 8, 256)
+        """Small files on the event loop at once. A GET costs the loop little but a round trip, which a distant
+        bucket makes long: so many more of them than workers. At most 256 (s5cmd's default), so that a high
+        --concurrency does not open thousands of sockets."""
+        return min(self.concurrency * 32, 256)
+
+    @property
+    def bytes_on_the_loop(self) -> int:
+        """What the loop's files may hold in memory at once, by their listed sizes (a body larger than listed is
+        refused): 8 × --concurrency of the largest small file."""
+        return self.concurrency * 8 * MAX_SIZE
 
 
 @dataclass
@@ -218,7 +224,7 @@ class RestoreRun:
     def _march(self, remote_objects: Iterator[RemoteObject]) -> None:
         options = self.options
         worker_slots = threading.BoundedSemaphore(options.files_for_workers)
-        loop_slots = LoopSlots(options.files_on_the_loop, self._small_gets)
+        loop_slots = LoopSlots(options.files_on_the_loop, options.bytes_on_the_loop, self._small_gets)
         with ThreadPoolExecutor(options.concurrency, thread_name_prefix="s3backup-file") as workers:
             self._workers = workers
             try:
@@ -247,7 +253,7 @@ class RestoreRun:
             if self._settled(decision):
                 continue
             if self._small_gets_take(decision):
-                loop_slots.take()
+                loop_slots.take(remote.size)
                 loop_slots.hand_over(self._restore_small(decision, loop_slots))
             else:
                 if not worker_slots.acquire(blocking=False):
@@ -382,7 +388,8 @@ class RestoreRun:
         remote = decision.remote
         slots.started()
         try:
-            got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'})
+            got = await self._small_gets.get(self.options.prefix + remote.key, {"If-Match": f'"{remote.etag}"'},
+                                             max_body=remote.size)
             if got is None:
                 self._hand_to_a_worker(decision, slots)
                 return
@@ -409,13 +416,14 @@ class RestoreRun:
         except Exception as exc:  # a bug or an unforeseen failure: this file fails, the run goes on
             log.debug("unexpected failure on %s", remote.key, exc_info=True)
             self._fail(remote, f"{type(exc).__name__}: {exc}")
-        slots.finished()
+        slots.finished(remote.size)
 
     def _hand_to_a_worker(self, decision: RestoreDecision, slots: LoopSlots) -> None:
         """The loop's file goes to a worker, which frees its slot when done (if the handing over fails, the
         caller's `except` frees it)."""
-        self._to_workers(decision, slots.free_one)
-        slots.finished(slot_freed=False)
+        size = decision.remote.size
+        self._to_workers(decision, lambda: slots.free(size))
+        slots.finished(size, slot_freed=False)
 
     def _paths(self, remote: RemoteObject) -> tuple[str, str]:
         """(final path, temporary path beside it), the folders made."""

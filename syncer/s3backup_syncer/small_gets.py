@@ -100,14 +100,15 @@ class SmallGets:
         """Run the coroutines on the loop, with one wake-up of it; what they raise is their own to handle."""
         self._loop.call_soon_threadsafe(_create_tasks, self._loop, coroutines)
 
-    async def get(self, full_key: str, headers: dict[str, str]) -> tuple[GetAnswer, bytes] | None:
-        """(what the answer says, the whole body) of a GetObject answered 200, else None. On the loop only."""
+    async def get(self, full_key: str, headers: dict[str, str], max_body: int) -> tuple[GetAnswer, bytes] | None:
+        """(what the answer says, the whole body) of a GetObject answered 200 with at most `max_body` bytes, else
+        None. On the loop only."""
         try:
             request = self._direct.signed(full_key, headers)
             if request is None:
                 return None
             url, signed_headers = request
-            answer = await self._pool.get(url, signed_headers)
+            answer = await self._pool.get(url, signed_headers, max_body=max_body)
             if answer.status != 200:
                 self._direct.refused(answer.status, full_key)
                 return None
@@ -148,30 +149,41 @@ def _create_tasks(loop: asyncio.AbstractEventLoop, coroutines: list) -> None:
 
 
 class LoopSlots:
-    """The bound on the files held for the loop, handed over in batches both ways.
+    """The bound on the files held for the loop, by number and by bytes, handed over in batches both ways.
 
     Handed one at a time, each file woke the loop (its self-pipe) and, once the bound was reached, woke the
     run's thread again when it was done: two GIL handoffs per file, the run's and the loop's threads making
     ~20 futex calls for each small file. So the run's thread submits up to `batch` files at once, and the
-    loop frees their slots `batch` at a time, or all it holds when it runs dry. No file waits in a batch
-    while the run's thread blocks: `take` submits the batch first.
+    loop frees their slots a batch at a time, or all it holds when it runs dry. No file waits in a batch
+    while the run's thread blocks: `take` submits the batch first. The bytes are counted in units of UNIT,
+    by the files' listed sizes, so that many tiny files may be in flight but never more memory than allowed.
     """
 
-    def __init__(self, size: int, small_gets: SmallGets):
-        self.size = size
-        self.batch = max(1, size // 4)
-        self._free = threading.BoundedSemaphore(size)
+    UNIT = 64 * 1024
+
+    def __init__(self, files: int, byte_budget: int, small_gets: SmallGets):
+        self.files = files
+        self.units = max(1, byte_budget // self.UNIT)
+        self.batch = max(1, files // 4)
+        self._free_files = threading.BoundedSemaphore(files)
+        self._free_units = threading.BoundedSemaphore(self.units)
         self._small_gets = small_gets
         self._to_submit: list = []  # the run's thread only
-        self._running = 0  # the loop's thread only, as is _done
-        self._done = 0
+        self._running = 0  # the loop's thread only, as are the two below
+        self._done_files = 0
+        self._done_units = 0
+
+    def units_of(self, size: int) -> int:
+        return min(self.units, max(1, -(-size // self.UNIT)))
 
     # --- the run's thread ---
-    def take(self) -> None:
-        """One slot, blocking once the batch so far is submitted."""
-        if not self._free.acquire(blocking=False):
-            self.submit_held()
-            self._free.acquire()
+    def take(self, size: int) -> None:
+        """A slot for a file of `size` bytes, blocking once the batch so far is submitted."""
+        for semaphore, count in ((self._free_files, 1), (self._free_units, self.units_of(size))):
+            for _ in range(count):
+                if not semaphore.acquire(blocking=False):
+                    self.submit_held()
+                    semaphore.acquire()
 
     def hand_over(self, coroutine) -> None:
         """After `take`: the file's coroutine, submitted with the batch."""
@@ -186,21 +198,27 @@ class LoopSlots:
 
     def wait_for_all(self) -> None:
         self.submit_held()
-        for _ in range(self.size):
-            self._free.acquire()
+        for semaphore, count in ((self._free_files, self.files), (self._free_units, self.units)):
+            for _ in range(count):
+                semaphore.acquire()
 
     # --- the loop's thread ---
     def started(self) -> None:
         self._running += 1
 
-    def finished(self, slot_freed: bool = True) -> None:
-        """A file done on the loop; slot_freed=False when a worker took it over (and calls `free_one`)."""
+    def finished(self, size: int, slot_freed: bool = True) -> None:
+        """A file done on the loop; slot_freed=False when a worker took it over (and calls `free`)."""
         self._running -= 1
-        self._done += slot_freed
-        if self._done and (self._done >= self.batch or self._running == 0):
-            self._free.release(self._done)
-            self._done = 0
+        if slot_freed:
+            self._done_files += 1
+            self._done_units += self.units_of(size)
+        if self._done_files and (self._done_files >= self.batch or self._done_units * 4 >= self.units
+                                 or self._running == 0):
+            self._free_files.release(self._done_files)
+            self._free_units.release(self._done_units)
+            self._done_files = self._done_units = 0
 
     # --- a worker's thread ---
-    def free_one(self) -> None:
-        self._free.release()
+    def free(self, size: int) -> None:
+        self._free_files.release()
+        self._free_units.release(self.units_of(size))

@@ -204,6 +204,7 @@ class FaultProxy:
             daemon_threads = True
             allow_reuse_address = True
             block_on_close = False
+            request_queue_size = 1024  # the listen backlog: a restore's loop opens up to 256 connections at once
 
         self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},

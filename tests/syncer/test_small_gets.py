@@ -34,7 +34,7 @@ SYNCER = [sys.executable, "-m", "s3backup_syncer.cli"]
 PLAIN = [f"a/{i:02d}.bin" for i in range(12)]  # first in key order: the run learns its route on these
 AWKWARD = ["z/a b.txt", "z/ü~+x.bin", "z/q?x=1&y", "z/pct%20", "z/semi;colon", "z/#hash", "z/unicodé/ﬁle",
            "z/empty", "z/holes.img"]
-TAIL = [f"zz/{i:02d}" for i in range(16)]  # after the awkward names: enough to outnumber the loop's slots
+TAIL = [f"zz/{i:02d}" for i in range(40)]  # after the awkward names: enough to outnumber the loop's slots
 
 
 def _write_source(src) -> dict[str, tuple[bytes, int, int]]:
@@ -136,11 +136,11 @@ def test_bytes_that_never_match_leave_no_file_under_the_name(s3, tmp_path, prefi
 def test_a_refusal_switches_the_shortcuts_off_and_botocore_restores_the_rest(
         s3, tmp_path, prefix, uploaded):
     """A 403 to the loop's request says the shortcut is wrong: fails if the loop goes on being used for the
-    files after it (beyond those already on their way: the loop's other slots), or if any file is lost. The 24
+    files after it (beyond those already on their way: the loop's other slots), or if any file is lost. The 48
     files after the key outnumber those slots, so a loop that ignored the refusal would send them all."""
     requests: list[Request] = []
     target = tmp_path / "restored"
-    key = "z/#hash"  # the first awkward name in key order: 24 files come after it
+    key = "z/#hash"  # the first awkward name in key order: 48 files come after it
     with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
         proxy.inject("403", operation="GetObject", match=lambda request: request.path.endswith(f"/{key}"))
         summary = _restore(s3, proxy.endpoint_url, prefix, target)
@@ -236,12 +236,12 @@ def test_the_cli_takes_the_loop_and_exits_cleanly(s3, tmp_path, prefix):
     assert len(list(target.rglob("*.bin"))) == count
 
 
-def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_worker_in_flight(s3, tmp_path, prefix):
+def test_behind_a_slow_link_the_loop_starts_early_and_keeps_32_files_per_worker_in_flight(s3, tmp_path, prefix):
     """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once the
     route is known (fails if it waited for 256 files, as it once did: then no GET is the loop's).
-    With --concurrency 2 the loop may then have 16 GETs in flight (RestoreOptions.files_on_the_loop), the
-    workers 2 more, and never more, which bounds memory (fails if the loop's GETs were capped at 4 ×
-    --concurrency, as before, or shared one bound with the workers' files: then at most 8)."""
+    With --concurrency 2 the loop may then have 64 GETs in flight (RestoreOptions.files_on_the_loop; these small
+    files are far within its byte budget), the workers 2 more, and never more (fails if the loop's GETs were
+    still capped at 8 × --concurrency: then at most 16, or if nothing bounds them)."""
     src = tmp_path / "src"
     rng = random.Random(5)
     count = 128
@@ -259,15 +259,16 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_eight_files_per_work
 
     assert summary.files_restored == count and summary.files_failed == 0
     assert len(_loop_gets(requests, prefix)) >= count - 8 - 8
-    assert 8 < proxy.most_in_flight["GetObject"] <= 16 + 2
+    assert 16 < proxy.most_in_flight["GetObject"] <= 64 + 2
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
 
 
-def test_the_loop_keeps_eight_files_per_worker_and_never_more_than_256(tmp_path):
-    """The loop's own bound and the workers' queue (restore.py); 256 at most, whatever --concurrency."""
-    options = RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=8)
-    assert (options.files_on_the_loop, options.files_for_workers) == (64, 32)
+def test_the_loop_keeps_32_files_per_worker_never_more_than_256_and_8_mib_per_worker(tmp_path):
+    """The loop's own bounds and the workers' queue (restore.py); 256 files at most, whatever --concurrency."""
+    options = RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=2)
+    assert (options.files_on_the_loop, options.files_for_workers, options.bytes_on_the_loop) == (64, 8, 16 << 20)
+    assert RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=8).files_on_the_loop == 256
     assert RestoreOptions(bucket=BUCKET, prefix="", target=tmp_path, concurrency=256).files_on_the_loop == 256
 
 
@@ -283,8 +284,8 @@ class _Submitted:
         self.batches.append(list(coroutines))
 
 
-def _take_on_a_thread(slots: LoopSlots) -> threading.Thread:
-    thread = threading.Thread(target=slots.take, daemon=True)
+def _take_on_a_thread(slots: LoopSlots, size: int = 1) -> threading.Thread:
+    thread = threading.Thread(target=slots.take, args=(size,), daemon=True)
     thread.start()
     thread.join(0.2)
     return thread
@@ -295,33 +296,57 @@ def test_loop_slots_go_over_in_batches_and_never_hold_a_file_back():
     file waits in a batch while the run's thread blocks, or if a loop that runs dry keeps a slot (the run would
     then wait for ever)."""
     submitted = _Submitted()
-    slots = LoopSlots(8, submitted)  # batches of 2
+    slots = LoopSlots(8, 64 * LoopSlots.UNIT, submitted)  # batches of 2 files; the bytes do not bind here
     for number in range(8):
-        slots.take()
+        slots.take(1)
         slots.hand_over(number)
     assert submitted.batches == [[0, 1], [2, 3], [4, 5], [6, 7]]
     for _ in range(8):
         slots.started()  # the loop runs all eight
 
-    slots.finished()
+    slots.finished(1)
     blocked = _take_on_a_thread(slots)
     assert blocked.is_alive(), "one slot came back alone while seven files run"
-    slots.finished()  # a second: a batch of slots comes back
+    slots.finished(1)  # a second: a batch of slots comes back
     blocked.join(5)
     assert not blocked.is_alive()
     slots.hand_over(8)  # one slot is still free: taken without a wait, held for its batch
     assert submitted.batches[-1] == [6, 7]
 
-    slots.take()
+    slots.take(1)
     blocked = _take_on_a_thread(slots)
     assert blocked.is_alive() and submitted.batches[-1] == [8], "the held file was submitted before the wait"
     for _ in range(5):
-        slots.finished(slot_freed=False)  # files handed to workers, which free their slots when done
+        slots.finished(1, slot_freed=False)  # files handed to workers, which free their slots when done
     blocked.join(0.2)
     assert blocked.is_alive(), "a file handed to a worker gave its slot back before the worker was done"
-    slots.finished()  # the loop's last file: it runs dry, and its slot comes back, though fewer than a batch
+    slots.finished(1)  # the loop's last file: it runs dry, and its slot comes back, though fewer than a batch
     blocked.join(5)
     assert not blocked.is_alive()
+
+
+def test_loop_slots_bound_the_bytes_in_flight_by_the_listed_sizes():
+    """Fails if files whose listed sizes fill the byte budget leave room for another, though file slots are
+    free, or if a file larger than the whole budget can never be taken."""
+    unit = LoopSlots.UNIT
+    slots = LoopSlots(8, 4 * unit, _Submitted())
+    slots.take(2 * unit)
+    slots.take(unit + 1)  # two units, by the listed size rounded up
+    slots.hand_over(0)
+    slots.hand_over(1)
+    blocked = _take_on_a_thread(slots, 1)
+    assert blocked.is_alive(), "the budget is spent: even a one-byte file waits"
+    slots.started()
+    slots.started()
+    slots.finished(2 * unit)  # half the budget back: a batch of bytes
+    blocked.join(5)
+    assert not blocked.is_alive()
+    slots.started()
+    slots.finished(unit + 1)
+    slots.finished(1)
+    giant = _take_on_a_thread(slots, 100 * unit)  # as much as the budget holds, not more
+    giant.join(5)
+    assert not giant.is_alive()
 
 
 # --- over TLS: SeaweedFS on HTTPS, its certificate trusted as a user trusts a private CA ---------------------
