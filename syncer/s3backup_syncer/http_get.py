@@ -36,8 +36,8 @@ class Answer:
 class _Connection(asyncio.Protocol):
     """One kept-alive connection with at most one request on it."""
 
-    def __init__(self, max_body: int):
-        self._max_body = max_body
+    def __init__(self):
+        self._max_body = 0  # of the answer to the request on the way (`request`)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.last_seen = time.monotonic()  # of the request sent or the data received, for the read timeout
@@ -184,7 +184,7 @@ class HttpGetPool:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(loop.create_connection(
-                lambda: _Connection(self._max_body), *self._address, ssl=self._tls,
+                _Connection, *self._address, ssl=self._tls,
                 server_hostname=self._address[0] if self._tls else None), self._connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise HttpGetError(f"cannot connect: {exc or type(exc).__name__}") from None

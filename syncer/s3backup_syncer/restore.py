@@ -191,7 +191,7 @@ class RestoreRun:
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
-            self._small_gets = SmallGets(downloader.direct, self.client, connections=options.files_on_the_loop)
+            self._small_gets = SmallGets(downloader.direct, self.client)
             try:
                 self._march(remote)
             finally:

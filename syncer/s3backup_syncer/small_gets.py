@@ -10,7 +10,8 @@ The request is exactly DirectGet's (route, signature, If-Match); only the HTTP c
 - The lane starts at the first small object wanted once DirectGet knows the route (a worker's first
   GET). It never starts when botocore's session does what this cannot (a proxy, a client certificate),
   nor when DirectGet is off (direct_put.ENABLED).
-- Bodies are read whole, so memory stays within (connections) x MAX_SIZE.
+- Bodies are read whole, at most the object's listed size each (a larger one is refused), so memory stays
+  within the byte budget restore.py's LoopSlots keeps.
 - Any failure, or any answer but 200, gives None: the caller then hands the file to a worker, whose
   retries (DirectGet, then botocore) and error mapping decide. DirectGet.refused decides whether the
   answer switches both shortcuts off.
@@ -69,10 +70,9 @@ class SmallGets:
     """The event loop, its thread and its connections (http_get.py). One thread (the run's) calls `available`
     and `submit`; `get` runs on the loop."""
 
-    def __init__(self, direct: DirectGet, client, connections: int):
+    def __init__(self, direct: DirectGet, client):
         self._direct = direct
         self._client = client
-        self._connections = connections
         self._state = "waiting"  # -> "ready" or "off" (closed)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -93,6 +93,7 @@ class SmallGets:
                     self._open(url, settings)
             except Exception as exc:  # settings this cannot take: the other paths serve
                 log.debug("no event loop for small GetObjects: %s", exc)
+                self.close()  # nothing half-open is left running
             self._state = "ready" if self._pool is not None else "off"
         return self._state == "ready"
 
@@ -120,10 +121,10 @@ class SmallGets:
     def close(self) -> None:
         """Stop the loop. The caller has waited for the tasks it submitted."""
         self._state = "off"
+        pool, self._pool = self._pool, None
         if self._loop is not None:
-            if self._pool is not None:
-                asyncio.run_coroutine_threadsafe(_closed(self._pool), self._loop).result()
-                self._pool = None
+            if pool is not None:
+                asyncio.run_coroutine_threadsafe(_closed(pool), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
