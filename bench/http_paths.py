@@ -91,11 +91,11 @@ def main() -> None:
 
         async def via_http_get(in_flight: int) -> None:
             slots = asyncio.Semaphore(in_flight)
-            http = HttpGetPool(url_prefix, tls=False, connect_timeout=10, read_timeout=60, max_body=1 << 20)
+            http = HttpGetPool(url_prefix, tls=False, connect_timeout=10, read_timeout=60)
 
             async def get(key: str) -> None:
                 async with slots:
-                    answer = await http.get(url(key), signer.sign("GET", url(key), {}))
+                    answer = await http.get(url(key), signer.sign("GET", url(key), {}), max_body=1 << 20)
                     assert answer.status == 200 and hashlib.md5(answer.body).digest()
             await asyncio.gather(*(get(key) for key in keys))
             http.close()

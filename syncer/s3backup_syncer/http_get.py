@@ -141,7 +141,7 @@ class HttpGetPool:
     """Kept-alive connections to one origin (scheme, host, port); on the loop's thread only."""
 
     def __init__(self, origin: str, *, tls: ssl.SSLContext | bool, connect_timeout: float | None,
-                 read_timeout: float | None, max_body: int):
+                 read_timeout: float | None):
         parts = urlsplit(origin)
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self._host_header = canonical_host(parts)
@@ -153,14 +153,13 @@ class HttpGetPool:
             self._tls.verify_mode = ssl.CERT_NONE
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
-        self._max_body = max_body
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._watch: asyncio.TimerHandle | None = None
 
-    async def get(self, url: str, headers: dict[str, str], max_body: int | None = None) -> Answer:
+    async def get(self, url: str, headers: dict[str, str], max_body: int) -> Answer:
         """GET `url` (of this origin, its path sent as it is: percent-encoded as signed) with `headers`; a body of
-        more than `max_body` bytes (the pool's, if None) raises."""
+        more than `max_body` bytes raises."""
         if not url.startswith(self.origin + "/"):
             raise HttpGetError("another origin than the pool's")
         lines = [f"GET {url[len(self.origin):]} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
@@ -169,8 +168,7 @@ class HttpGetPool:
         connection = await self._connection()
         self._busy.add(connection)
         try:
-            return await connection.request("".join(lines).encode("latin-1"),
-                                            self._max_body if max_body is None else max_body)
+            return await connection.request("".join(lines).encode("latin-1"), max_body)
         finally:
             self._busy.discard(connection)
             if not connection.closed:

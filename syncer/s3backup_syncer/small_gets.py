@@ -132,7 +132,7 @@ class SmallGets:
 
     def _open(self, url: str, settings: HttpSettings) -> None:
         self._pool = HttpGetPool(url, tls=settings.ssl, connect_timeout=settings.connect_timeout,
-                                 read_timeout=settings.read_timeout, max_body=MAX_SIZE)
+                                 read_timeout=settings.read_timeout)
         self._loop = loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=loop.run_forever, name="s3backup-small-gets", daemon=True)
         self._thread.start()

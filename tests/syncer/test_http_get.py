@@ -10,6 +10,7 @@ import time
 import pytest
 from s3backup_syncer.http_get import HttpGetError, HttpGetPool
 
+MAX_BODY = 1024  # each GET's bound on the body
 HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"5d41\"\r\nX-Amz-Meta-Mtime: 17\r\n\r\nhello"
 
 
@@ -55,8 +56,8 @@ class ScriptedServer:
         writer.close()
 
 
-def _pool(origin: str, read_timeout: float | None = 10, max_body: int = 1024) -> HttpGetPool:
-    return HttpGetPool(origin, tls=False, connect_timeout=5, read_timeout=read_timeout, max_body=max_body)
+def _pool(origin: str, read_timeout: float | None = 10) -> HttpGetPool:
+    return HttpGetPool(origin, tls=False, connect_timeout=5, read_timeout=read_timeout)
 
 
 def test_two_gets_share_a_connection_and_go_out_as_signed():
@@ -66,8 +67,9 @@ def test_two_gets_share_a_connection_and_go_out_as_signed():
         server = ScriptedServer([HELLO, HELLO])
         async with server as origin:
             pool = _pool(origin)
-            first = await pool.get(f"{origin}/bucket/a%20b/%C3%BC~", {"If-Match": '"5d41"', "X-Amz-Date": "x"})
-            second = await pool.get(f"{origin}/bucket/next", {})
+            first = await pool.get(f"{origin}/bucket/a%20b/%C3%BC~", {"If-Match": '"5d41"', "X-Amz-Date": "x"},
+                                   MAX_BODY)
+            second = await pool.get(f"{origin}/bucket/next", {}, MAX_BODY)
             pool.close()
         return server, origin, first, second
 
@@ -83,7 +85,7 @@ def test_two_gets_share_a_connection_and_go_out_as_signed():
 @pytest.mark.parametrize("answer", [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 15\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello",  # no Content-Length
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n" + bytes(2048),  # more than max_body
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n" + bytes(2048),  # more than MAX_BODY
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",  # cut short: the server closes
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello, and more",
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Folded: a\r\n b: c\r\n\r\nhello",
@@ -97,7 +99,7 @@ def test_an_answer_it_does_not_take_raises(answer):
         async with ScriptedServer([answer], close_after=True) as origin:
             pool = _pool(origin)
             try:
-                await pool.get(f"{origin}/bucket/key", {})
+                await pool.get(f"{origin}/bucket/key", {}, MAX_BODY)
             finally:
                 pool.close()
 
@@ -114,8 +116,8 @@ def test_a_refusal_comes_back_with_its_status_and_its_connection_is_not_reused()
         server = ScriptedServer([refusal, HELLO])
         async with server as origin:
             pool = _pool(origin)
-            refused = await pool.get(f"{origin}/bucket/key", {})
-            answer = await pool.get(f"{origin}/bucket/key", {})
+            refused = await pool.get(f"{origin}/bucket/key", {}, MAX_BODY)
+            answer = await pool.get(f"{origin}/bucket/key", {}, MAX_BODY)
             pool.close()
         return server, refused, answer
 
@@ -129,9 +131,9 @@ def test_connection_close_is_honoured():
         server = ScriptedServer([HELLO.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), HELLO])
         async with server as origin:
             pool = _pool(origin)
-            await pool.get(f"{origin}/bucket/one", {})
+            await pool.get(f"{origin}/bucket/one", {}, MAX_BODY)
             server.answers = [HELLO]
-            await pool.get(f"{origin}/bucket/two", {})
+            await pool.get(f"{origin}/bucket/two", {}, MAX_BODY)
             pool.close()
         return server
 
@@ -144,7 +146,7 @@ def test_a_silent_server_times_out():
         async with ScriptedServer([None]) as origin:
             pool = _pool(origin, read_timeout=0.2)
             try:
-                await pool.get(f"{origin}/bucket/key", {})
+                await pool.get(f"{origin}/bucket/key", {}, MAX_BODY)
             finally:
                 pool.close()
 
@@ -158,7 +160,7 @@ def test_no_server_and_another_origin_raise():
     async def scenario(url: str):
         pool = _pool("http://127.0.0.1:1")
         try:
-            await pool.get(url, {})
+            await pool.get(url, {}, MAX_BODY)
         finally:
             pool.close()
 

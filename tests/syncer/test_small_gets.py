@@ -403,9 +403,9 @@ def test_the_loops_connections_refuse_a_certificate_they_were_not_told_to_trust(
     server, certificate = s3_on_https
 
     async def status(context: ssl.SSLContext) -> int:
-        pool = HttpGetPool(server.endpoint_url, tls=context, connect_timeout=5, read_timeout=10, max_body=1024)
+        pool = HttpGetPool(server.endpoint_url, tls=context, connect_timeout=5, read_timeout=10)
         try:
-            return (await pool.get(f"{server.endpoint_url}/{BUCKET}/any", {})).status
+            return (await pool.get(f"{server.endpoint_url}/{BUCKET}/any", {}, 1024)).status
         finally:
             pool.close()
 
