@@ -32,6 +32,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -179,8 +180,9 @@ def save_attribute_state(state: AttributeState, client, bucket: str, prefix: str
 class AttributeReader:
     """Lookups in downloaded copies of the states (read-only), newest first."""
 
-    def __init__(self, tables: list[_Table]):
+    def __init__(self, tables: list[_Table], folder: str = ""):
         self._tables = tables
+        self._folder = folder  # where the reader's prefix lies within the backup whose states these are
         self._lock = threading.Lock()
 
     def lookup(self, key: str, etag: str) -> RecordedAttributes | None:
@@ -191,7 +193,7 @@ class AttributeReader:
         """
         with self._lock:
             for table in self._tables:
-                found = table.lookup(key, etag)
+                found = table.lookup(self._folder + key, etag)
                 if found is not None:
                     return found
         return None
@@ -236,27 +238,54 @@ def attribute_state_objects(client, bucket: str, prefix: str,
     return [(key[len(prefix):], version) for _, key, version in found]
 
 
+def backup_roots(prefix: str) -> list[str]:
+    """`prefix` ("" or ending in "/") and each folder above it, nearest first: where a backup that holds `prefix`
+    keeps its state, when `prefix` is one of the backup's folders."""
+    folders = prefix.split("/")[:-1]
+    return ["".join(folder + "/" for folder in folders[:depth]) for depth in range(len(folders), -1, -1)]
+
+
+def _nearest_states(client, bucket: str, prefix: str,
+                    as_of: datetime | None) -> tuple[str, list[tuple[str, str | None]]]:
+    """(backup root, `attribute_state_objects` of it): `prefix`'s own states, else those of the nearest folder
+    above it that has some (a restore or verify of a backup's subfolder). The folders are listed at the same
+    time. Only `prefix`'s own listing may raise: a policy that allows listing only within the backup is common.
+    """
+    roots = backup_roots(prefix)
+    with ThreadPoolExecutor(min(len(roots), 8), thread_name_prefix="s3backup-state") as pool:
+        listings = [pool.submit(attribute_state_objects, client, bucket, root, as_of) for root in roots]
+    for root, listing in zip(roots, listings, strict=True):
+        if root != prefix and listing.exception() is not None:
+            log.debug("no attribute state read under %r: %s", root, listing.exception())
+            continue
+        if states := listing.result():
+            return root, states
+    return prefix, []
+
+
 @contextlib.contextmanager
 def open_recorded_attributes(client, bucket: str, prefix: str, *,
                              as_of: datetime | None = None) -> Iterator[AttributeReader]:
     """`with open_recorded_attributes(client, bucket, prefix) as recorded: recorded.lookup(key, etag)`.
 
     Downloads every attributes state under `PREFIX/.s3backup/` (the unsharded one and each
-    shard's; see `attribute_state_objects`) to temporary files, removed on exit. `as_of` (a
+    shard's; see `attribute_state_objects`) to temporary files, removed on exit. Where `prefix`
+    has none, those of the nearest folder above it that has some: `prefix` is then a folder of
+    that backup (`_nearest_states`). `as_of` (a
     restore `--as-of`, on a versioned bucket) takes each state as it was at that time. Without a state object every
     lookup answers None. A damaged state raises. `prefix` is "" or ends with "/" (one is added if missing).
     """
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    states = attribute_state_objects(client, bucket, prefix, as_of)
+    root, states = _nearest_states(client, bucket, prefix, as_of)
     tables: list[_Table] = []
     with tempfile.TemporaryDirectory(prefix="s3backup-attributes-") as workdir:
         try:
             for number, (key, version) in enumerate(states):
                 path = Path(workdir) / f"attributes-{number}.sqlite"
-                if fetch_state(client, bucket, prefix + key, path, version):
+                if fetch_state(client, bucket, root + key, path, version):
                     tables.append(_Table(path, read_only=True))
-            yield AttributeReader(tables)
+            yield AttributeReader(tables, folder=prefix[len(root):])
         finally:
             for table in tables:
                 table.db.close()

@@ -1,9 +1,10 @@
 """GetObject for restore without botocore's per-request machinery: DirectPut's route, the other way.
 
 On a restore of many small files, botocore's work around each request (event hooks, validation,
-serialisation, parsing) was most of the client's CPU. The route is learnt exactly as for DirectPut
-(from a GetObject that botocore made and that succeeded), requests are signed as DirectPut signs
-them and sent through the client's own HTTP session, and the body is streamed, never preloaded.
+serialisation, parsing) was most of the client's CPU. The route is learnt as for DirectPut (from a
+GetObject that botocore made and that succeeded), or from the restore's listing of the bucket.
+Requests are signed as DirectPut signs them and sent through the client's own HTTP session, and the
+body is streamed, never preloaded.
 Any answer but 200/206 makes the caller repeat the request through botocore, whose retries and
 error mapping decide every failure; an answer that says the shortcut itself is wrong (a redirect,
 a 4xx other than a failed precondition or a missing key) switches it off for the rest of the run.
@@ -11,8 +12,10 @@ a 4xx other than a failed precondition or a missing key) switches it off for the
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from botocore.awsrequest import AWSRequest
@@ -54,6 +57,35 @@ class DirectGet(DirectPut):
     """`get()` returns (GetAnswer, Content-Range, a raw body with `read(n)` and `close()`), or None."""
 
     event = "before-sign.s3.GetObject"
+    listing_event = "before-sign.s3.ListObjectsV2"
+
+    @contextlib.contextmanager
+    def learning_from_listing(self) -> Iterator[None]:
+        """Learn the route from the ListObjectsV2 this thread makes in the block: its URL without the query is the
+        bucket's URL, to which a GetObject appends the key. Trusted once the block ends without an error.
+
+        So small_gets.py's loop can take the first small file, instead of waiting for a worker's first GET. Should
+        the GET's route differ after all, its first answer is a redirect or a 4xx, `refused` switches the shortcut
+        off, and botocore does the rest.
+        """
+        if self._off:
+            yield
+            return
+        thread, seen = threading.get_ident(), []
+
+        def learn(request, **signer) -> None:
+            if threading.get_ident() == thread:
+                seen.append(self._route_of(request, bucket_url(request.url), **signer))
+
+        self._client.meta.events.register(self.listing_event, learn)
+        try:
+            yield
+        finally:
+            self._client.meta.events.unregister(self.listing_event, learn)
+        with self._lock:
+            if seen and seen[-1] is not None and self._route is None:  # a redirect re-signs: the last route wins
+                self._route = seen[-1]
+                log.debug("direct GetObject on, via %s (learnt from the listing)", self._route.url_prefix)
 
     def signed(self, full_key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
         """(URL, signed headers) of the GetObject botocore would send, or None while the shortcut is not on.
@@ -92,6 +124,14 @@ class DirectGet(DirectPut):
         response.raw.close()
         self.refused(response.status_code, full_key)
         return None
+
+
+def bucket_url(listing_url: str) -> str:
+    """The URL a GetObject appends the percent-encoded key to, from a ListObjectsV2's URL: path-style
+    `https://host/bucket?list-type=2&...` gives `https://host/bucket/`; virtual-hosted `https://bucket.host/?...`
+    gives `https://bucket.host/`."""
+    url = listing_url.split("?", 1)[0]
+    return url if url.endswith("/") else url + "/"
 
 
 def user_metadata(headers: Iterable[tuple[str, str]]) -> dict[str, str]:

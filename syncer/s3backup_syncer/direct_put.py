@@ -142,22 +142,30 @@ class DirectPut:
                 self._route = route
                 log.debug("direct PutObject on, via %s", route.url_prefix)
 
-    def _learn(self, request, signing_name, region_name, signature_version, request_signer, **_) -> None:
-        signing = request.context.get("signing", {})
-        if signature_version != "s3v4" or signing.get("request_credentials") or signing.get("identity_cache"):
-            return  # SigV4a, S3 Express, unsigned: botocore only
+    def _learn(self, request, **signer) -> None:
         url = request.url.split("?", 1)[0]
         with self._lock:
             for full_key in self._awaited:
                 encoded = percent_encode(full_key, safe="/~")
                 if url.endswith("/" + encoded):
-                    self._seen[full_key] = _Route(  # a redirect re-signs: the last route wins
-                        url_prefix=url[: -len(encoded)],
-                        sign=_signing_for(request_signer, signing.get("signing_name") or signing_name,
-                                          signing.get("region") or region_name, self._client.meta.config),
-                        user_agent=request.headers.get("User-Agent"),
-                    )
+                    route = self._route_of(request, url[: -len(encoded)], **signer)
+                    if route is not None:
+                        self._seen[full_key] = route  # a redirect re-signs: the last route wins
                     return
+
+    def _route_of(self, request, url_prefix: str, *, signing_name, region_name, signature_version, request_signer,
+                  **_) -> _Route | None:
+        """The route of a request botocore is about to sign (a `before-sign` event's arguments), or None where
+        only botocore can sign: SigV4a, S3 Express, unsigned."""
+        signing = request.context.get("signing", {})
+        if signature_version != "s3v4" or signing.get("request_credentials") or signing.get("identity_cache"):
+            return None
+        return _Route(
+            url_prefix=url_prefix,
+            sign=_signing_for(request_signer, signing.get("signing_name") or signing_name,
+                              signing.get("region") or region_name, self._client.meta.config),
+            user_agent=request.headers.get("User-Agent"),
+        )
 
     # --- sending ----------------------------------------------------------------------------------
     def put(self, full_key: str, body: bytearray, args: dict) -> dict | None:

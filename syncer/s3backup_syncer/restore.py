@@ -22,14 +22,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import botocore.exceptions
 
-from .attributes_state import RecordedAttributes, content_etag_of, open_recorded_attributes
+from .attributes_state import AttributeReader, RecordedAttributes, content_etag_of, open_recorded_attributes
 from .download import Downloader, DownloadFailed, ObjectRef, head, write_whole
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
@@ -185,18 +185,15 @@ class RestoreRun:
         if options.as_of is not None:
             self.summary.as_of = options.as_of.isoformat().replace("+00:00", "Z")
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir, contextlib.ExitStack() as stack:
-            remote = self._remote(Path(workdir) / "remote-index.sqlite")  # bad bucket or access: fails here
-            self.recorded = recorded_attributes(stack, self.client, options.bucket, options.prefix, options.as_of)
-            prepare_target(options.target, options.dry_run, create=True)
             downloader = self._downloader = Downloader(
                 self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
             )
+            stack.callback(downloader.close)
             self._small_gets = SmallGets(downloader.direct, self.client)
-            try:
-                self._march(remote)
-            finally:
-                self._small_gets.close()
-                downloader.close()
+            stack.callback(self._small_gets.close)
+            remote = self._remote_and_recorded(Path(workdir) / "remote-index.sqlite", stack)
+            prepare_target(options.target, options.dry_run, create=True)
+            self._march(remote)
         if self.summary.files_listed == 0:
             where = f"s3://{options.bucket}/{options.prefix}"
             if options.as_of:
@@ -204,6 +201,21 @@ class RestoreRun:
             log.warning("nothing to restore: no object under %s%s", where,
                         " matches the filters" if options.includes or options.excludes else "")
         return self.summary
+
+    def _remote_and_recorded(self, index_path: Path, stack: contextlib.ExitStack) -> Iterator[RemoteObject]:
+        """`_remote`, while s3backup's recorded attributes are read beside it, open until `stack` closes: on a slow
+        link each request is a round trip, and the first file needs them only when it is written
+        (`self.recorded`). The listing also tells DirectGet the route, so that small files go straight to the
+        event loop."""
+        options = self.options
+        state_stack = stack.enter_context(contextlib.ExitStack())  # entered by the thread below only
+        beside = ThreadPoolExecutor(1, thread_name_prefix="s3backup-state")
+        stack.callback(beside.shutdown)  # before state_stack closes
+        state = beside.submit(state_stack.enter_context, open_recorded_attributes(
+            self.client, options.bucket, options.prefix, as_of=options.as_of))
+        self.recorded = lookup_when_read(state)
+        with self._downloader.direct.learning_from_listing():
+            return self._remote(index_path)  # bad bucket or access: fails here, whatever the state's fate
 
     def _remote(self, index_path: Path) -> Iterator[RemoteObject]:
         """The objects to restore, in key order: the current ones, or those current at --as-of."""
@@ -481,8 +493,27 @@ def recorded_attributes(stack: contextlib.ExitStack, client, bucket: str, prefix
                         as_of: datetime | None = None) -> Callable[[str, str], RecordedAttributes | None]:
     """`lookup(key, etag)` of the attributes in s3backup's state (as of `as_of`), open until `stack` closes: they
     win over the objects' metadata."""
+    return recorded_lookup(lambda: stack.enter_context(open_recorded_attributes(client, bucket, prefix, as_of=as_of)))
+
+
+def lookup_when_read(state: Future[AttributeReader]) -> Callable[[str, str], RecordedAttributes | None]:
+    """`recorded_lookup` of a state still being read: the first lookup waits for it."""
+    lock, read = threading.Lock(), []
+
+    def lookup(key: str, etag: str) -> RecordedAttributes | None:
+        if not read:
+            with lock:
+                if not read:
+                    read.append(recorded_lookup(state.result))
+        return read[0](key, etag)
+
+    return lookup
+
+
+def recorded_lookup(opened: Callable[[], AttributeReader]) -> Callable[[str, str], RecordedAttributes | None]:
+    """The reader's `lookup`; if `opened()` raises, a warning and a lookup that finds nothing."""
     try:
-        return stack.enter_context(open_recorded_attributes(client, bucket, prefix, as_of=as_of)).lookup
+        return opened().lookup
     except Exception as exc:  # a damaged or unreadable state: the objects' metadata still holds mtimes
         log.warning("s3backup's recorded attributes cannot be read (%s); mtimes and modes come from the "
                     "objects' metadata", type(exc).__name__)

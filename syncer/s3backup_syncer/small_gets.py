@@ -7,9 +7,9 @@ runs a small file's whole restore on this loop: the GET, the MD5 check, the writ
 requests go through http_get.py, a GET-only client: cheaper per GET than aiohttp and nothing to import.
 
 The request is exactly DirectGet's (route, signature, If-Match); only the HTTP client differs.
-- The lane starts at the first small object wanted once DirectGet knows the route (a worker's first
-  GET). It never starts when botocore's session does what this cannot (a proxy, a client certificate),
-  nor when DirectGet is off (direct_put.ENABLED).
+- The lane starts at the first small object wanted once DirectGet knows the route (from the restore's
+  listing, else from a worker's first GET). It never starts when botocore's session does what this
+  cannot (a proxy, a client certificate), nor when DirectGet is off (direct_put.ENABLED).
 - Bodies are read whole, at most the object's listed size each (a larger one is refused), so memory stays
   within the byte budget restore.py's LoopSlots keeps.
 - Any failure, or any answer but 200, gives None: the caller then hands the file to a worker, whose
@@ -81,7 +81,7 @@ class SmallGets:
     def available(self) -> bool:
         """Called once for each small object the run wants: whether the lane takes it (`submit`).
 
-        The first call once DirectGet knows the route (from a worker's first GET) starts the lane.
+        The first call once DirectGet knows the route starts the lane.
         """
         if self._state == "waiting":
             if not self._direct.ready:

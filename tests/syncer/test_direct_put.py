@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 import urllib.parse
 
+import botocore.exceptions
+import botocore.session
 import pytest
+from botocore.config import Config
+from botocore.utils import percent_encode
 from s3backup_syncer.config import SyncOptions
+from s3backup_syncer.direct_get import DirectGet, bucket_url
 from s3backup_syncer.engine import run_sync
 from s3backup_syncer.restore import RestoreOptions, run_restore
 
@@ -69,9 +75,9 @@ def test_after_one_botocore_put_the_rest_go_out_directly_with_the_same_objects(s
         assert head.get("StorageClass", "STANDARD") == "STANDARD"
 
 
-def test_after_one_botocore_get_a_restore_fetches_the_rest_directly(s3, tmp_path, prefix):
-    """Fails if restore's shortcut is never taken (a signature the server refuses turns it off), or if a
-    file it fetched differs from its source."""
+def test_a_restore_fetches_every_file_directly_its_route_learnt_from_the_listing(s3, tmp_path, prefix):
+    """Fails if restore's shortcut is not taken from the first file (a signature the server refuses turns it
+    off), or if a file it fetched differs from its source."""
     src = tmp_path / "src"
     _write_source(src)
     assert run_sync(_options(src, prefix), client=client_for(s3)).files_uploaded == len(NAMES)
@@ -81,9 +87,63 @@ def test_after_one_botocore_get_a_restore_fetches_the_rest_directly(s3, tmp_path
     summary = run_restore(RestoreOptions(bucket=BUCKET, prefix=prefix + "/", target=target, path_style=True,
                                          concurrency=1), client=client)
     assert summary.files_restored == len(NAMES) and summary.files_failed == 0
-    assert len(botocore_gets) == 1, botocore_gets
+    assert botocore_gets == []
     for name in NAMES:
         assert (target / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_the_route_is_learnt_from_a_listing_only_once_it_succeeded_in_the_same_thread(s3, prefix):
+    """Fails if a listing that failed, or one made by another thread, teaches the route, or if the route learnt
+    does not fetch the object."""
+    client = client_for(s3)
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/a b", Body=b"content")
+    direct = DirectGet(client)
+    with pytest.raises(botocore.exceptions.ClientError), direct.learning_from_listing():
+        client.list_objects_v2(Bucket="no-such-bucket-here")
+    with direct.learning_from_listing():
+        elsewhere = threading.Thread(target=client.list_objects_v2, kwargs={"Bucket": BUCKET, "Prefix": prefix})
+        elsewhere.start()
+        elsewhere.join()
+    assert not direct.ready
+    with direct.learning_from_listing():
+        client.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
+    assert direct.ready and direct.url_prefix == f"{s3.endpoint_url}/{BUCKET}/"
+    _answer, _range, body = direct.get(f"{prefix}/a b", {})
+    assert body.read() == b"content"
+    body.close()
+
+
+@pytest.mark.parametrize(("endpoint", "style", "bucket"), [
+    (None, "virtual", "my-bucket"),
+    (None, "path", "my-bucket"),
+    (None, "auto", "my.bucket"),  # dots: botocore falls back to path-style
+    (None, "auto", "arn:aws:s3:us-west-2:123456789012:accesspoint/backups"),
+    ("https://s3.example.net/storage/", "path", "my-bucket"),
+])
+def test_a_listings_bucket_url_is_the_getobject_url_minus_the_key(endpoint, style, bucket, monkeypatch):
+    """The URLs botocore builds for both requests (none is sent): fails if `bucket_url` differs from what a
+    GetObject's URL holds before its key, in any addressing style."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-west-2", endpoint_url=endpoint, config=Config(s3={"addressing_style": style}),
+        aws_access_key_id="k", aws_secret_access_key="s")
+    urls = []
+
+    def capture_and_stop(request, **_):
+        urls.append(request.url)
+        raise _Stop
+
+    client.meta.events.register("before-sign.s3", capture_and_stop)
+    for request in (lambda: client.list_objects_v2(Bucket=bucket, Prefix="p q/"),
+                    lambda: client.get_object(Bucket=bucket, Key="p q/r+s.bin")):
+        with pytest.raises(_Stop):
+            request()
+    listing_url, get_url = urls
+    assert bucket_url(listing_url) + percent_encode("p q/r+s.bin", safe="/~") == get_url
+
+
+class _Stop(Exception):
+    """Raised before a request is signed: nothing goes out."""
 
 
 @pytest.mark.parametrize(("fault", "botocore_sends"), [

@@ -1,7 +1,7 @@
 """A restore's small files go through the event loop (small_gets.py, http_get.py) once DirectGet knows the
-route, from a worker's first GET: so every file after the first few is the loop's. The loop's GETs are told
-apart on the wire: they carry no Range header (a worker's always does, download.py). Each test checks the
-files."""
+route, which the restore's listing tells it: so every small file is the loop's, unless a GET fails there. The
+loop's GETs are told apart on the wire: they carry no Range header (a worker's always does, download.py). Each
+test checks the files."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from tests.support.fault_proxy import FaultProxy, Request
 
 KiB = 1024
 SYNCER = [sys.executable, "-m", "s3backup_syncer.cli"]
-PLAIN = [f"a/{i:02d}.bin" for i in range(12)]  # first in key order: the run learns its route on these
+PLAIN = [f"a/{i:02d}.bin" for i in range(12)]  # first in key order
 AWKWARD = ["z/a b.txt", "z/ü~+x.bin", "z/q?x=1&y", "z/pct%20", "z/semi;colon", "z/#hash", "z/unicodé/ﬁle",
            "z/empty", "z/holes.img"]
 TAIL = [f"zz/{i:02d}" for i in range(40)]  # after the awkward names: enough to outnumber the loop's slots
@@ -64,11 +64,16 @@ def _restored(target, key: str) -> tuple[bytes, int, int]:
     return path.read_bytes(), st.st_mtime_ns, stat.S_IMODE(st.st_mode)
 
 
+def _file_gets(requests: list[Request], prefix: str) -> list[Request]:
+    """The GetObjects of the restored files (s3backup's state aside)."""
+    return [request for request in requests if request.operation == "GetObject" and f"/{prefix}/" in request.path
+            and f"/{prefix}/.s3backup/" not in request.path]
+
+
 def _loop_gets(requests: list[Request], prefix: str) -> list[str]:
-    """Keys of the GetObjects sent without a Range header: the event loop's."""
-    return [request.path.split(f"/{prefix}/", 1)[1] for request in requests
-            if request.operation == "GetObject" and f"/{prefix}/" in request.path
-            and not any(name.lower() == "range" for name, _ in request.headers)]
+    """Keys of the files' GetObjects sent without a Range header: the event loop's."""
+    return [request.path.split(f"/{prefix}/", 1)[1] for request in _file_gets(requests, prefix)
+            if not any(name.lower() == "range" for name, _ in request.headers)]
 
 
 @pytest.fixture
@@ -88,14 +93,15 @@ def _restore(s3, endpoint: str, prefix: str, target, concurrency: int = 1, **ext
 
 def test_the_loop_restores_awkward_names_with_content_mtimes_modes_and_holes(
         s3, tmp_path, prefix, uploaded):
-    """Fails if the loop is never used, if it sends a key encoded otherwise than signed (the server refuses
-    it), or if a file it restores differs in content, mtime or mode, or is written without its holes."""
+    """Fails if the loop does not take every file from the first (its route comes from the listing), if it
+    sends a key encoded otherwise than signed (the server refuses it), or if a file it restores differs in
+    content, mtime or mode, or is written without its holes."""
     requests: list[Request] = []
     target = tmp_path / "restored"
     with FaultProxy(s3.endpoint_url, on_request=requests.append) as proxy:
         summary = _restore(s3, proxy.endpoint_url, prefix, target)
     assert (summary.files_restored, summary.files_failed) == (len(uploaded), 0), summary.errors
-    assert set(AWKWARD) <= set(_loop_gets(requests, prefix)), "every awkward name came through the loop"
+    assert sorted(_loop_gets(requests, prefix)) == sorted(uploaded), "every file, and each once, came through the loop"
     for key, expected in uploaded.items():
         assert _restored(target, key) == expected, key
     holes = target / "z/holes.img"
@@ -237,8 +243,9 @@ def test_the_cli_takes_the_loop_and_exits_cleanly(s3, tmp_path, prefix):
 
 
 def test_behind_a_slow_link_the_loop_starts_early_and_keeps_32_files_per_worker_in_flight(s3, tmp_path, prefix):
-    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start once the
-    route is known (fails if it waited for 256 files, as it once did: then no GET is the loop's).
+    """Behind a slow link a GET is mostly waiting, which costs the loop little. The loop must start at the first
+    file, its route known from the listing (fails if it waited for a worker's first GET, or for 256 files, as it
+    once did).
     With --concurrency 2 the loop may then have 64 GETs in flight (RestoreOptions.files_on_the_loop; these small
     files are far within its byte budget), the workers 2 more, and never more (fails if the loop's GETs were
     still capped at 8 × --concurrency: then at most 16, or if nothing bounds them)."""
@@ -258,7 +265,7 @@ def test_behind_a_slow_link_the_loop_starts_early_and_keeps_32_files_per_worker_
         summary = _restore(s3, proxy.endpoint_url, prefix, target, concurrency=2)
 
     assert summary.files_restored == count and summary.files_failed == 0
-    assert len(_loop_gets(requests, prefix)) >= count - 8 - 8
+    assert len(_loop_gets(requests, prefix)) == len(_file_gets(requests, prefix)) == count, "all on the loop"
     assert 16 < proxy.most_in_flight["GetObject"] <= 64 + 2
     for path in src.iterdir():
         assert (target / path.name).read_bytes() == path.read_bytes()
