@@ -16,6 +16,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$what]"
+# pip compiles an installed package's modules; an editable one's are compiled here, or under
+# PYTHONDONTWRITEBYTECODE=1 every s3backup process (the tests start hundreds) would compile them again
+.venv/bin/python -m compileall -q syncer operator
 
 if [ "$what" = "test" ]; then
   missing=()

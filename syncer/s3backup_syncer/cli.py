@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
 from .errors import ConfigError, RunError
 from .filters import Filters
+from .remote import make_run_client, make_s3_client
 from .report import Progress, RunCounters, Summary, human_bytes
 from .shards import MAX_SHARDS, Shard, parse_run_id, parse_shard
 
@@ -262,7 +264,6 @@ def _shard_count(text: str) -> int:
 
 def run_recycle_command(args: argparse.Namespace) -> int:
     """`s3backup recycle`: the final step of a sharded run (shard_runs.finalize_recycle)."""
-    from .remote import make_s3_client
     from .shard_runs import finalize_recycle
 
     setup_logging(args.verbose, args.quiet)
@@ -429,8 +430,9 @@ def run_sync_command(args: argparse.Namespace) -> int:
         if args.expected_interval:
             interval = parse_duration(args.expected_interval)
         options = options_from_args(args)
+        client = long_lived_client(options)
         with Progress(summary, enabled=not args.quiet):
-            run_sync(options, summary=summary)
+            run_sync(options, client=client, summary=summary)
     if summary.result != "error" and not args.quiet:
         print(describe(summary), file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)
@@ -448,7 +450,8 @@ def run_other_command(args: argparse.Namespace) -> int:
         progress, describe_run = RestoreProgress, describe_restore
 
         def work() -> None:
-            run_restore(restore_options_from_args(args), summary=summary)
+            options = restore_options_from_args(args)
+            run_restore(options, client=long_lived_client(options), summary=summary)
     else:
         from .verify import VerifyProgress, VerifySummary, describe_verify, run_verify
 
@@ -456,13 +459,23 @@ def run_other_command(args: argparse.Namespace) -> int:
         progress, describe_run = VerifyProgress, describe_verify
 
         def work() -> None:
-            run_verify(verify_options_from_args(args), summary=summary)
+            options = verify_options_from_args(args)
+            run_verify(options, client=long_lived_client(options), summary=summary)
     with one_line_errors(summary), progress(summary, enabled=not args.quiet):
         work()
     if summary.result != "error" and not args.quiet:
         print(describe_run(summary), file=sys.stderr, flush=True)
     write_summary(summary, args.summary_json)  # type: ignore[arg-type]
     return summary.exit_code
+
+
+def long_lived_client(options):
+    """The run's client, and then `gc.freeze()`: the modules and the client's service model (~56,000 objects) live
+    until the process ends, so the collector is told never to walk them again, in the run's full collections nor
+    in the one at exit (~50 ms of every run)."""
+    client = make_run_client(options)
+    gc.freeze()
+    return client
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

@@ -41,7 +41,7 @@ from .remote import (
     STATE_DIR,
     RemoteListing,
     RemoteObject,
-    make_s3_client,
+    make_run_client,
     run_error,
 )
 from .report import Summary
@@ -81,14 +81,7 @@ class SyncRun:
     def __init__(self, options: SyncOptions, client=None, summary: Summary | None = None):
         self.options = options
         self.summary = summary or Summary(dry_run=options.dry_run)
-        self.client = client or make_s3_client(
-            endpoint_url=options.endpoint_url,
-            region=options.region,
-            path_style=options.path_style,
-            max_pool_connections=max(10, options.concurrency * 2 + 2),
-            connect_timeout=options.connect_timeout,
-            read_timeout=options.read_timeout,
-        )
+        self.client = client or make_run_client(options)
         self.filters = Filters(tuple(options.includes), tuple(options.excludes), options.include_lost_found)
         self.cache: HashCache | None = None
         self.attributes: AttributeState | None = None

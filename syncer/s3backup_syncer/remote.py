@@ -89,6 +89,19 @@ def make_s3_client(
     return client
 
 
+def make_run_client(options):
+    """The client of a sync, restore or verify run: its options carry the endpoint, the addressing, the
+    concurrency (the connection pool: a worker and a range each) and the timeouts."""
+    return make_s3_client(
+        endpoint_url=options.endpoint_url,
+        region=options.region,
+        path_style=options.path_style,
+        max_pool_connections=max(10, options.concurrency * 2 + 2),
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+    )
+
+
 def _parse_listings_once(events) -> None:
     """Put `_parse_listing_quickly` before botocore's check for a 200 answer that carries an error.
 

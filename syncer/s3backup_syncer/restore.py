@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .plan import etag_verdict, merge_join
-from .remote import RemoteListing, RemoteObject, describe_client_error, make_s3_client, run_error
+from .remote import RemoteListing, RemoteObject, describe_client_error, make_run_client, run_error
 from .report import Progress, RunCounters, human_bytes
 from .restore_plan import (
     TEMP_PREFIX,
@@ -143,17 +143,6 @@ def describe_restore(s: RestoreSummary) -> str:
     )
 
 
-def make_client(options: RestoreOptions):
-    return make_s3_client(
-        endpoint_url=options.endpoint_url,
-        region=options.region,
-        path_style=options.path_style,
-        max_pool_connections=max(10, options.concurrency * 2 + 2),
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
-    )
-
-
 def prepare_target(target: Path, dry_run: bool, create: bool) -> None:
     """The target is a directory we can write, created if missing (once S3 answered); else the user's to fix."""
     try:
@@ -173,7 +162,7 @@ class RestoreRun:
     def __init__(self, options: RestoreOptions, client=None, summary: RestoreSummary | None = None):
         self.options = options
         self.summary = summary or RestoreSummary(dry_run=options.dry_run)
-        self.client = client or make_client(options)
+        self.client = client or make_run_client(options)
         self.filters = Filters(tuple(options.includes), tuple(options.excludes))
         self._made_dirs: set[str] = set()
         self._dirs_lock = threading.Lock()

@@ -34,9 +34,9 @@ from .etag import EtagHasher, etag_key
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache
 from .plan import etag_verdict, merge_join
-from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, run_error
+from .remote import STATE_DIR, RemoteListing, RemoteObject, describe_client_error, make_run_client, run_error
 from .report import Progress, RunCounters, human_bytes
-from .restore import make_client, recorded_attributes
+from .restore import recorded_attributes
 from .restore_plan import Finding, decide_verify, in_sample, same_without_checksum
 from .scan import LocalFile, ScanProblem, walk
 
@@ -125,7 +125,7 @@ class VerifyRun:
     def __init__(self, options: VerifyOptions, client=None, summary: VerifySummary | None = None, out=None):
         self.options = options
         self.summary = summary or VerifySummary()
-        self.client = client or make_client(options)  # type: ignore[arg-type]
+        self.client = client or make_run_client(options)
         self.filters = Filters(tuple(options.includes), tuple(options.excludes))
         self.out = out or sys.stdout
         self._out_lock = threading.Lock()

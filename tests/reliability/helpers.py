@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -148,6 +149,7 @@ def _run_in_process(argv: list[str], env: dict[str, str]) -> Run:
             except SystemExit as exit_:  # argparse
                 code = exit_.code if isinstance(exit_.code, int) else 2
     finally:
+        gc.unfreeze()  # the CLI freezes what lives for a process's life (cli.long_lived_client); here, a run's
         root.handlers[:], root.level = saved_handlers, saved_level
         for name, logger in list(logging.root.manager.loggerDict.items()):
             if isinstance(logger, logging.Logger):
