@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import sqlite3
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -85,6 +86,7 @@ def make_s3_client(
     except ValueError as exc:  # an endpoint URL that is not a URL, a malformed region name
         raise ConfigError(f"invalid S3 endpoint or region: {exc}") from None
     client.meta.events.register("before-call.s3", _no_expect_for_small_bodies)
+    client.meta.events.register_first("needs-retry.s3", _no_retry_for_an_untrusted_certificate)
     _parse_listings_once(client.meta.events)
     return client
 
@@ -254,6 +256,23 @@ def _no_expect_for_small_bodies(params, **_) -> None:
             del headers["Expect"]
 
 
+def _no_retry_for_an_untrusted_certificate(caught_exception: Exception | None = None, **_) -> None:
+    """A certificate that does not verify now will not verify on the next attempt: fail at once, not after every
+    attempt and its backoff (~10 s). botocore has no answer for "do not retry" but an exception."""
+    if caught_exception is not None and untrusted_certificate(caught_exception):
+        raise caught_exception
+
+
+def untrusted_certificate(exc: BaseException) -> bool:
+    """Whether `exc` (botocore's SSLError) comes of a server certificate that did not verify."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 _CONFIG_ERROR_CODES = {
     "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AllAccessDisabled",
     "InvalidBucketName", "PermanentRedirect", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed",
@@ -273,7 +292,7 @@ def is_configuration_problem(exc: Exception) -> bool:
     """Whether an error at the first request means the set-up is wrong (exit 2) or S3 is unwell (exit 1)."""
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.EndpointConnectionError,
                         botocore.exceptions.PartialCredentialsError, botocore.exceptions.EndpointProviderError,
-                        botocore.exceptions.ParamValidationError)):
+                        botocore.exceptions.ParamValidationError)) or untrusted_certificate(exc):
         return True
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
@@ -288,6 +307,9 @@ def describe_client_error(exc: Exception, bucket: str) -> str:
         return "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or IRSA)"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return f"cannot reach the S3 endpoint: {exc}"
+    if untrusted_certificate(exc):
+        return (f"the S3 endpoint's TLS certificate is not trusted ({exc}): set AWS_CA_BUNDLE to the certificate of "
+                "the authority that signed it")
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         code = error.get("Code", "")
