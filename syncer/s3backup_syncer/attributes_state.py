@@ -271,9 +271,9 @@ def open_recorded_attributes(client, bucket: str, prefix: str, *,
     Downloads every attributes state under `PREFIX/.s3backup/` (the unsharded one and each
     shard's; see `attribute_state_objects`) to temporary files, removed on exit. Where `prefix`
     has none, those of the nearest folder above it that has some: `prefix` is then a folder of
-    that backup (`_nearest_states`). `as_of` (a
-    restore `--as-of`, on a versioned bucket) takes each state as it was at that time. Without a state object every
-    lookup answers None. A damaged state raises. `prefix` is "" or ends with "/" (one is added if missing).
+    that backup (`_nearest_states`). `as_of` (a restore `--as-of`, on a versioned bucket) takes
+    each state as it was at that time. Without a state object every lookup answers None. A
+    damaged state raises. `prefix` is "" or ends with "/" (one is added if missing).
     """
     if prefix and not prefix.endswith("/"):
         prefix += "/"

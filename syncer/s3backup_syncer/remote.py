@@ -266,7 +266,9 @@ def _no_retry_for_an_untrusted_certificate(caught_exception: Exception | None = 
 def untrusted_certificate(exc: BaseException) -> bool:
     """Whether `exc` (botocore's SSLError) comes of a server certificate that did not verify."""
     cause: BaseException | None = exc
-    while cause is not None:
+    for _ in range(8):  # botocore's SSLError, urllib3's, ssl's: a chain far shorter than this
+        if cause is None:
+            return False
         if isinstance(cause, ssl.SSLCertVerificationError):
             return True
         cause = cause.__cause__ or cause.__context__
