@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import botocore.exceptions
 import urllib3.exceptions
 
-from .config import MiB
 from .direct_get import DirectGet, GetAnswer
 from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
+from .units import READ_CHUNK, MiB
 
-READ_CHUNK = 1 * MiB
 RANGE_THRESHOLD = 16 * MiB
 SMALLEST_RANGE = 8 * MiB  # ranges for objects whose ETag says nothing of their parts
 HOLE_BLOCK = 64 * 1024  # zero runs of at least this (aligned) stay holes

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from typing import BinaryIO
 
 from .errors import ConfigError
-from .units import GiB, MiB
+from .units import READ_CHUNK, GiB, MiB
 
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * MiB
@@ -106,6 +107,12 @@ class EtagHasher:
             self._whole.update(data)
         for digest in self._multipart.values():
             digest.update(data)
+
+    def update_from(self, handle: BinaryIO) -> EtagHasher:
+        """Take all that `handle` reads from where it stands, READ_CHUNK at a time; returns the hasher."""
+        while chunk := handle.read(READ_CHUNK):
+            self.update(chunk)
+        return self
 
     def etags(self) -> dict[int, str]:
         result = {p: d.etag() for p, d in self._multipart.items()}

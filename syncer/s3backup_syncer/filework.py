@@ -22,7 +22,7 @@ from .plan import Action, Decision, verdict_after_hashing, worth_asking_for_the_
 from .remote import RemoteObject, describe_client_error
 from .report import Summary
 from .scan import LocalFile
-from .transfer import READ_CHUNK, SERVER_ETAG, FileChanged, Uploader, UploadFailed, content_etag_to_record
+from .transfer import SERVER_ETAG, FileChanged, Uploader, UploadFailed, content_etag_to_record
 
 log = logging.getLogger("s3backup")
 
@@ -31,10 +31,8 @@ FILE_ATTEMPTS = 3
 
 def hash_file(local: LocalFile, part_sizes: tuple[int, ...]) -> dict[int, str]:
     """The file's ETags for these part sizes (0 = plain MD5), from one read; the file must not change."""
-    hasher = EtagHasher(part_sizes)
     with open(local.path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            hasher.update(chunk)
+        hasher = EtagHasher(part_sizes).update_from(handle)
         if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
             raise FileChanged("file changed while it was read")
     return hasher.etags()

@@ -167,6 +167,8 @@ class HttpGetPool:
         lines.append("\r\n")
         connection = await self._connection()
         self._busy.add(connection)
+        if self._read_timeout and self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(_WATCH_EVERY, self._abort_the_silent)
         try:
             return await connection.request("".join(lines).encode("latin-1"), max_body)
         finally:
@@ -186,17 +188,17 @@ class HttpGetPool:
                 server_hostname=self._address[0] if self._tls else None), self._connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise HttpGetError(f"cannot connect: {exc or type(exc).__name__}") from None
-        if self._read_timeout and self._watch is None:
-            self._watch = loop.call_later(_WATCH_EVERY, self._abort_the_silent)
         return connection
 
     def _abort_the_silent(self) -> None:
-        """The read timeout, for all connections at once: one timer, not one per request."""
+        """The read timeout, for all connections at once: one timer, not one per request, and none while no
+        request is on its way (`get` sets it again)."""
         now = time.monotonic()
         for connection in list(self._busy):
             if connection.busy and now - connection.last_seen > self._read_timeout:
                 connection.abort(f"no answer within {self._read_timeout:g} s")
-        self._watch = asyncio.get_running_loop().call_later(_WATCH_EVERY, self._abort_the_silent)
+        self._watch = (asyncio.get_running_loop().call_later(_WATCH_EVERY, self._abort_the_silent)
+                       if self._busy else None)
 
     def close(self) -> None:
         if self._watch is not None:

@@ -54,7 +54,6 @@ from .versions import RemoteVersion, bucket_is_versioned, versions_as_of
 log = logging.getLogger("s3backup")
 
 FILE_ATTEMPTS = 3
-READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -311,11 +310,9 @@ class RestoreRun:
         """Hash the present file for the part sizes that could explain the ETag, then decide."""
         local, remote = decision.local, decision.remote
         assert local is not None
-        hasher = EtagHasher(decision.etag_keys)
         try:
             with open(local.path, "rb") as handle:
-                while chunk := handle.read(READ_CHUNK):
-                    hasher.update(chunk)
+                hasher = EtagHasher(decision.etag_keys).update_from(handle)
         except OSError as exc:
             log.warning("%s: cannot read the present file (%s): it counts as different", remote.key, exc.strerror)
             return after_check(False, local, remote, overwrite=self.options.overwrite)

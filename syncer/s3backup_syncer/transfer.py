@@ -40,14 +40,13 @@ from .direct_put import DirectPut
 from .etag import META_MD5, multipart_etag_from_digests, part_count, part_size_for, server_etag_is_md5, uses_multipart
 from .report import Summary
 from .scan import LocalFile
-from .units import MiB
+from .units import READ_CHUNK, MiB
 from .upload_markers import UploadMarkers, marker_for
 
 log = logging.getLogger(__name__)
 
 BUFFER_LIMIT = 64 * MiB
 SMALL_BODY = 1 * MiB  # smaller bodies get a throwaway buffer; pooled buffers stay part-sized
-READ_CHUNK = 1 * MiB
 SERVER_ETAG = -1  # hash-cache key of the ETag the server gave our upload, when it is not an MD5
 
 

@@ -42,7 +42,6 @@ from .scan import LocalFile, ScanProblem, walk
 
 log = logging.getLogger("s3backup")
 
-READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -247,10 +246,8 @@ class VerifyRun:
 
     def _local_etags(self, local: LocalFile, etag_keys: tuple[int, ...]) -> dict[int, str]:
         """The file's ETags for these part sizes (0: its MD5), read once."""
-        hasher = EtagHasher(etag_keys)
         with open(local.path, "rb") as handle:
-            while chunk := handle.read(READ_CHUNK):
-                hasher.update(chunk)
+            hasher = EtagHasher(etag_keys).update_from(handle)
             if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
                 raise OSError(0, "the file changed while it was read")
         self.summary.add(bytes_hashed=hasher.bytes)
