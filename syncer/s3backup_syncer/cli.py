@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __doc__ as package_doc
 from .config import SyncOptions, parse_duration, parse_recycle_cap, parse_s3_url, parse_size, parse_timeout
@@ -23,6 +24,10 @@ from .filters import Filters
 from .remote import make_run_client, make_s3_client
 from .report import Progress, RunCounters, Summary, human_bytes
 from .shards import MAX_SHARDS, Shard, parse_run_id, parse_shard
+
+if TYPE_CHECKING:  # imported when their command runs: restore pulls in asyncio
+    from .restore import RestoreOptions
+    from .verify import VerifyOptions
 
 log = logging.getLogger("s3backup")
 
@@ -469,7 +474,7 @@ def run_other_command(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def long_lived_client(options):
+def long_lived_client(options: SyncOptions | RestoreOptions | VerifyOptions):
     """The run's client, and then `gc.freeze()`: the modules and the client's service model (~56,000 objects) live
     until the process ends, so the collector is told never to walk them again, in the run's full collections nor
     in the one at exit (~50 ms of every run)."""

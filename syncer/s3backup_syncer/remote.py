@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
 import botocore.exceptions
@@ -28,6 +29,11 @@ from botocore.config import Config
 from botocore.loaders import JSONFileLoader, Loader
 
 from .errors import ConfigError, RemoteAccessError, RemoteUnavailable, RunError
+
+if TYPE_CHECKING:  # the runs' options import this module
+    from .config import SyncOptions
+    from .restore import RestoreOptions
+    from .verify import VerifyOptions
 
 #: Where s3backup keeps its own state under the prefix; never planned, never recycled.
 STATE_DIR = ".s3backup/"
@@ -91,7 +97,7 @@ def make_s3_client(
     return client
 
 
-def make_run_client(options):
+def make_run_client(options: SyncOptions | RestoreOptions | VerifyOptions):
     """The client of a sync, restore or verify run: its options carry the endpoint, the addressing, the
     concurrency (the connection pool: a worker and a range each) and the timeouts."""
     return make_s3_client(
