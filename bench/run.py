@@ -258,6 +258,15 @@ class Server:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the server and the counting proxy: on these few cores, the tools' runs cost it too."""
+        ticks = 0
+        for pid in (self.s3.pid, self.proxy.pid if self.proxy else None):
+            with contextlib.suppress(OSError, TypeError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def reset_stats(self) -> None:
         self._stats_request("POST", "reset")
 
@@ -465,6 +474,7 @@ class Result:
     mode: str
     wall: float = 0.0
     cpu: float = 0.0
+    server_cpu: float = 0.0  # the server's and the counting proxy's, during the run
     peak_rss: int = 0
     rchar: int = 0
     read_bytes: int = 0
@@ -541,6 +551,7 @@ class Runner:
                     "--subprocesses", "-o", str(self.profile_dir / f"{name}.txt"), "--", *argv]
         out = self.logs / f"{name}.json"
         server.reset_stats()
+        server_cpu_before = server.cpu_seconds()
         print(f"  {scenario}: {label or variant.label}{' (concurrency 8)' if c8 else ''} ...", end=" ", flush=True)
         with open(self.logs / f"{name}.log", "wb") as log:
             log.write((" ".join(argv) + "\n").encode())
@@ -553,11 +564,12 @@ class Runner:
                 os.killpg(process.pid, 9)
                 process.wait()
         measured = json.loads(out.read_text()) if out.exists() else {"exit_code": -9}
+        server_cpu = server.cpu_seconds() - server_cpu_before
         stats = server.stats()
         result = Result(
             scenario=scenario, label=label or variant.label, tool=variant.tool, mode=variant.mode,
             wall=measured.get("wall_seconds", RUN_TIMEOUT),
-            cpu=measured.get("cpu_user_seconds", 0) + measured.get("cpu_system_seconds", 0),
+            cpu=measured.get("cpu_user_seconds", 0) + measured.get("cpu_system_seconds", 0), server_cpu=server_cpu,
             peak_rss=measured.get("peak_rss_bytes", 0), rchar=measured.get("io_rchar", 0),
             read_bytes=measured.get("io_read_bytes", 0), exit_code=measured["exit_code"],
             requests=stats["requests"], bytes_sent=stats["bytes_sent"], body_bytes_sent=stats["body_bytes_sent"],
@@ -568,8 +580,8 @@ class Runner:
             got = server.remote_tree(prefix)
             result.verified = "yes" if got == expect else (
                 f"NO: {got[0]} objects/{got[1]} B, want {expect[0]}/{expect[1]}")
-        print(f"{result.wall:.1f}s rss {human(result.peak_rss)} read {human(result.rchar)} "
-              f"{_requests_text(result.requests)} {result.verified}", flush=True)
+        print(f"{result.wall:.1f}s cpu {result.cpu:.1f}s server {result.server_cpu:.1f}s rss {human(result.peak_rss)} "
+              f"read {human(result.rchar)} {_requests_text(result.requests)} {result.verified}", flush=True)
         if record:
             self.results.append(result)
         (self.logs / f"{name}.result.json").write_text(json.dumps(result.__dict__))
@@ -623,6 +635,27 @@ def scenario_restore(runner: Runner, tools: Tools, data: Path, sizes: Sizes, rng
         return restore_small(runner, tools, server, src, data)
     finally:
         server.stop()
+
+
+def scenario_restore_large(runner: Runner, tools: Tools, data: Path, sizes: Sizes) -> dict:
+    """R2 and R5 alone, for work on the restore: the large files (the sparse one left out) and the big object,
+    uploaded once by s3backup (not measured); R2 too runs `--repeats` rounds here."""
+    large, memory = data / "large", data / "memory"
+    for index in range(sizes.large_files):
+        write_random_file(large / f"large-{index}.bin", sizes.large_size)
+    write_random_file(memory / "one-big-file.bin", sizes.memory_file)
+    server = Server(runner.workdir, "restore-large")
+    try:
+        tools.prepare(server)
+        ours = next(v for v in tools.variants if v.tool == "s3backup" and v.mode == "default")
+        for source, prefix in ((large, "s2/s3backup/"), (memory, "s5/s3backup/")):
+            runner.run("setup", server, ours, source, prefix, direct=True, record=False,
+                       expect=tree_stats(source), label="s3backup (setup)")
+        restore_runs(runner, tools, server, "R2", "s2/s3backup/", large, data, repeats=runner.repeats)
+        restore_runs(runner, tools, server, "R5", "s5/s3backup/", memory, data, repeats=runner.repeats)
+    finally:
+        server.stop()
+    return {"large": tree_stats(large), "sparse": False, "memory_file": sizes.memory_file}
 
 
 def restore_small(runner: Runner, tools: Tools, server: Server, src: Path, data: Path) -> dict:
@@ -788,7 +821,7 @@ def table(results: list[Result], *, columns: tuple[str, ...], per_million: int |
           startup: dict[str, Result] | None = None) -> list[str]:
     peers = [r.wall for r in results if r.tool != "s3backup" and r.exit_code == 0]
     best = min(peers) if peers else None
-    head = ["tool", "time s", "vs best peer", "CPU s", "peak RSS MiB"]
+    head = ["tool", "time s", "vs best peer", "CPU s", "server CPU s", "peak RSS MiB"]
     if "sent" in columns:
         head.append("sent MiB")
     if "read" in columns:
@@ -799,7 +832,7 @@ def table(results: list[Result], *, columns: tuple[str, ...], per_million: int |
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = f"**{r.label}**" if r.tool == "s3backup" else r.label
-        row = [name, _time(r), _ratio(r.wall, best), f"{r.cpu:.1f}", _mib(r.peak_rss)]
+        row = [name, _time(r), _ratio(r.wall, best), f"{r.cpu:.1f}", f"{r.server_cpu:.1f}", _mib(r.peak_rss)]
         if "sent" in columns:
             row.append(_mib(r.bytes_sent))
         if "read" in columns:
@@ -889,6 +922,20 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
     return lines
 
 
+def md5_floor(results: list[Result], md5_mib_per_s: float, large_bytes: int) -> list[str]:
+    """R2's floor on this machine for a tool that checks every byte: the fastest peer's work (its CPU, and the
+    server's and the proxy's during its run) plus an MD5 of every byte, spread perfectly over every core."""
+    peers = [r for r in results if r.scenario == "R2" and r.tool != "s3backup" and r.exit_code == 0]
+    if not peers or not large_bytes:
+        return []
+    best = min(peers, key=lambda r: r.wall)
+    md5_seconds = large_bytes / MiB / md5_mib_per_s
+    floor = (best.cpu + best.server_cpu + md5_seconds) / (os.cpu_count() or 1)
+    return [f"- R2's floor for a restore that MD5s every byte: {best.label}'s CPU ({best.cpu:.1f} s) and the server's "
+            f"and proxy's during its run ({best.server_cpu:.1f} s), plus {md5_seconds:.1f} CPU-s of MD5, over "
+            f"{os.cpu_count()} cores: **{floor:.1f} s**, against {best.label}'s {best.wall:.1f} s."]
+
+
 def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results: list[Result],
                  versions: dict[str, str], started: datetime, finished: datetime, notes: list[str],
                  load: tuple[str, str], startup: dict[str, Result], repeats: int) -> None:
@@ -933,8 +980,9 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "every tool alike. *time s* is the median, and in brackets the fastest and slowest round; *vs best peer* "
         "divides medians; the other columns belong to the median round. Each round of 1 uploads to a fresh prefix, and "
         "each round of 3 changes and deletes another 1% of the files first. The long scenarios (2, 5, R2, "
-        "6) run once, as their runs last minutes. Every restore starts after an `os.sync()`, so that no run "
-        "pays for the writeback of the one before. (Pinning the tool and the server to separate cores with "
+        "6) run once, as their runs last minutes (R2 runs its rounds too in `--scenarios restore-large`). "
+        "Every restore starts after an `os.sync()`, so that no run pays for the writeback of the one before. "
+        "(Pinning the tool and the server to separate cores with "
         "`taskset` was the other choice: on 2 cores it would leave each tool one core, which changes what is "
         "measured, not only its noise.)",
         "- Deletions are mirrored in every run (`s3backup --recycle-after 0s`, `rclone sync`, `aws s3 sync --delete`, "
@@ -961,6 +1009,7 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "## Physical limits of this machine",
         "",
         f"- MD5 on one core: **{info['md5_mib_per_s']:,.0f} MiB/s** (hashlib over memory).",
+        *md5_floor(results, info["md5_mib_per_s"], info.get("large", (0, 0))[1]),
     ]
     if "ingest_mib_per_s_direct" in info:
         lines.append(f"- SeaweedFS ingest, one {human(sizes.memory_file)} file by its fastest client (`s5cmd cp "
@@ -1047,7 +1096,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="quick", help="quick (a few minutes), full (the published pass), or 0-1")
     parser.add_argument("--scenarios", default="small,large,scale", help="comma-separated: small (1, 3, "
-                        "R1, RL), large (2, 4, 5, R2, R5), scale (6), restore (R1 and RL alone)")
+                        "R1, RL), large (2, 4, 5, R2, R5), scale (6), restore (R1 and RL alone), restore-large (R2 "
+                        "and R5 alone)")
     parser.add_argument("--out", type=Path, help="markdown report (default: BENCHMARKS.md for --scale full, "
                         "bench/results/SCALE.md otherwise)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
@@ -1089,6 +1139,11 @@ def main(argv: list[str]) -> int:
         if "restore" in wanted and "small" not in wanted:
             info.update(scenario_restore(runner, tools, data, sizes, rng), small_count=sizes.small_files)
             shutil.rmtree(data / "small", ignore_errors=True)
+        if "restore-large" in wanted and "large" not in wanted:
+            large = scenario_restore_large(runner, tools, data, sizes)
+            info.update(large, large_desc=f"{sizes.large_files} files of {human(sizes.large_size)} "
+                                          f"({human(large['large'][1])})")
+            shutil.rmtree(data, ignore_errors=True)
         if "large" in wanted:
             large = scenario_large(runner, tools, data, sizes, notes, "ours_c8_note" in info)
             desc = f"{sizes.large_files} files of {human(sizes.large_size)}"

@@ -1,10 +1,10 @@
 """Downloads with bounded memory and checked content: one object into one temporary file.
 
-Memory bound: every request streams its body in READ_CHUNK (1 MiB) pieces straight into the
-file, so at most (file workers + range workers) x 1 MiB of object data is in memory: 16 MiB with
+Memory bound: every request streams its body in STREAM_CHUNK (256 KiB) pieces straight into the
+file, so at most (file workers + range workers) x 256 KiB of object data is in memory: 4 MiB with
 the default concurrency of 8, whatever the objects' sizes. Objects of RANGE_THRESHOLD or more
-are fetched in ranges, in parallel, one range per part of the part size that most likely made
-the object, so the per-range MD5s give the multipart ETag without a second read. Every request
+are fetched in ranges, in parallel, each of whole parts of the part size that most likely made
+the object, so the parts' MD5s, taken on the way, give the multipart ETag without a second read. Every request
 names the exact object (its version, or `If-Match` on its ETag), so ranges of two different
 writes of a key are never mixed.
 
@@ -15,7 +15,6 @@ zeros stay holes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -25,12 +24,15 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from .direct_get import DirectGet, GetAnswer
-from .etag import EtagHasher, multipart_etag_from_digests, parse_etag
-from .units import READ_CHUNK, MiB
+from .etag import EtagHasher, PartDigests, multipart_etag_from_digests, parse_etag
+from .units import READ_CHUNK, KiB, MiB
 
+STREAM_CHUNK = 256 * KiB  # still in the core's cache when written and hashed (1 MiB pieces, past it, were slower)
 RANGE_THRESHOLD = 16 * MiB
 SMALLEST_RANGE = 8 * MiB  # ranges for objects whose ETag says nothing of their parts
 HOLE_BLOCK = 64 * 1024  # zero runs of at least this (aligned) stay holes
+LARGEST_RANGE = 64 * MiB  # each GET costs the server a lookup of the object's chunks: fewer, longer ones
+RANGES_AT_LEAST = 16
 RANGE_ATTEMPTS = 4  # a body cut short is taken up where it stopped, this many times
 _ZEROS = bytes(HOLE_BLOCK)
 _STREAM_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
@@ -124,6 +126,13 @@ def hash_file(fd: int, size: int, part_sizes: tuple[int, ...]) -> dict[int, str]
     return hasher.etags()
 
 
+def range_size_for(size: int, part_size: int) -> int:
+    """Whole parts per ranged GET: up to LARGEST_RANGE, but fewer where the object would then give fewer than
+    RANGES_AT_LEAST ranges, so the workers share its end too."""
+    parts_per_range = max(1, min(LARGEST_RANGE // part_size, size // (part_size * RANGES_AT_LEAST)))
+    return part_size * parts_per_range
+
+
 class Downloader:
     """Fetches objects into temporary files and checks them against their ETags."""
 
@@ -178,25 +187,25 @@ class Downloader:
     # --- ranges in parallel --------------------------------------------------------------------
     def _fetch_ranges(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
         multipart = [key for key in etag_keys if key]
-        range_size = multipart[0] if multipart else SMALLEST_RANGE
-        starts = range(0, ref.size, range_size)
+        part_size = multipart[0] if multipart else SMALLEST_RANGE
+        range_size = range_size_for(ref.size, part_size)
 
         def fetch_range(start: int) -> tuple[GetAnswer, bytes]:
-            digest = hashlib.md5()
+            parts = PartDigests(part_size)  # a range starts at a part's start: its parts' MD5s, in order
 
             def consume(offset: int, chunk: bytes) -> None:
                 write_sparse(fd, offset, chunk)
-                digest.update(chunk)
+                parts.update(chunk)
 
             answer = self._stream_range(ref, start, min(start + range_size, ref.size), consume)
-            return answer, digest.digest()
+            return answer, parts.digests()
 
-        futures = [self.range_pool.submit(fetch_range, start) for start in starts]
+        futures = [self.range_pool.submit(fetch_range, start) for start in range(0, ref.size, range_size)]
         wait(futures)  # every range is done with the file before anything closes it
         results = [future.result() for future in futures]
         etags: dict[int, str] = {}
         if multipart:
-            etags[range_size] = multipart_etag_from_digests(b"".join(digest for _, digest in results))
+            etags[part_size] = multipart_etag_from_digests(b"".join(digests for _, digests in results))
         return results[0][0], etags
 
     def _stream_range(self, ref: ObjectRef, start: int, end: int,
@@ -212,7 +221,7 @@ class Downloader:
                     raise ContentMismatch(f"the object is {total} bytes, not the {ref.size} listed")
                 answer = answer or this_answer
                 while position < end:
-                    chunk = body.read(min(READ_CHUNK, end - position))
+                    chunk = body.read(min(STREAM_CHUNK, end - position))
                     if not chunk:
                         raise DownloadFailed("the answer ended early")
                     consume(position, chunk)

@@ -98,7 +98,7 @@ class EtagHasher:
     def __init__(self, part_sizes: Iterable[int]):
         self.part_sizes = sorted(set(part_sizes))
         self._whole = hashlib.md5() if 0 in self.part_sizes else None
-        self._multipart = {p: _MultipartDigest(p) for p in self.part_sizes if p}
+        self._multipart = {p: PartDigests(p) for p in self.part_sizes if p}
         self.bytes = 0
 
     def update(self, data: bytes | memoryview) -> None:
@@ -121,7 +121,9 @@ class EtagHasher:
         return result
 
 
-class _MultipartDigest:
+class PartDigests:
+    """The MD5s of consecutive parts of `part_size` bytes, fed in order from a part's start."""
+
     def __init__(self, part_size: int):
         self.part_size = part_size
         self.current = hashlib.md5()
@@ -141,11 +143,14 @@ class _MultipartDigest:
                 self.current = hashlib.md5()
                 self.in_current = 0
 
+    def digests(self) -> bytes:
+        """The parts' 16-byte MD5s, concatenated; a last part cut short (or an empty whole) included."""
+        if self.in_current or not self.part_digests:
+            return bytes(self.part_digests + self.current.digest())
+        return bytes(self.part_digests)
+
     def etag(self) -> str:
-        digests = self.part_digests
-        if self.in_current or not digests:
-            digests = digests + self.current.digest()
-        return multipart_etag_from_digests(bytes(digests))
+        return multipart_etag_from_digests(self.digests())
 
 
 def multipart_etag_from_digests(part_digests: bytes) -> str:

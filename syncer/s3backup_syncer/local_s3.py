@@ -143,6 +143,11 @@ class LocalS3:
         self.stop()
         raise TimeoutError(f"SeaweedFS did not answer within {timeout:.0f}s; see {self.log_path}")
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
     def client(self, **config_overrides):
         """A boto3 S3 client for this server, with the same safe settings as the syncer's."""
         from .remote import make_s3_client

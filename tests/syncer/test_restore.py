@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from s3backup_syncer import download
 from s3backup_syncer.local_s3 import LocalS3
+from s3backup_syncer.remote import make_s3_client
 from s3backup_syncer.restore_plan import TEMP_PREFIX
 
 from tests.conftest import BUCKET
@@ -276,6 +278,43 @@ def test_a_killed_restore_leaves_only_checked_files_and_resumes(s3, run, src, tm
     assert tree(target) == expected
     assert resumed.summary["files_unchanged"] == len(finished)
     assert not temp_files(target)
+
+
+def test_ranges_of_several_parts_are_checked_by_the_parts_md5s_taken_on_the_way(s3, tmp_path, prefix, monkeypatch):
+    """A large object is fetched in ranges of several parts each (here RANGES_AT_LEAST is lowered, so that a
+    40 MiB object of 8 MiB parts comes in ranges of 16, 16 and 8 MiB). The parts' MD5s taken on the way must give
+    the multipart ETag; were they joined wrongly, the check would raise ContentMismatch."""
+    monkeypatch.setattr(download, "RANGES_AT_LEAST", 2)
+    data = random.Random(3).randbytes(40 * MiB)
+    client = s3.client()
+    key = f"{prefix}/big.bin"
+    parts = [data[start:start + 8 * MiB] for start in range(0, len(data), 8 * MiB)]
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+    etags = [client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=part)["ETag"]
+             for number, part in enumerate(parts, 1)]
+    client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={
+        "Parts": [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]})
+    etag = client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    assert etag.endswith("-5")
+    ranges: list[str] = []
+
+    def note_range(request: Request) -> None:
+        if request.operation == "GetObject":
+            ranges.append(next(value for name, value in request.headers if name.lower() == "range"))
+
+    with FaultProxy(s3.endpoint_url, on_request=note_range) as proxy:
+        proxied = make_s3_client(endpoint_url=proxy.endpoint_url, region=s3.region, path_style=True,
+                                 access_key=s3.access_key, secret_key=s3.secret_key)
+        downloader = download.Downloader(proxied, 2)
+        try:
+            fetched = downloader.fetch(download.ObjectRef(BUCKET, key, len(data), etag), str(tmp_path / "big.bin"),
+                                       etag_keys=(8 * MiB,))
+        finally:
+            downloader.close()
+
+    assert fetched.verified and (tmp_path / "big.bin").read_bytes() == data
+    assert sorted(ranges) == sorted(f"bytes={start}-{min(start + 16 * MiB, len(data)) - 1}"
+                                    for start in range(0, len(data), 16 * MiB))
 
 
 def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, src, tmp_path, s3_url, prefix):

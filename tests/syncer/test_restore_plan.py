@@ -7,9 +7,9 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from s3backup_syncer.download import HOLE_BLOCK, hash_file, write_sparse
+from s3backup_syncer.download import HOLE_BLOCK, LARGEST_RANGE, RANGES_AT_LEAST, hash_file, range_size_for, write_sparse
 from s3backup_syncer.errors import ConfigError
-from s3backup_syncer.etag import EtagHasher
+from s3backup_syncer.etag import EtagHasher, PartDigests, multipart_etag_from_digests
 from s3backup_syncer.remote import RemoteObject
 from s3backup_syncer.restore_plan import (
     Finding,
@@ -145,3 +145,32 @@ def test_sparse_writes_leave_holes_and_keep_the_content(tmp_path):
     hasher = EtagHasher((0, 5 * MiB))
     hasher.update(expected)
     assert etags == hasher.etags() and etags[0] == hashlib.md5(expected).hexdigest()
+
+
+@pytest.mark.parametrize("size, part_size", [
+    (40 * MiB, 8 * MiB), (1024 * MiB, 8 * MiB), (5 * 1024 * MiB, 8 * MiB),
+    (300 * MiB + 7, 5 * MiB), (200 * MiB, 15 * MiB), (9 * 1024 * MiB, 512 * MiB),
+])
+def test_ranges_are_whole_parts_few_and_long_yet_enough_to_share(size, part_size):
+    range_size = range_size_for(size, part_size)
+    ranges = -(-size // range_size)
+    assert range_size % part_size == 0
+    assert range_size <= max(LARGEST_RANGE, part_size)
+    assert ranges >= min(RANGES_AT_LEAST, -(-size // part_size))  # an object of fewer parts: a range each
+    assert range_size == part_size or size // range_size >= RANGES_AT_LEAST  # longer only where enough are left
+
+
+def test_the_parts_digests_of_ranges_joined_give_the_whole_objects_etag():
+    data = bytes(range(251)) * (100 * 1024)  # ~24.5 MiB: 5 parts of 5 MiB, the last one short
+    part_size, range_size = 5 * MiB, 10 * MiB
+    joined = b""
+    for start in range(0, len(data), range_size):
+        parts = PartDigests(part_size)
+        piece = data[start:start + range_size]
+        for offset in range(0, len(piece), 333_333):  # chunks that straddle the parts' ends
+            parts.update(piece[offset:offset + 333_333])
+        joined += parts.digests()
+    hasher = EtagHasher([part_size])
+    hasher.update(data)
+    assert multipart_etag_from_digests(joined) == hasher.etags()[part_size]
+    assert len(joined) == 16 * 5
