@@ -4,9 +4,9 @@ Memory bound: every request streams its body in STREAM_CHUNK (256 KiB) pieces st
 file, so at most (file workers + range workers) x 256 KiB of object data is in memory: 4 MiB with
 the default concurrency of 8, whatever the objects' sizes. Objects of RANGE_THRESHOLD or more
 are fetched in ranges, in parallel, each of whole parts of the part size that most likely made
-the object, so the parts' MD5s, taken on the way, give the multipart ETag without a second read. Every request
-names the exact object (its version, or `If-Match` on its ETag), so ranges of two different
-writes of a key are never mixed.
+the object, so the parts' MD5s, taken on the way, give the multipart ETag without a second read.
+Every request names the exact object (its version, or `If-Match` on its ETag), so ranges of two
+different writes of a key are never mixed.
 
 Sparse files: the file is sized first (a hole), and blocks of zeros are not written, so runs of
 zeros stay holes.
