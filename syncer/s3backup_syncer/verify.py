@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import sys
 import tempfile
@@ -30,7 +29,8 @@ from .attributes_state import RecordedAttributes, content_etag_of
 from .download import Downloader, DownloadFailed, ObjectRef, head
 from .engine import check_source
 from .errors import ConfigError
-from .etag import EtagHasher, etag_key
+from .etag import etag_key
+from .filework import hash_file
 from .filters import Filters
 from .hashcache import HashCache, load_remote_cache
 from .plan import etag_verdict, merge_join
@@ -39,6 +39,7 @@ from .report import Progress, RunCounters, human_bytes
 from .restore import recorded_attributes
 from .restore_plan import Finding, decide_verify, in_sample, same_without_checksum
 from .scan import LocalFile, ScanProblem, walk
+from .transfer import FileChanged
 
 log = logging.getLogger("s3backup")
 
@@ -246,12 +247,12 @@ class VerifyRun:
 
     def _local_etags(self, local: LocalFile, etag_keys: tuple[int, ...]) -> dict[int, str]:
         """The file's ETags for these part sizes (0: its MD5), read once."""
-        with open(local.path, "rb") as handle:
-            hasher = EtagHasher(etag_keys).update_from(handle)
-            if hasher.bytes != local.size or not local.same_version(os.fstat(handle.fileno())):
-                raise OSError(0, "the file changed while it was read")
-        self.summary.add(bytes_hashed=hasher.bytes)
-        return hasher.etags()
+        try:
+            etags = hash_file(local, etag_keys)
+        except FileChanged as exc:
+            raise OSError(0, str(exc)) from None
+        self.summary.add(bytes_hashed=local.size)
+        return etags
 
     def _scrub(self, remote: RemoteObject) -> None:
         options = self.options
