@@ -8,16 +8,21 @@ Each figure is the median of 5 rounds of CPU time (`time.process_time`, one thre
 - what botocore's 200-error check costs on a page of 1,000 listed keys (a full XML parse; remote.py now
   hands it an empty stand-in instead);
 - finding the known services for the three model types a client loads: botocore's full scan of its data
-  folders against remote.py's on-demand check of one service.
+  folders against remote.py's on-demand check of one service;
+- checking 8 MiB of a restored large object: MD5 (its ETag) against CRC32 (zlib, where the server stored one;
+  download.py, crc.py).
 These are parts of a request or of start-up, not whole runs: bench/run.py measures those. Needs the project's
 .venv (scripts/bootstrap.sh test).
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
 import statistics
 import sys
 import time
+import zlib
 
 import botocore.handlers
 from botocore.auth import S3SigV4Auth
@@ -72,6 +77,7 @@ def listing_page(keys: int = 1000) -> bytes:
 
 def main() -> int:
     page = listing_page()
+    pieces = [random.Random(piece).randbytes(256 * 1024) for piece in range(32)]  # 8 MiB, as a range reads it
     stand_in = b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult></ListBucketResult>'
     check = botocore.handlers._looks_like_special_case_error
     rows = [
@@ -82,6 +88,9 @@ def main() -> int:
          per_call(lambda _: [Loader().list_available_services(kind) for kind in MODEL_TYPES], 3),
          per_call(lambda _: [("s3" in _model_loader(None).list_available_services(kind)) for kind in MODEL_TYPES],
                   3)),
+        ("check 8 MiB of a restored object: MD5, against the CRC32 the server stored",
+         per_call(lambda _: [hashlib.md5(piece) for piece in pieces], 20),
+         per_call(lambda _: [zlib.crc32(piece) for piece in pieces], 20)),
     ]
     print(f"CPU per call, median of {ROUNDS} rounds (bench/micro.py)\n")
     print("| piece | before, µs | now, µs | saved, µs |\n|---|---|---|---|")

@@ -115,6 +115,7 @@ class RestoreSummary(RunCounters):
     bytes_failed: int = 0
     files_excluded: int = 0
     files_unverified: int = 0  # no checksum in ETag (e.g. SSE-KMS), metadata nor state: size only
+    files_checked_by_crc32: int = 0  # by the CRC32 the server stored, not by MD5 (large objects only)
     bytes_hashed: int = 0  # local bytes read to compare present files
 
     def fail(self, key: str, message: str, size: int = 0, counter: str = "files_failed") -> None:
@@ -375,6 +376,8 @@ class RestoreRun:
                                              lambda: content_etag_of(self.recorded(remote.key, remote.etag)))
             if not fetched.verified:
                 self._unverified(remote)
+            elif fetched.by_crc32:
+                self.summary.add(files_checked_by_crc32=1)
             self._finish(decision, temp, final, fetched.metadata)
         except BaseException:
             _remove_quietly(temp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -315,6 +317,52 @@ def test_ranges_of_several_parts_are_checked_by_the_parts_md5s_taken_on_the_way(
     assert fetched.verified and (tmp_path / "big.bin").read_bytes() == data
     assert sorted(ranges) == sorted(f"bytes={start}-{min(start + 16 * MiB, len(data)) - 1}"
                                     for start in range(0, len(data), 16 * MiB))
+
+
+def _upload_with_a_crc32(client, key: str, data: bytes, kind: str) -> None:
+    """Upload `data` with a CRC32 checksum, as boto3 does by default since 1.36: whole (`single`), or in 5 MiB parts,
+    COMPOSITE (`composite`) or FULL_OBJECT (`full-object`)."""
+    def crc32_of(body: bytes) -> str:
+        return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+
+    if kind == "single":
+        client.put_object(Bucket=BUCKET, Key=key, Body=data, ChecksumCRC32=crc32_of(data))
+        return
+    full = {"ChecksumType": "FULL_OBJECT"} if kind == "full-object" else {}
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="CRC32", **full)["UploadId"]
+    parts = []
+    for number, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        body = data[start:start + 5 * MiB]
+        answer = client.upload_part(Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=body,
+                                    ChecksumCRC32=crc32_of(body))
+        parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumCRC32": crc32_of(body)})
+    client.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": parts},
+                                     **({"ChecksumCRC32": crc32_of(data), **full} if full else {}))
+
+
+@pytest.mark.parametrize("kind", ["single", "composite", "full-object"])
+def test_a_large_object_stored_with_a_crc32_is_checked_by_it_and_a_flipped_byte_is_caught(s3, run, tmp_path, s3_url,
+                                                                                          prefix, kind):
+    """Its ranges take CRC32s instead of MD5s. Were they combined wrongly, the file would be checked by its ETag
+    instead (`files_checked_by_crc32` 0); were a mismatch let through, the flipped byte would be restored."""
+    data = random.Random(kind).randbytes(20 * MiB + 12345)  # 5 parts of 5 MiB, the last one short; in ranges
+    client = s3.client()
+    _upload_with_a_crc32(client, f"{prefix}/big.bin", data, kind)
+    stored = client.head_object(Bucket=BUCKET, Key=f"{prefix}/big.bin", ChecksumMode="ENABLED")["ChecksumCRC32"]
+    assert stored.endswith("-5") == (kind == "composite")
+
+    clean = run("restore", s3_url, str(tmp_path / "clean"))
+
+    assert clean.code == 0, clean.stderr
+    assert (tmp_path / "clean" / "big.bin").read_bytes() == data
+    assert clean.summary["files_checked_by_crc32"] == 1 and clean.summary["files_unverified"] == 0
+
+    with FaultProxy(s3.endpoint_url) as proxy:  # every range of every attempt
+        proxy.inject("corrupt-response", match=lambda request: request.operation == "GetObject", times=1000)
+        faulty = run("restore", s3_url, str(tmp_path / "faulty"), endpoint=proxy.endpoint_url)
+
+    assert faulty.code == 1 and faulty.summary["files_failed"] == 1 and faulty.summary["files_checked_by_crc32"] == 0
+    assert not (tmp_path / "faulty" / "big.bin").exists() and not temp_files(tmp_path / "faulty")
 
 
 def test_faults_during_restore_never_leave_a_wrong_file_under_its_name(s3, run, src, tmp_path, s3_url, prefix):
