@@ -24,6 +24,11 @@ class StoredCrc32:
     parts: int  # 0: of the whole content; N: COMPOSITE, of the CRC32s of N parts
 
 
+def crc32_header(value: int) -> str:
+    """A CRC32 as `x-amz-checksum-crc32` carries it: 4 big-endian bytes, base64."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode()
+
+
 def parse_stored_crc32(header: str | None) -> StoredCrc32 | None:
     """From `x-amz-checksum-crc32` (`base64` or `base64-N`); None when absent or malformed."""
     if not header:

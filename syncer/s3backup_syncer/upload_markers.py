@@ -51,6 +51,7 @@ def marker_for(f: LocalFile, part_size: int, settings: dict) -> dict:
         "sse": settings.get("ServerSideEncryption"),
         "sse_kms_key_id": settings.get("SSEKMSKeyId"),
         "storage_class": settings.get("StorageClass"),
+        "checksum": settings.get("ChecksumAlgorithm"),
     }
 
 

@@ -10,6 +10,7 @@ rates or on chosen requests:
 | `500-after`      | 500 InternalError after the server *did* the request (a lost response)    |
 | `503`            | 503 SlowDown (throttling); the request never reached the server           |
 | `403`            | 403 AccessDenied, as for revoked or wrong credentials                     |
+| `400`            | 400 InvalidArgument, as from a server that takes no `x-amz-checksum-*`    |
 | `reset-request`  | TCP reset while the request body is still being sent (not forwarded)      |
 | `reset-response` | the server did the request; TCP reset halfway through the response        |
 | `truncate`       | the server did the request; the response stops early, with a clean close  |
@@ -40,8 +41,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPConnection
 
-FAULTS = ("500", "500-after", "503", "403", "reset-request", "reset-response", "truncate", "slow", "corrupt-request",
-          "corrupt-response")
+FAULTS = ("500", "500-after", "503", "403", "400", "reset-request", "reset-response", "truncate", "slow",
+          "corrupt-request", "corrupt-response")
 #: Faults that happen after the server has done the request.
 AFTER_FORWARD = {"500-after", "reset-response", "truncate", "slow", "corrupt-response"}
 #: Every fault injected by any proxy in this process, by kind (for the suite's figures).
@@ -54,6 +55,7 @@ _ERRORS = {
     "500-after": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
+    "400": (400, "Bad Request", "InvalidArgument", "Unsupported header received for this API call."),
 }
 
 

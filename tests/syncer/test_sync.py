@@ -9,13 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
+from s3backup_syncer.crc import crc32_header
 from s3backup_syncer.hashcache import RACY_WINDOW_NS
 
 from tests.conftest import BUCKET
 from tests.support.bucket import assert_mirrors, objects, pending_uploads, run_cli
+from tests.support.fault_proxy import FaultProxy, Request
 
 MiB = 1024 * 1024
 
@@ -50,6 +53,17 @@ def random_bytes(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def assert_stored_crc32(s3_client, key: str, data: bytes, part_size: int | None = None) -> None:
+    """The object carries the CRC32 s3backup sent: of the content, or COMPOSITE, of its parts' CRC32s."""
+    stored = s3_client.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED").get("ChecksumCRC32")
+    if part_size is None:
+        expected = crc32_header(zlib.crc32(data))
+    else:
+        parts = [data[start:start + part_size] for start in range(0, len(data), part_size)]
+        expected = f"{crc32_header(zlib.crc32(b''.join(zlib.crc32(p).to_bytes(4, 'big') for p in parts)))}-{len(parts)}"
+    assert stored == expected, key
+
+
 def past_the_racy_window() -> None:
     """The hash cache never trusts an entry of a file changed within RACY_WINDOW_NS of its hashing
     (hashcache.py): tests that expect a re-run to read nothing let the files age that long first."""
@@ -74,6 +88,8 @@ def test_first_run_uploads_everything_with_metadata_and_a_rerun_reads_nothing(sy
     stored = assert_mirrors(s3_client, BUCKET, prefix, src)
     assert stored["vm/disk.img"].etag.endswith("-3")
     assert "-" not in stored["db/dump.sql"].etag
+    assert_stored_crc32(s3_client, f"{prefix}/db/dump.sql", (src / "db" / "dump.sql").read_bytes())
+    assert_stored_crc32(s3_client, f"{prefix}/vm/disk.img", (src / "vm" / "disk.img").read_bytes(), 8 * MiB)
 
     second = sync()
     assert second.code == 0, second.stderr
@@ -298,6 +314,30 @@ def test_a_run_killed_mid_upload_is_resumed_without_resending_parts(s3, s3_url, 
     assert result.summary["bytes_uploaded"] + result.summary["bytes_reused"] == 40 * MiB
     assert pending_uploads(s3_client, BUCKET, prefix) == []
     assert_mirrors(s3_client, BUCKET, prefix, src)
+    assert_stored_crc32(s3_client, f"{prefix}/huge.img", (src / "huge.img").read_bytes(), 8 * MiB)  # parts of 2 runs
+
+
+def test_a_server_that_refuses_checksums_gets_none_and_every_file_still_goes_up(s3, sync, src, s3_client, prefix):
+    """The CRC32 is for restores to come; a server that refuses it (as some S3-compatible ones refuse botocore's
+    checksums) costs one refused request per upload already on its way (here one at a time), then none is sent."""
+    for number in range(3):
+        write(src / f"small-{number}.bin", random_bytes(100_000, number))
+    write(src / "big.img", random_bytes(17 * MiB, 12))  # 3 parts
+
+    def carries_a_checksum(request: Request) -> bool:
+        return any(name.lower().startswith("x-amz-checksum") for name, _ in request.headers)
+
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proxy.inject("400", match=carries_a_checksum, times=1000)
+        result = sync("--endpoint-url", proxy.endpoint_url, "--concurrency", "1")
+        refused = 1000 - proxy.rules[0].times
+
+    assert result.code == 0, result.stderr
+    assert refused == 1
+    assert_mirrors(s3_client, BUCKET, prefix, src)
+    for key in ("small-0.bin", "small-1.bin", "small-2.bin", "big.img"):
+        head = s3_client.head_object(Bucket=BUCKET, Key=f"{prefix}/{key}", ChecksumMode="ENABLED")
+        assert "ChecksumCRC32" not in head, key
 
 
 def test_an_unfinished_upload_of_a_changed_file_is_aborted_not_reused(s3, s3_url, src, s3_client, prefix, sync):
