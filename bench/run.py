@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -774,12 +775,22 @@ def scenario_scale(runner: Runner, tools: Tools, data: Path, sizes: Sizes, rng: 
 
 
 def md5_throughput(total: int) -> float:
-    """MB/s of hashlib.md5 on one core, over an in-memory buffer (no I/O)."""
-    block = os.urandom(64 * MiB)
+    """MiB/s of hashlib.md5 on one core, over an in-memory buffer (no I/O)."""
     digest = hashlib.md5()
+    return _throughput(total, digest.update)
+
+
+def crc32_throughput(total: int) -> float:
+    """MiB/s of zlib.crc32 on one core, over an in-memory buffer (no I/O)."""
+    crc = [0]
+    return _throughput(total, lambda block: crc.__setitem__(0, zlib.crc32(block, crc[0])))
+
+
+def _throughput(total: int, update) -> float:
+    block = os.urandom(64 * MiB)
     started = time.perf_counter()
     for _ in range(max(1, total // len(block))):
-        digest.update(block)
+        update(block)
     return max(1, total // len(block)) * len(block) / MiB / (time.perf_counter() - started)
 
 
@@ -922,18 +933,23 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
     return lines
 
 
-def md5_floor(results: list[Result], md5_mib_per_s: float, large_bytes: int) -> list[str]:
-    """R2's floor on this machine for a tool that checks every byte: the fastest peer's work (its CPU, and the
-    server's and the proxy's during its run) plus an MD5 of every byte, spread perfectly over every core."""
+def check_floors(results: list[Result], rates: dict[str, float], large_bytes: int) -> list[str]:
+    """R2's floor on this machine for a tool that checks every byte, by each check (MiB/s on one core): the fastest
+    peer's work (its CPU, and the server's and the proxy's during its run) plus that check of every byte, spread
+    perfectly over every core."""
     peers = [r for r in results if r.scenario == "R2" and r.tool != "s3backup" and r.exit_code == 0]
     if not peers or not large_bytes:
         return []
     best = min(peers, key=lambda r: r.wall)
-    md5_seconds = large_bytes / MiB / md5_mib_per_s
-    floor = (best.cpu + best.server_cpu + md5_seconds) / (os.cpu_count() or 1)
-    return [f"- R2's floor for a restore that MD5s every byte: {best.label}'s CPU ({best.cpu:.1f} s) and the server's "
-            f"and proxy's during its run ({best.server_cpu:.1f} s), plus {md5_seconds:.1f} CPU-s of MD5, over "
-            f"{os.cpu_count()} cores: **{floor:.1f} s**, against {best.label}'s {best.wall:.1f} s."]
+    lines = []
+    for check, rate in rates.items():
+        seconds = large_bytes / MiB / rate
+        floor = (best.cpu + best.server_cpu + seconds) / (os.cpu_count() or 1)
+        lines.append(f"- R2's floor for a restore that checks every byte by {check}: {best.label}'s CPU "
+                     f"({best.cpu:.1f} s) and the server's and proxy's during its run ({best.server_cpu:.1f} s), plus "
+                     f"{seconds:.1f} CPU-s of {check}, over {os.cpu_count()} cores: **{floor:.1f} s**, against "
+                     f"{best.label}'s {best.wall:.1f} s.")
+    return lines
 
 
 def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results: list[Result],
@@ -989,11 +1005,11 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "`s5cmd sync --delete`, `s3cmd sync --delete-removed`). Compare modes: s3backup size + MD5 (ETag, with a hash "
         "cache), rclone size + mtime (its own metadata; `--checksum`: size + MD5), aws and s5cmd size + mtime "
         "against LastModified, s3cmd size + MD5.",
-        "- What each restore checks: s3backup MD5s every byte it restores, multipart objects included, and "
-        "compares it with the object's ETag; rclone checks an MD5 only where the ETag is one (objects "
+        "- What each restore checks: s3backup checks every byte it restores: an object of 16 MiB or more by the "
+        "CRC32 the server stored with it (s3backup's uploads carry one, as botocore's do), else by MD5 against "
+        "its ETag, multipart objects included; rclone checks an MD5 only where the ETag is one (objects "
         "uploaded in one part); aws and s5cmd check nothing. On these 2 cores, shared with the server, that "
-        "MD5 is CPU the peers do not spend, and it decides the large restores (R2, R5): README.md, "
-        '"Benchmarks", sets their CPU difference beside the MD5\'s cost at the rate under "Physical limits". '
+        "check is CPU the peers do not spend: \"Physical limits\" sets R2's floor for each check. "
         "The check is never turned off to win.",
         f"- RL stands for a bucket in another region: the proxy holds every request {SLOW_LINK_SECONDS * 1000:.0f} ms "
         "before forwarding it, so a tool's speed there is mostly how many requests it keeps in flight (s3backup: "
@@ -1008,8 +1024,10 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "",
         "## Physical limits of this machine",
         "",
-        f"- MD5 on one core: **{info['md5_mib_per_s']:,.0f} MiB/s** (hashlib over memory).",
-        *md5_floor(results, info["md5_mib_per_s"], info.get("large", (0, 0))[1]),
+        f"- MD5 on one core: **{info['md5_mib_per_s']:,.0f} MiB/s** (hashlib over memory); CRC32: "
+        f"**{info['crc32_mib_per_s']:,.0f} MiB/s** (zlib).",
+        *check_floors(results, {"CRC32": info["crc32_mib_per_s"], "MD5": info["md5_mib_per_s"]},
+                      info.get("large", (0, 0))[1]),
     ]
     if "ingest_mib_per_s_direct" in info:
         lines.append(f"- SeaweedFS ingest, one {human(sizes.memory_file)} file by its fastest client (`s5cmd cp "
@@ -1126,7 +1144,8 @@ def main(argv: list[str]) -> int:
     versions_at_start = tools.versions()
     runner = Runner(workdir, tools, args.profile, max(1, args.repeats))
     notes: list[str] = []
-    info: dict = {"md5_mib_per_s": md5_throughput(GiB if scale >= 0.5 else 256 * MiB)}
+    info: dict = {"md5_mib_per_s": md5_throughput(GiB if scale >= 0.5 else 256 * MiB),
+                  "crc32_mib_per_s": crc32_throughput(GiB if scale >= 0.5 else 256 * MiB)}
     ours_help = subprocess.run([tools.paths["s3backup"], "sync", "--help"], capture_output=True, text=True).stdout
     if re.search(r"--concurrency N[^-]*default 8\)", ours_help):
         info["ours_c8_note"] = ", which is its default"
