@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from s3backup_syncer import download
+from s3backup_syncer.crc import crc32_header
 from s3backup_syncer.local_s3 import LocalS3
 from s3backup_syncer.remote import make_s3_client
 from s3backup_syncer.restore_plan import TEMP_PREFIX
@@ -323,7 +323,7 @@ def _upload_with_a_crc32(client, key: str, data: bytes, kind: str) -> None:
     """Upload `data` with a CRC32 checksum, as boto3 does by default since 1.36: whole (`single`), or in 5 MiB parts,
     COMPOSITE (`composite`) or FULL_OBJECT (`full-object`)."""
     def crc32_of(body: bytes) -> str:
-        return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+        return crc32_header(zlib.crc32(body))
 
     if kind == "single":
         client.put_object(Bucket=BUCKET, Key=key, Body=data, ChecksumCRC32=crc32_of(data))
