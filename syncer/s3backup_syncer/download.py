@@ -1,8 +1,10 @@
 """Downloads with bounded memory and checked content: one object into one temporary file.
 
-Memory bound: every request streams its body in STREAM_CHUNK (256 KiB) pieces straight into the
-file, so at most (file workers + range workers) x 256 KiB of object data is in memory: 4 MiB with
-the default concurrency of 8, whatever the objects' sizes. Objects of RANGE_THRESHOLD or more
+Memory bound: every request streams its body in STREAM_BLOCK (1 MiB) pieces through its thread's own
+buffer into the file, so at most (file workers + range workers) x 1 MiB of object data is in memory:
+16 MiB with the default concurrency of 8, whatever the objects' sizes. The bytes are received straight
+into that buffer (`_BodyReader`), and a large object's blocks leave it by O_DIRECT where the
+filesystem suits (file_writes.py): the CPU copies each byte once, from the socket. Objects of RANGE_THRESHOLD or more
 are fetched in ranges, in parallel, each of whole parts of the part size that most likely made
 the object, so the parts' MD5s, taken on the way, give the multipart ETag without a second read.
 Where the object has a CRC32 the server stored (`x-amz-checksum-crc32`, crc.py), the ranges take CRC32s
@@ -11,13 +13,16 @@ Every request names the exact object (its version, or `If-Match` on its ETag), s
 different writes of a key are never mixed.
 
 Sparse files: the file is sized first (a hole), and blocks of zeros are not written, so runs of
-zeros stay holes.
+zeros stay holes (file_writes.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import mmap
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -29,17 +34,16 @@ import urllib3.exceptions
 from .crc import PartCrcs, StoredCrc32, composite_crc32, crc32_combine, parse_stored_crc32
 from .direct_get import DirectGet, GetAnswer
 from .etag import EtagHasher, PartDigests, multipart_etag_from_digests, parse_etag, part_count
-from .units import READ_CHUNK, KiB, MiB
+from .file_writes import FileWriter
+from .units import READ_CHUNK, MiB
 
-STREAM_CHUNK = 256 * KiB  # still in the core's cache when written and hashed (1 MiB pieces, past it, were slower)
+STREAM_BLOCK = 1 * MiB  # hashed while in the core's cache; one direct write per MiB (256 KiB ones: 1.3x the time)
 RANGE_THRESHOLD = 16 * MiB
 SMALLEST_RANGE = 8 * MiB  # ranges for objects whose ETag says nothing of their parts
-HOLE_BLOCK = 64 * 1024  # zero runs of at least this (aligned) stay holes
 LARGEST_RANGE = 64 * MiB  # each GET costs the server a lookup of the object's chunks: fewer, longer ones
 RANGES_AT_LEAST = 16
 RANGE_ATTEMPTS = 4  # a body cut short is taken up where it stopped, this many times
-_ZEROS = bytes(HOLE_BLOCK)
-_STREAM_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+_STREAM_ERRORS = (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
 class DownloadFailed(Exception):
@@ -76,42 +80,6 @@ class Downloaded:
     by_crc32: bool = False  # checked by the CRC32 the server stored, not by MD5
 
 
-def write_sparse(fd: int, offset: int, data: bytes) -> None:
-    """pwrite `data` at `offset`, leaving aligned blocks of zeros unwritten (holes in a sized file).
-
-    A block is tested with `bytes.startswith` (a memcmp, without a copy): comparing a memoryview slice with
-    bytes goes byte by byte, holding the GIL, about 6 ms per MiB of zeros, more than the MD5 of it.
-    """
-    view = memoryview(data)
-    position, end = 0, len(view)
-    run_start = 0  # start of the pending non-zero run
-    while position < end:
-        block_end = min(end, position + HOLE_BLOCK - (offset + position) % HOLE_BLOCK)
-        if block_end - position == HOLE_BLOCK and data.startswith(_ZEROS, position):
-            if run_start < position:
-                _pwrite_all(fd, view[run_start:position], offset + run_start)
-            run_start = block_end
-        position = block_end
-    if run_start < end:
-        _pwrite_all(fd, view[run_start:end], offset + run_start)
-
-
-def write_whole(path: str, data: bytes) -> None:
-    """Create (or truncate) `path` holding `data`, its aligned runs of zeros left as holes."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.ftruncate(fd, len(data))
-        write_sparse(fd, 0, data)
-    finally:
-        os.close(fd)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
 def _close_quietly(body) -> None:
     """Drop a body read halfway, so its connection is not reused mid-answer."""
     with contextlib.suppress(Exception):  # already broken: nothing to give back
@@ -141,9 +109,12 @@ def range_size_for(size: int, part_size: int) -> int:
 class Downloader:
     """Fetches objects into temporary files and checks them against their ETags."""
 
-    def __init__(self, client, concurrency: int, on_bytes: Callable[[int], None] = lambda n: None):
+    def __init__(self, client, concurrency: int, on_bytes: Callable[[int], None] = lambda n: None,
+                 direct_io: bool = False):
+        """`direct_io`: write large objects with O_DIRECT (file_writes.direct_io_suits of the target)."""
         self.client = client
         self.on_bytes = on_bytes
+        self.direct_io = direct_io
         self.range_pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3backup-range")
         self.direct = DirectGet(client)
 
@@ -157,14 +128,14 @@ class Downloader:
 
         `recorded_etag()`: the content's ETag in s3backup's state, asked where the object's is no checksum.
         """
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # read back by `_check`
+        ranged = ref.size >= RANGE_THRESHOLD
+        writer = FileWriter.open(path, ref.size, direct=ranged and self.direct_io)  # one hole, filled by the blocks
         try:
-            os.ftruncate(fd, ref.size)  # one hole; written blocks fill it
             crc_matches = None  # whether the CRC32 the server stored matches (None: none was used)
-            if ref.size < RANGE_THRESHOLD:
-                answer, etags = self._fetch_whole(ref, fd, etag_keys)
+            if ranged:
+                answer, etags, crc_matches = self._fetch_ranges(ref, writer, etag_keys)
             else:
-                answer, etags, crc_matches = self._fetch_ranges(ref, fd, etag_keys)
+                answer, etags = self._fetch_whole(ref, writer, etag_keys)
             if crc_matches:
                 return Downloaded(answer.metadata, True, by_crc32=True)
             # An ETag that is no checksum (the answer says SSE-KMS, DSSE-KMS or SSE-C): the MD5 in the metadata,
@@ -172,18 +143,19 @@ class Downloader:
             expected = answer.expected_etag(ref.etag, recorded_etag)
             if expected is None and crc_matches is False:
                 raise ContentMismatch("the content received does not match the CRC32 the server stored")
-            verified = expected is not None and self._check(ref, fd, etag_keys, etags, expected)
+            verified = expected is not None and self._check(ref, writer.fd, etag_keys, etags, expected)
         finally:
-            os.close(fd)
+            writer.close()
         return Downloaded(answer.metadata, verified)
 
     # --- one stream ----------------------------------------------------------------------------
-    def _fetch_whole(self, ref: ObjectRef, fd: int, etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
+    def _fetch_whole(self, ref: ObjectRef, writer: FileWriter,
+                     etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str]]:
         hasher = EtagHasher(etag_keys[:1])  # the likeliest part size; `_check` reads the file for the others
 
-        def consume(offset: int, chunk: bytes) -> None:
-            write_sparse(fd, offset, chunk)
-            hasher.update(chunk)
+        def consume(offset: int, block: memoryview) -> None:
+            writer.write(offset, block)
+            hasher.update(block)
 
         if ref.size == 0:  # no range of an empty object exists
             response = self.client.get_object(**ref.request())
@@ -195,7 +167,7 @@ class Downloader:
         return answer, hasher.etags()
 
     # --- ranges in parallel --------------------------------------------------------------------
-    def _fetch_ranges(self, ref: ObjectRef, fd: int,
+    def _fetch_ranges(self, ref: ObjectRef, writer: FileWriter,
                       etag_keys: tuple[int, ...]) -> tuple[GetAnswer, dict[int, str], bool | None]:
         """(answer, ETags taken on the way, whether the stored CRC32 matches: None where none was used)."""
         multipart = [key for key in etag_keys if key]
@@ -210,9 +182,9 @@ class Downloader:
             hasher = (PartDigests(part_size) if stored is None else PartCrcs(part_size) if stored.parts
                       else _RangeCrc())
 
-            def consume(offset: int, chunk: bytes) -> None:
-                write_sparse(fd, offset, chunk)
-                hasher.update(chunk)
+            def consume(offset: int, block: memoryview) -> None:
+                writer.write(offset, block)
+                hasher.update(block)
 
             answer = self._stream_range(ref, start, min(start + range_size, ref.size), consume)
             return answer, hasher
@@ -237,9 +209,12 @@ class Downloader:
         return parse_stored_crc32(head.get("ChecksumCRC32"))
 
     def _stream_range(self, ref: ObjectRef, start: int, end: int,
-                      consume: Callable[[int, bytes], None]) -> GetAnswer:
-        """Bytes [start, end) through `consume(offset, chunk)`, in order; a cut body resumes where it stopped."""
-        position, answer = start, None
+                      consume: Callable[[int, memoryview], None]) -> GetAnswer:
+        """Bytes [start, end) through `consume(offset, block)`, in order; a cut body resumes where it stopped.
+
+        `block` is this thread's page-aligned buffer (`_thread_buffer`), valid until `consume` returns.
+        """
+        position, answer, buffer = start, None, _thread_buffer()
         for attempt in range(1, RANGE_ATTEMPTS + 1):
             body = None
             try:
@@ -248,13 +223,17 @@ class Downloader:
                 if total and total != "*" and int(total) != ref.size:
                     raise ContentMismatch(f"the object is {total} bytes, not the {ref.size} listed")
                 answer = answer or this_answer
+                reader = _BodyReader(body)
                 while position < end:
-                    chunk = body.read(min(STREAM_CHUNK, end - position))
-                    if not chunk:
+                    block = buffer[:min(STREAM_BLOCK, end - position)]
+                    received = reader.fill(block)
+                    if received:
+                        consume(position, block[:received])
+                        position += received
+                        self.on_bytes(received)
+                    if received < len(block):
                         raise DownloadFailed("the answer ended early")
-                    consume(position, chunk)
-                    position += len(chunk)
-                    self.on_bytes(len(chunk))
+                reader.done()
                 return answer
             except (ContentMismatch, botocore.exceptions.ClientError):
                 raise
@@ -355,6 +334,59 @@ class Downloader:
         else:
             answer = self._stream_range(ref, 0, ref.size, lambda offset, chunk: hasher.update(chunk))
         return answer, hasher.etags() if hasher.bytes == ref.size else {}
+
+
+_THREAD_STATE = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    """This thread's STREAM_BLOCK buffer: page-aligned (an anonymous mapping), as O_DIRECT wants it, and reused,
+    so no block costs an allocation; it goes with the thread."""
+    buffer = getattr(_THREAD_STATE, "buffer", None)
+    if buffer is None:
+        buffer = _THREAD_STATE.buffer = memoryview(mmap.mmap(-1, STREAM_BLOCK))
+    return buffer
+
+
+class _BodyReader:
+    """Reads an answer's body into the caller's buffer.
+
+    urllib3's own `readinto` reads into a new bytes object and copies it over; under it, http.client's
+    response reads from the socket straight into the buffer, one copy fewer per byte. That response is
+    urllib3's private `_fp`, so it is taken only where it is there, and `read` + copy otherwise. Read past
+    urllib3, the body's end is ours to check (the caller counts the bytes), and the connection goes back
+    to urllib3's pool with `done()`.
+    """
+
+    def __init__(self, body):
+        self._body = getattr(body, "_raw_stream", body)  # under botocore's StreamingBody: urllib3's response
+        response = getattr(self._body, "_fp", None)
+        self._response = response if isinstance(response, http.client.HTTPResponse) else None
+        self._readinto = self._response.readinto if self._response is not None else self._read_and_copy
+
+    def fill(self, block: memoryview) -> int:
+        """Bytes read into `block`: all of it, or fewer where the body ended."""
+        filled = 0
+        while filled < len(block):
+            received = self._readinto(block[filled:])
+            if not received:
+                break
+            filled += received
+        return filled
+
+    def _read_and_copy(self, block: memoryview) -> int:
+        data = self._body.read(len(block))
+        block[:len(data)] = data
+        return len(data)
+
+    def done(self) -> None:
+        """Every byte asked for was read: the connection may serve another request, if the answer is over."""
+        if self._response is not None and not self._response.isclosed():  # a chunked answer's last chunk, unread
+            _close_quietly(self._body)
+            return
+        release = getattr(self._body, "release_conn", None)
+        if release is not None:
+            release()
 
 
 class _RangeCrc:

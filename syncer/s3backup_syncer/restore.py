@@ -30,9 +30,10 @@ from pathlib import Path
 import botocore.exceptions
 
 from .attributes_state import AttributeReader, RecordedAttributes, content_etag_of, open_recorded_attributes
-from .download import Downloader, DownloadFailed, ObjectRef, head, write_whole
+from .download import Downloader, DownloadFailed, ObjectRef, head
 from .errors import ConfigError
 from .etag import EtagHasher, etag_key
+from .file_writes import direct_io_suits, write_whole
 from .filters import Filters
 from .plan import etag_verdict, merge_join
 from .remote import RemoteListing, RemoteObject, describe_client_error, make_run_client, run_error
@@ -175,7 +176,8 @@ class RestoreRun:
             self.summary.as_of = options.as_of.isoformat().replace("+00:00", "Z")
         with tempfile.TemporaryDirectory(prefix="s3backup-") as workdir, contextlib.ExitStack() as stack:
             downloader = self._downloader = Downloader(
-                self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n)
+                self.client, options.concurrency, on_bytes=lambda n: self.summary.add(bytes_downloaded=n),
+                direct_io=direct_io_suits(str(options.target)),
             )
             stack.callback(downloader.close)
             self._small_gets = SmallGets(downloader.direct, self.client)

@@ -7,9 +7,10 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from s3backup_syncer.download import HOLE_BLOCK, LARGEST_RANGE, RANGES_AT_LEAST, hash_file, range_size_for, write_sparse
+from s3backup_syncer.download import LARGEST_RANGE, RANGES_AT_LEAST, hash_file, range_size_for
 from s3backup_syncer.errors import ConfigError
 from s3backup_syncer.etag import EtagHasher, PartDigests, multipart_etag_from_digests
+from s3backup_syncer.file_writes import HOLE_BLOCK, write_sparse
 from s3backup_syncer.remote import RemoteObject
 from s3backup_syncer.restore_plan import (
     Finding,
