@@ -4,13 +4,14 @@ Memory bound: every request streams its body in STREAM_BLOCK (1 MiB) pieces thro
 buffer into the file, so at most (file workers + range workers) x 1 MiB of object data is in memory:
 16 MiB with the default concurrency of 8, whatever the objects' sizes. The bytes are received straight
 into that buffer (`_BodyReader`), and a large object's blocks leave it by O_DIRECT where the
-filesystem suits (file_writes.py): the CPU copies each byte once, from the socket. Objects of RANGE_THRESHOLD or more
-are fetched in ranges, in parallel, each of whole parts of the part size that most likely made
-the object, so the parts' MD5s, taken on the way, give the multipart ETag without a second read.
-Where the object has a CRC32 the server stored (`x-amz-checksum-crc32`, crc.py), the ranges take CRC32s
-instead of MD5s: a quarter of the CPU. A mismatch then falls back on the ETag, from the file.
-Every request names the exact object (its version, or `If-Match` on its ETag), so ranges of two
-different writes of a key are never mixed.
+filesystem suits (file_writes.py), so the CPU copies each of their bytes once, from the socket.
+
+Objects of RANGE_THRESHOLD or more are fetched in ranges, in parallel, each of whole parts of the part
+size that most likely made the object, so the parts' MD5s, taken on the way, give the multipart ETag
+without a second read. Where the object has a CRC32 the server stored (`x-amz-checksum-crc32`,
+crc.py), the ranges take CRC32s instead of MD5s: a quarter of the CPU. A mismatch then falls back on
+the ETag, from the file. Every request names the exact object (its version, or `If-Match` on its
+ETag), so ranges of two different writes of a key are never mixed.
 
 Sparse files: the file is sized first (a hole), and blocks of zeros are not written, so runs of
 zeros stay holes (file_writes.py).
