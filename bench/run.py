@@ -780,10 +780,19 @@ def md5_throughput(total: int) -> float:
     return _throughput(total, digest.update)
 
 
-def crc32_throughput(total: int) -> float:
-    """MiB/s of zlib.crc32 on one core, over an in-memory buffer (no I/O)."""
+def crc32_throughput(total: int, crc32: Callable[[bytes, int], int] = zlib.crc32) -> float:
+    """MiB/s of a CRC32 function on one core, over an in-memory buffer (no I/O)."""
     crc = [0]
-    return _throughput(total, lambda block: crc.__setitem__(0, zlib.crc32(block, crc[0])))
+    return _throughput(total, lambda block: crc.__setitem__(0, crc32(block, crc[0])))
+
+
+def isal_crc32() -> Callable[[bytes, int], int] | None:
+    """ISA-L's CRC32, s3backup's (crc.py), where its wheel is installed (bench/requirements.txt)."""
+    try:
+        from isal.isal_zlib import crc32
+    except ImportError:
+        return None
+    return crc32
 
 
 def _throughput(total: int, update) -> float:
@@ -934,9 +943,9 @@ def targets(results: list[Result], startup: dict[str, Result], scale_count: int,
 
 
 def check_floors(results: list[Result], rates: dict[str, float], large_bytes: int) -> list[str]:
-    """R2's floor on this machine for a tool that checks every byte, by each check (MiB/s on one core): the fastest
-    peer's work (its CPU, and the server's and the proxy's during its run) plus that check of every byte, spread
-    perfectly over every core."""
+    """R2's time on this machine for the fastest peer, had it checked every byte, by each check (MiB/s on one core):
+    its work (its CPU, and the server's and the proxy's during its run) plus that check, spread perfectly over every
+    core. A floor for a tool that works as that peer does; one that spends less CPU on its writes can go under it."""
     peers = [r for r in results if r.scenario == "R2" and r.tool != "s3backup" and r.exit_code == 0]
     if not peers or not large_bytes:
         return []
@@ -945,7 +954,7 @@ def check_floors(results: list[Result], rates: dict[str, float], large_bytes: in
     for check, rate in rates.items():
         seconds = large_bytes / MiB / rate
         floor = (best.cpu + best.server_cpu + seconds) / (os.cpu_count() or 1)
-        lines.append(f"- R2's floor for a restore that checks every byte by {check}: {best.label}'s CPU "
+        lines.append(f"- R2 for {best.label}, had it checked every byte by {check}: its CPU "
                      f"({best.cpu:.1f} s) and the server's and proxy's during its run ({best.server_cpu:.1f} s), plus "
                      f"{seconds:.1f} CPU-s of {check}, over {os.cpu_count()} cores: **{floor:.1f} s**, against "
                      f"{best.label}'s {best.wall:.1f} s.")
@@ -1009,8 +1018,8 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "CRC32 the server stored with it (s3backup's uploads carry one, as botocore's do), else by MD5 against "
         "its ETag, multipart objects included; rclone checks an MD5 only where the ETag is one (objects "
         "uploaded in one part); aws and s5cmd check nothing. On these 2 cores, shared with the server, that "
-        "check is CPU the peers do not spend: \"Physical limits\" sets R2's floor for each check. "
-        "The check is never turned off to win.",
+        "check is CPU the peers do not spend: \"Physical limits\" gives what the fastest peer would take with "
+        "each check. The check is never turned off to win.",
         f"- RL stands for a bucket in another region: the proxy holds every request {SLOW_LINK_SECONDS * 1000:.0f} ms "
         "before forwarding it, so a tool's speed there is mostly how many requests it keeps in flight (s3backup: "
         "8 workers, and from the first small file (its listing shows the route) up to 256 GETs on its event "
@@ -1025,7 +1034,7 @@ def write_report(path: Path, *, command: str, sizes: Sizes, info: dict, results:
         "## Physical limits of this machine",
         "",
         f"- MD5 on one core: **{info['md5_mib_per_s']:,.0f} MiB/s** (hashlib over memory); CRC32: "
-        f"**{info['crc32_mib_per_s']:,.0f} MiB/s** (zlib).",
+        f"**{info['crc32_mib_per_s']:,.0f} MiB/s** ({info['crc32_by']}; zlib's: {info['zlib_crc32_mib_per_s']:,.0f}).",
         *check_floors(results, {"CRC32": info["crc32_mib_per_s"], "MD5": info["md5_mib_per_s"]},
                       info.get("large", (0, 0))[1]),
     ]
@@ -1144,8 +1153,11 @@ def main(argv: list[str]) -> int:
     versions_at_start = tools.versions()
     runner = Runner(workdir, tools, args.profile, max(1, args.repeats))
     notes: list[str] = []
-    info: dict = {"md5_mib_per_s": md5_throughput(GiB if scale >= 0.5 else 256 * MiB),
-                  "crc32_mib_per_s": crc32_throughput(GiB if scale >= 0.5 else 256 * MiB)}
+    rate_over = GiB if scale >= 0.5 else 256 * MiB
+    fast_crc32 = isal_crc32()
+    info: dict = {"md5_mib_per_s": md5_throughput(rate_over), "zlib_crc32_mib_per_s": crc32_throughput(rate_over),
+                  "crc32_by": "ISA-L, as s3backup takes it" if fast_crc32 else "zlib: ISA-L is not installed"}
+    info["crc32_mib_per_s"] = crc32_throughput(rate_over, fast_crc32) if fast_crc32 else info["zlib_crc32_mib_per_s"]
     ours_help = subprocess.run([tools.paths["s3backup"], "sync", "--help"], capture_output=True, text=True).stdout
     if re.search(r"--concurrency N[^-]*default 8\)", ours_help):
         info["ours_c8_note"] = ", which is its default"

@@ -24,7 +24,6 @@ import http.client
 import mmap
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 import botocore.exceptions
 import urllib3.exceptions
 
-from .crc import PartCrcs, StoredCrc32, composite_crc32, crc32_combine, parse_stored_crc32
+from .crc import PartCrcs, StoredCrc32, composite_crc32, crc32, crc32_combine, parse_stored_crc32
 from .direct_get import DirectGet, GetAnswer
 from .etag import EtagHasher, PartDigests, multipart_etag_from_digests, parse_etag, part_count
 from .file_writes import FileWriter
@@ -397,7 +396,7 @@ class _RangeCrc:
         self.value, self.length = 0, 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = crc32(data, self.value)
         self.length += len(data)
 
 

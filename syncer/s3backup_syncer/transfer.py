@@ -34,7 +34,6 @@ import os
 import queue
 import threading
 import time
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ import botocore.exceptions
 
 from .attributes_state import META_MODE, META_MTIME
 from .config import SyncOptions
-from .crc import crc32_header
+from .crc import crc32, crc32_header
 from .direct_put import DirectPut
 from .etag import META_MD5, multipart_etag_from_digests, part_count, part_size_for, server_etag_is_md5, uses_multipart
 from .report import Summary
@@ -210,7 +209,7 @@ def _digests_of_range(path: str, offset: int, length: int) -> tuple[bytes, int]:
             if not chunk:
                 raise FileChanged("file shrank while it was read")
             digest.update(chunk)
-            crc = zlib.crc32(chunk, crc)
+            crc = crc32(chunk, crc)
             remaining -= len(chunk)
     return digest.digest(), crc
 
@@ -237,7 +236,7 @@ class _Body:
         """The body's CRC32, taken once, by the thread that asks (a sender, beside the reader)."""
         if self._crc32 is None:
             assert self.data is not None
-            self._crc32 = zlib.crc32(self.data)
+            self._crc32 = crc32(self.data)
         return self._crc32
 
 

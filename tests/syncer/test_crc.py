@@ -7,7 +7,7 @@ import random
 import zlib
 
 import pytest
-from s3backup_syncer.crc import PartCrcs, StoredCrc32, composite_crc32, crc32_combine, parse_stored_crc32
+from s3backup_syncer.crc import PartCrcs, StoredCrc32, composite_crc32, crc32, crc32_combine, parse_stored_crc32
 
 
 @pytest.mark.parametrize(("first", "second"), [(0, 0), (0, 7), (7, 0), (1, 1), (1000, 3), (3, 255), (3, 256),
@@ -38,3 +38,13 @@ def test_part_crcs_fed_in_uneven_pieces_give_each_part_and_a_short_last_one():
 ])
 def test_a_stored_crc32_is_read_from_its_header_or_not_at_all(header, parsed):
     assert parse_stored_crc32(header) == parsed
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 63, 64, 4096, 1_000_003])
+def test_the_crc32_taken_is_zlibs_whole_and_carried_on_from_a_previous_value(length):
+    """crc.crc32 is ISA-L's where installed; it must agree with zlib's (S3's CRC32) at every length, across the
+    folding's block sizes, and when it continues from a running value, as the ranges and senders use it."""
+    data = random.Random(length).randbytes(length)
+    assert crc32(data) == zlib.crc32(data)
+    cut = length // 3
+    assert crc32(memoryview(data)[cut:], crc32(data[:cut])) == zlib.crc32(data)
