@@ -77,7 +77,8 @@ class FileWriter:
 
     def __init__(self, fd: int, direct_fd: int | None):
         self.fd = fd
-        self.direct_fd = direct_fd  # None once a direct write was refused: buffered from then on
+        self._direct_fd = direct_fd  # closed with the file
+        self.direct = direct_fd is not None  # False once a direct write was refused: buffered from then on
 
     @classmethod
     def open(cls, path: str, size: int, direct: bool) -> FileWriter:
@@ -97,10 +98,10 @@ class FileWriter:
         return cls(fd, direct_fd)
 
     def close(self) -> None:
-        if self.direct_fd is not None:
+        if self._direct_fd is not None:
             with contextlib.suppress(OSError):  # nothing is pending: a direct write returns once done
-                os.close(self.direct_fd)
-            self.direct_fd = None
+                os.close(self._direct_fd)
+            self._direct_fd = None
         os.close(self.fd)
 
     def write(self, offset: int, data: memoryview) -> None:
@@ -108,23 +109,22 @@ class FileWriter:
         do): a run that starts at an aligned offset then goes direct in whole aligned blocks, the rest buffered."""
         for start, end in nonzero_runs(offset, data):
             run, run_offset = data[start:end], offset + start
-            direct_fd = self.direct_fd
-            if direct_fd is not None and run_offset % DIRECT_ALIGN == 0 and start % DIRECT_ALIGN == 0:
+            if self.direct and run_offset % DIRECT_ALIGN == 0 and start % DIRECT_ALIGN == 0:
                 whole = len(run) - len(run) % DIRECT_ALIGN
-                if whole and self._write_direct(direct_fd, run[:whole], run_offset):
+                if whole and self._write_direct(run[:whole], run_offset):
                     run, run_offset = run[whole:], run_offset + whole
             if run:
                 pwrite_all(self.fd, run, run_offset)
 
-    def _write_direct(self, direct_fd: int, run: memoryview, offset: int) -> bool:
+    def _write_direct(self, run: memoryview, offset: int) -> bool:
         """Whether `run` went to the file directly; False (and buffered from now on) if the filesystem refused."""
         try:
-            written = os.pwrite(direct_fd, run, offset)
+            written = os.pwrite(self._direct_fd, run, offset)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             log.debug("O_DIRECT refused (%s): buffered writes for the rest of the file", exc)
-            self.direct_fd = None
+            self.direct = False
             return False
         if written < len(run):  # short: the rest, buffered, since its offset need not be aligned any more
             pwrite_all(self.fd, run[written:], offset + written)

@@ -4,6 +4,7 @@ fallback where it refuses. Against the real filesystem of the test's temporary f
 from __future__ import annotations
 
 import mmap
+import os
 import random
 
 import pytest
@@ -66,7 +67,7 @@ def test_direct_writes_bypass_the_page_cache_keep_holes_and_the_content(direct_f
     path = direct_folder / "direct.img"
     writer = FileWriter.open(str(path), len(data), direct=True)
     try:
-        assert writer.direct_fd is not None
+        assert writer.direct
         for offset in range(0, len(data), MiB):  # blocks as download.py hands them over
             writer.write(offset, aligned_buffer(data[offset:offset + MiB]))
     finally:
@@ -115,13 +116,15 @@ def test_a_direct_write_the_kernel_refuses_is_written_buffered_and_direct_io_sto
     unaligned = memoryview(bytearray(len(data) + 1))[1:]
     unaligned[:] = data
     path = direct_folder / "refused.img"
+    open_before = len(os.listdir("/proc/self/fd"))
     writer = FileWriter.open(str(path), len(data), direct=True)
     try:
         writer.write(0, unaligned)
-        assert writer.direct_fd is None, "no more direct writes to this file"
+        assert not writer.direct, "no more direct writes to this file"
         writer.write(MiB, aligned_buffer(data[MiB:]))  # aligned, yet buffered from now on
     finally:
         writer.close()
 
+    assert len(os.listdir("/proc/self/fd")) == open_before, "both descriptors are closed, the refused one's too"
     assert resident_bytes(path) == len(data)
     assert path.read_bytes() == data
