@@ -14,12 +14,12 @@ import binascii
 import functools
 from dataclasses import dataclass
 
-try:  # ISA-L's CRC32 folds with carry-less multiplies, ~6x zlib's (bench/micro.py); zlib without its wheel
+# Every CRC32 of content in s3backup is taken by `crc32`: ISA-L's, which folds with carry-less multiplies (~6x
+# zlib's, bench/micro.py), or zlib's where isal has no wheel.
+try:
     from isal.isal_zlib import crc32
 except ImportError:
     from zlib import crc32
-
-__all__ = ["crc32"]  # every CRC32 of content in s3backup is taken by this one
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ filesystem suits (file_writes.py), so the CPU copies each of their bytes once, f
 Objects of RANGE_THRESHOLD or more are fetched in ranges, in parallel, each of whole parts of the part
 size that most likely made the object, so the parts' MD5s, taken on the way, give the multipart ETag
 without a second read. Where the object has a CRC32 the server stored (`x-amz-checksum-crc32`,
-crc.py), the ranges take CRC32s instead of MD5s: a quarter of the CPU. A mismatch then falls back on
+crc.py), the ranges take CRC32s instead of MD5s, for a fortieth of the CPU. A mismatch falls back on
 the ETag, from the file. Every request names the exact object (its version, or `If-Match` on its
 ETag), so ranges of two different writes of a key are never mixed.
 
